@@ -1,0 +1,14 @@
+// CUDA implementations of the ops, registered from a C++ file so that the .cu files
+// only need ATen.
+#include <torch/library.h>
+
+#include "sanitize.h"
+
+namespace pyppo {
+
+TORCH_LIBRARY_IMPL(pyppo, CUDA, m) {
+  m.impl("sanitize_", &sanitize_inplace_op<sanitize_cuda_kernel>);
+  m.impl("sanitize", &sanitize_op<sanitize_cuda_kernel>);
+}
+
+}  // namespace pyppo

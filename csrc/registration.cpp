@@ -1,0 +1,22 @@
+// The op schemas (one place for all of them) and the pybind11 module pyppo._C.
+// Device implementations register themselves next to their kernels (cpu/, cuda/).
+#include <Python.h>
+#include <torch/library.h>
+#include <torch/python.h>
+
+TORCH_LIBRARY(pyppo, m) {
+  m.def("sanitize_(Tensor(a!) x, float limit) -> Tensor");
+  m.def("sanitize(Tensor x, float limit) -> (Tensor, Tensor)");
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pyppo's C++/CUDA kernels; use them through pyppo.ops and pyppo.RolloutBuffer.";
+  m.def("cuda_kernels_built", [] {
+#ifdef PYPPO_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+  m.attr("torch_version") = PYPPO_TORCH_VERSION;
+}
