@@ -46,30 +46,30 @@ def unfused_sanitize_(x: torch.Tensor, limit: float) -> torch.Tensor:
     return torch.stack([nonfinite, clamped])
 
 
+def sanitize_row(size: int, args: argparse.Namespace) -> dict:
+    pristine = dirty_tensor(size, args.dtype, args.device)
+    work = torch.empty_like(pristine)
+
+    def restore() -> None:  # the in-place candidates clean their input
+        work.copy_(pristine)
+
+    def timed(fn, setup=None) -> float:
+        return median_seconds(fn, setup=setup, device=args.device, repeats=args.repeats)
+
+    fused = timed(lambda: ops.sanitize_(work, 1.0), restore)
+    unfused = timed(lambda: unfused_sanitize_(work, 1.0), restore)
+    copy = timed(lambda: work.copy_(pristine))
+    bytes_moved = 2 * pristine.numel() * pristine.element_size()
+    return {
+        "op": "sanitize_", "elements": size, "dtype": str(args.dtype).removeprefix("torch."),
+        "fused_ms": fused * 1e3, "unfused_ms": unfused * 1e3, "copy_ms": copy * 1e3,
+        "speedup_vs_unfused": unfused / fused, "fused_over_copy": fused / copy,
+        "fused_GBps": bytes_moved / fused / 1e9, "copy_GBps": bytes_moved / copy / 1e9,
+    }
+
+
 def bench_sanitize(args: argparse.Namespace) -> list[dict]:
-    results = []
-    for size in args.sizes:
-        pristine = dirty_tensor(size, args.dtype, args.device)
-        work = torch.empty_like(pristine)
-        restore = lambda: work.copy_(pristine)  # noqa: E731  (in-place kernels clean it)
-        t = {
-            "fused": median_seconds(lambda: ops.sanitize_(work, 1.0), setup=restore,
-                                    device=args.device, repeats=args.repeats),
-            "unfused": median_seconds(lambda: unfused_sanitize_(work, 1.0), setup=restore,
-                                      device=args.device, repeats=args.repeats),
-            "copy": median_seconds(lambda: work.copy_(pristine),
-                                   device=args.device, repeats=args.repeats),
-        }
-        bytes_moved = 2 * pristine.numel() * pristine.element_size()
-        results.append({
-            "op": "sanitize_", "elements": size, "dtype": str(args.dtype).removeprefix("torch."),
-            "fused_ms": t["fused"] * 1e3, "unfused_ms": t["unfused"] * 1e3,
-            "copy_ms": t["copy"] * 1e3,
-            "speedup_vs_unfused": t["unfused"] / t["fused"],
-            "fused_over_copy": t["fused"] / t["copy"],
-            "fused_GBps": bytes_moved / t["fused"] / 1e9,
-            "copy_GBps": bytes_moved / t["copy"] / 1e9,
-        })
+    results = [sanitize_row(size, args) for size in args.sizes]
     print_table(
         f"sanitize_ ({results[0]['dtype']}, {args.device}, ~1 % special values; medians of "
         f"{args.repeats})",
