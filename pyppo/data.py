@@ -61,6 +61,11 @@ class MarketDataError(ValueError):
     """Market data that pyppo refuses to train on; the message says what and how to fix it."""
 
 
+def _ns(index: pd.DatetimeIndex) -> np.ndarray:
+    """Timestamps as int64 nanoseconds (pandas 3 parses to second or microsecond units)."""
+    return index.as_unit("ns").asi8
+
+
 def _norm(name: object) -> str:
     return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
 
@@ -286,7 +291,7 @@ class MarketData:
         larger than the bar interval, e.g. a weekend in forex or stock data."""
         if len(self) < 2:
             return 0, 0, pd.Timedelta(0)
-        spacing = np.diff(self.frame.index.asi8)
+        spacing = np.diff(_ns(self.frame.index))
         step = self.bar_interval.value
         gap = spacing > step
         missing = int(np.sum(np.round(spacing[gap] / step) - 1))
@@ -299,7 +304,7 @@ class MarketData:
         data is noticed. Independent of where the data came from (path, DataFrame).
         """
         h = hashlib.sha256()
-        h.update(np.ascontiguousarray(self.frame.index.asi8).tobytes())
+        h.update(np.ascontiguousarray(_ns(self.frame.index)).tobytes())
         for col in self.frame.columns:
             h.update(str(col).encode())
             h.update(np.ascontiguousarray(self.frame[col].to_numpy(np.float64)).tobytes())
@@ -342,7 +347,7 @@ def infer_bar_interval(index: pd.DatetimeIndex) -> pd.Timedelta:
     """Median spacing between consecutive timestamps: robust to gaps such as weekends."""
     if len(index) < 2:
         raise MarketDataError("need at least 2 bars to infer the bar interval")
-    spacing = np.diff(index.asi8)
+    spacing = np.diff(_ns(index))
     return pd.Timedelta(int(np.median(spacing)), unit="ns")
 
 
@@ -630,7 +635,7 @@ def _check_order(frame: pd.DataFrame, name: str) -> None:
             "needs a unique timestamp: remove the duplicates (e.g. df[~df.index.duplicated()]) "
             "or check the timestamp column and timestamp_format"
         )
-    back = np.flatnonzero(np.diff(idx.asi8) < 0) + 1
+    back = np.flatnonzero(np.diff(_ns(idx)) < 0) + 1
     if len(back):
         shown = "; ".join(f"{_row_name(p, name)} ({idx[p]}) comes after {idx[p - 1]}"
                           for p in back[:_MAX_EXAMPLES])

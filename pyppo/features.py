@@ -165,7 +165,7 @@ def compute_features(market: MarketData, window: int, device: torch.device | str
     # Calendar: time of day and day of week as points on a circle (23:00 is next to 00:00).
     idx = frame.index
     hour = (idx.hour.to_numpy() + idx.minute.to_numpy() / 60.0) / 24.0
-    day = (idx.dayofweek.to_numpy() + hour) / 7.0
+    day = (idx.day_of_week.to_numpy() + hour) / 7.0
     t0 = spec.time.start
     table[:, t0] = np.sin(2 * np.pi * hour)
     table[:, t0 + 1] = np.cos(2 * np.pi * hour)
