@@ -44,8 +44,17 @@ _MAX_EXAMPLES = 5  # rows shown in an error message; the total count is always g
 
 # Accepted column names, matched case-insensitively after normalising spaces/dashes to "_".
 _TIMESTAMP_NAMES = (
-    "timestamp", "datetime", "date_time", "time_stamp", "ts", "time", "date",
-    "open_time", "opentime", "unnamed:_0", "index",
+    "timestamp",
+    "datetime",
+    "date_time",
+    "time_stamp",
+    "ts",
+    "time",
+    "date",
+    "open_time",
+    "opentime",
+    "unnamed:_0",
+    "index",
 )
 _COLUMN_ALIASES = {
     "open": ("open", "o", "open_price"),
@@ -73,7 +82,9 @@ def _norm(name: object) -> str:
 def _examples(labels: Sequence[object], limit: int = _MAX_EXAMPLES) -> str:
     """``a, b, c, ... (N in total)``: a few examples plus the total count."""
     shown = ", ".join(str(x) for x in list(labels)[:limit])
-    more = f", ... ({len(labels)} in total)" if len(labels) > limit else f" ({len(labels)} in total)"
+    more = (
+        f", ... ({len(labels)} in total)" if len(labels) > limit else f" ({len(labels)} in total)"
+    )
     return shown + more
 
 
@@ -113,7 +124,8 @@ def horizon_to_bars(horizon: int | str | pd.Timedelta, bar_interval: pd.Timedelt
         duration = pd.Timedelta(horizon)
     except (ValueError, TypeError) as err:
         raise MarketDataError(
-            f"horizon {horizon!r} is neither a duration (like '1h', '24h', '1D') nor a number of bars"
+            f"horizon {horizon!r} is neither a duration (like '1h', '24h', '1D') "
+            "nor a number of bars"
         ) from err
     if duration < bar_interval:
         raise MarketDataError(
@@ -159,7 +171,10 @@ class RepairSummary:
     def describe(self) -> str:
         if self.method is None or self.total == 0:
             return "none"
-        parts = [f"{self.nan_rows} with NaN prices", f"{self.nonpositive_rows} with zero/negative prices"]
+        parts = [
+            f"{self.nan_rows} with NaN prices",
+            f"{self.nonpositive_rows} with zero/negative prices",
+        ]
         how = []
         if self.filled:
             how.append(f"{self.filled} forward-filled")
@@ -199,7 +214,9 @@ class MarketData:
         source: str = "DataFrame",
     ) -> None:
         self.frame = frame
-        self.bar_interval = bar_interval if bar_interval is not None else infer_bar_interval(frame.index)
+        self.bar_interval = (
+            bar_interval if bar_interval is not None else infer_bar_interval(frame.index)
+        )
         self.horizons = tuple(horizon_to_bars(h, self.bar_interval) for h in horizons)
         self.horizon_labels = tuple(
             f"{h} bars" if isinstance(h, (int, np.integer)) else str(h) for h in horizons
@@ -274,13 +291,22 @@ class MarketData:
         parts = []
         for name, lo, hi in (("train", 0, cut), ("test", cut, len(self))):
             sub = self.frame.iloc[lo:hi]
-            _check_length(sub, self.window, self.horizons, self.horizon_labels,
-                          what=f"the {name} part of split(train={train})")
+            _check_length(
+                sub,
+                self.window,
+                self.horizons,
+                self.horizon_labels,
+                what=f"the {name} part of split(train={train})",
+            )
             planted = {k: v[(v >= lo) & (v < hi)] - lo for k, v in self.planted.items()}
             parts.append(
                 MarketData(
-                    sub, bar_interval=self.bar_interval, horizons=self._horizon_spec,
-                    window=self.window, repair=self.repair, planted=planted,
+                    sub,
+                    bar_interval=self.bar_interval,
+                    horizons=self._horizon_spec,
+                    window=self.window,
+                    repair=self.repair,
+                    planted=planted,
                     source=f"{self.source}[{name} {lo}:{hi}]",
                 )
             )
@@ -319,16 +345,21 @@ class MarketData:
         simple = self._returns.numpy()
         finite = np.isfinite(simple) & np.isfinite(self._log_returns.numpy())
         extreme = int(np.sum(np.abs(simple[np.isfinite(simple)]) > 1.0))
+        horizons = ", ".join(
+            f"{lab} = {h} bar{'s' if h != 1 else ''}"
+            for lab, h in zip(self.horizon_labels, self.horizons, strict=True)
+        )
         lines = [
             f"market data: {self.source}",
             f"  bars:      {n:,} from {idx[0]} to {idx[-1]}",
             f"  interval:  {_fmt_td(self.bar_interval)} (median spacing)",
             f"  gaps:      {n_gaps:,} ({missing:,} missing bars; largest spacing {largest})"
-            if n_gaps else "  gaps:      none",
+            if n_gaps
+            else "  gaps:      none",
             f"  repaired:  {self.repair.describe()}",
             f"  extreme returns beyond ±100%: {extreme:,}",
             f"  non-finite returns: {int(np.sum(~finite)):,}",
-            f"  horizons:  {', '.join(f'{lab} = {h} bars' for lab, h in zip(self.horizon_labels, self.horizons))}",
+            f"  horizons:  {horizons}",
         ]
         if self.planted:
             planted = ", ".join(f"{k} {len(v)}" for k, v in self.planted.items())
@@ -402,7 +433,11 @@ def load_market_data(
     labels = tuple(f"{h} bars" if isinstance(h, (int, np.integer)) else str(h) for h in horizons)
     _check_length(frame, window, bars, labels, what=name)
     return MarketData(
-        frame, bar_interval=interval, horizons=horizons, window=window, repair=summary,
+        frame,
+        bar_interval=interval,
+        horizons=horizons,
+        window=window,
+        repair=summary,
         source=name,
     )
 
@@ -451,17 +486,25 @@ def _extract_timestamps(
         col = _find_column(raw, [_norm(timestamp_col)])
         if col is None:
             if raw.index.name is not None and _norm(raw.index.name) == _norm(timestamp_col):
-                return _parse_timestamps(raw.index.to_series(), fmt, name), raw.reset_index(drop=True)
+                return _parse_timestamps(raw.index.to_series(), fmt, name), raw.reset_index(
+                    drop=True
+                )
             raise MarketDataError(
                 f"{name}: timestamp_col={timestamp_col!r} not found; columns are {columns}"
             )
         return _parse_timestamps(raw[col], fmt, name, col), raw.drop(columns=[col])
     # A DataFrame that already has a datetime index (also what Parquet round-trips give).
     if isinstance(raw.index, pd.DatetimeIndex):
-        return _parse_timestamps(raw.index.to_series(), fmt, name, "index"), raw.reset_index(drop=True)
+        return _parse_timestamps(raw.index.to_series(), fmt, name, "index"), raw.reset_index(
+            drop=True
+        )
     # Separate Date and Time columns, e.g. "2024-01-02","13:00" (common in broker exports).
     date_col, time_col = _find_column(raw, ["date"]), _find_column(raw, ["time"])
-    if date_col is not None and time_col is not None and not _looks_like_full_datetime(raw[time_col]):
+    if (
+        date_col is not None
+        and time_col is not None
+        and not _looks_like_full_datetime(raw[time_col])
+    ):
         joined = raw[date_col].astype(str).str.strip() + " " + raw[time_col].astype(str).str.strip()
         label = f"{date_col} + {time_col}"
         return _parse_timestamps(joined, fmt, name, label), raw.drop(columns=[date_col, time_col])
@@ -495,7 +538,15 @@ def _looks_like_epoch(values: pd.Series) -> bool:
 def _parse_epoch(values: pd.Series) -> pd.Series:
     v = pd.to_numeric(values, errors="coerce")
     magnitude = float(v.abs().median())
-    unit = "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us" if magnitude < 1e17 else "ns"
+    unit = (
+        "s"
+        if magnitude < 1e11
+        else "ms"
+        if magnitude < 1e14
+        else "us"
+        if magnitude < 1e17
+        else "ns"
+    )
     return pd.to_datetime(v, unit=unit, errors="coerce")
 
 
@@ -560,7 +611,8 @@ def _resolve_day_month(text: pd.Series, name: str, label: object) -> pd.Series:
         p = differ[0]
         sample = text.iloc[p]
         raise MarketDataError(
-            f"{name}: timestamps in column {label!s} are ambiguous: {sample!r} ({_row_name(p, name)}) "
+            f"{name}: timestamps in column {label!s} are ambiguous: {sample!r} "
+            f"({_row_name(p, name)}) "
             f"reads as {day_first.iloc[p]:%Y-%m-%d} day-first or {month_first.iloc[p]:%Y-%m-%d} "
             f"month-first, and no day above 12 settles it ({len(differ)} rows differ). Pass "
             f"timestamp_format='{_guess_format(sample, True)}' (day-first) or "
@@ -594,7 +646,8 @@ def _extract_prices(rest: pd.DataFrame, price_col: str | None, name: str) -> pd.
         col = _find_column(rest, [_norm(price_col)])
         if col is None:
             raise MarketDataError(
-                f"{name}: price_col={price_col!r} not found; columns are {[str(c) for c in rest.columns]}"
+                f"{name}: price_col={price_col!r} not found; "
+                f"columns are {[str(c) for c in rest.columns]}"
             )
         found["close"] = col
     for key, aliases in _COLUMN_ALIASES.items():
@@ -637,8 +690,10 @@ def _check_order(frame: pd.DataFrame, name: str) -> None:
         )
     back = np.flatnonzero(np.diff(_ns(idx)) < 0) + 1
     if len(back):
-        shown = "; ".join(f"{_row_name(p, name)} ({idx[p]}) comes after {idx[p - 1]}"
-                          for p in back[:_MAX_EXAMPLES])
+        shown = "; ".join(
+            f"{_row_name(p, name)} ({idx[p]}) comes after {idx[p - 1]}"
+            for p in back[:_MAX_EXAMPLES]
+        )
         raise MarketDataError(
             f"{name}: timestamps are not sorted ({len(back)} places go back in time): {shown}. "
             "Sort the data by time first, e.g. df.sort_index() or df.sort_values('timestamp')"
@@ -672,18 +727,22 @@ def _check_prices(
         if nan_row.any():
             raise MarketDataError(
                 f"{name}: NaN/missing prices in {int(nan_row.sum())} rows: "
-                f"{_row_examples(np.flatnonzero(nan_row), frame, describe, name)}. Fix the file, or {fix}"
+                f"{_row_examples(np.flatnonzero(nan_row), frame, describe, name)}. "
+                f"Fix the file, or {fix}"
             )
         if nonpos_row.any():
             raise MarketDataError(
                 f"{name}: zero or negative prices in {int(nonpos_row.sum())} rows: "
-                f"{_row_examples(np.flatnonzero(nonpos_row), frame, describe, name)}. Fix the file, or {fix}"
+                f"{_row_examples(np.flatnonzero(nonpos_row), frame, describe, name)}. "
+                f"Fix the file, or {fix}"
             )
     elif nan_row.any() or nonpos_row.any():
         bad = nan_row | nonpos_row
         if repair == "drop":
             frame = frame.loc[~bad]
-            summary = RepairSummary("drop", int(nan_row.sum()), int(nonpos_row.sum()), dropped=int(bad.sum()))
+            summary = RepairSummary(
+                "drop", int(nan_row.sum()), int(nonpos_row.sum()), dropped=int(bad.sum())
+            )
         else:
             # Forward-fill each price column from its last good value. Rows before the first
             # good value cannot be filled; they are dropped and counted as dropped.
@@ -694,8 +753,11 @@ def _check_prices(
             leading = cleaned[price_cols].isna().any(axis=1).to_numpy()
             cleaned = cleaned.loc[~leading]
             summary = RepairSummary(
-                "ffill", int(nan_row.sum()), int(nonpos_row.sum()),
-                dropped=int(leading.sum()), filled=int((bad & ~leading).sum()),
+                "ffill",
+                int(nan_row.sum()),
+                int(nonpos_row.sum()),
+                dropped=int(leading.sum()),
+                filled=int((bad & ~leading).sum()),
             )
             frame = cleaned
     frame.attrs.pop("raw_text", None)
@@ -785,9 +847,10 @@ def synthetic_market(
     working agent and working auxiliary heads can beat chance and buy-and-hold.
 
     ``bad_ticks`` (a rate, e.g. 0.001) plants ``round(bad_ticks * n_bars)`` bad bars at
-    distinct random positions, cycling zero prices, NaN bars and +1000 % spikes (one bar at
-    11x its price, then back). They bypass validation; ``market.planted`` records the bar
-    positions of each kind so tests can check that every bad value is counted downstream.
+    distinct, non-adjacent random positions, cycling zero prices, NaN bars and +1000 %
+    spikes (one bar at 11x its price, then back). They bypass validation;
+    ``market.planted`` records the bar positions of each kind so tests can check that every
+    bad value is counted downstream.
     """
     p = params or SyntheticParams()
     step = pd.Timedelta(interval)
@@ -848,8 +911,11 @@ def synthetic_market(
     planted: dict[str, np.ndarray] = {}
     n_bad = int(round(bad_ticks * n_bars))
     if n_bad:
-        # Distinct positions, never bar 0 (a series must start somewhere real).
-        where = np.sort(rng.choice(np.arange(1, n_bars), size=n_bad, replace=False))
+        # Distinct, never adjacent positions (so each bad tick's effect on the returns is
+        # separate and countable), never bar 0 (a series must start somewhere real):
+        # sorted distinct k_i plus i are strictly increasing with gaps of at least 2.
+        k = np.sort(rng.choice(np.arange(1, n_bars - n_bad), size=n_bad, replace=False))
+        where = k + np.arange(n_bad)
         kinds = np.arange(n_bad) % 3
         rng.shuffle(kinds)
         planted = {
@@ -865,7 +931,14 @@ def synthetic_market(
         frame.iloc[planted["spike"], hi] = np.maximum(
             frame.iloc[planted["spike"], hi], frame.iloc[planted["spike"], ci]
         )
-    label = f"synthetic(n_bars={n_bars}, interval={_fmt_td(step)}, seed={seed}, bad_ticks={bad_ticks})"
+    label = (
+        f"synthetic(n_bars={n_bars}, interval={_fmt_td(step)}, seed={seed}, bad_ticks={bad_ticks})"
+    )
     return MarketData(
-        frame, bar_interval=step, horizons=horizons, window=window, planted=planted, source=label,
+        frame,
+        bar_interval=step,
+        horizons=horizons,
+        window=window,
+        planted=planted,
+        source=label,
     )

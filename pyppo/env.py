@@ -167,9 +167,11 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         # often bad values actually reached the agent.
         self._log_returns = market.log_returns.to(self.device, torch.float32)
         if self.aux_horizon_bars:
-            self._aux_table = torch.stack(
-                [market.forward_returns(h) for h in self.aux_horizon_bars], dim=1
-            ).to(self.device, torch.float32).contiguous()
+            self._aux_table = (
+                torch.stack([market.forward_returns(h) for h in self.aux_horizon_bars], dim=1)
+                .to(self.device, torch.float32)
+                .contiguous()
+            )
         else:
             self._aux_table = torch.zeros(n_bars, 0, device=self.device)
         positions = [-1.0, 0.0, 1.0] if self.allow_short else [0.0, 1.0]
@@ -269,9 +271,12 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         a = self.aux_target_counts.tolist()
         f = self.feature_sanitize_counts.tolist()
         return {
-            "return_nonfinite": r[0], "return_clamped": r[1],
-            "aux_nonfinite": a[0], "aux_clamped": a[1],
-            "feature_return_nonfinite": f[0], "feature_return_clamped": f[1],
+            "return_nonfinite": r[0],
+            "return_clamped": r[1],
+            "aux_nonfinite": a[0],
+            "aux_clamped": a[1],
+            "feature_return_nonfinite": f[0],
+            "feature_return_clamped": f[1],
         }
 
     def reset_counters(self) -> None:
@@ -314,8 +319,11 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         n = self.num_envs
         if self.starts == "random":
             self._t = torch.randint(
-                self.first_bar, self._max_start + 1, (n,),
-                generator=self._generator, device=self.device,
+                self.first_bar,
+                self._max_start + 1,
+                (n,),
+                generator=self._generator,
+                device=self.device,
             )
         else:
             # Tile the decision bars with back-to-back episodes, in order; the last tile is

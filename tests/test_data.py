@@ -22,8 +22,13 @@ def hourly(n: int, start: str = "2024-01-01", price0: float = 100.0) -> pd.DataF
     idx = pd.date_range(start, periods=n, freq="1h")
     close = price0 * np.exp(np.cumsum(np.full(n, 0.001)))
     return pd.DataFrame(
-        {"Open": close, "High": close * 1.01, "Low": close * 0.99, "Close": close,
-         "Volume": np.full(n, 10.0)},
+        {
+            "Open": close,
+            "High": close * 1.01,
+            "Low": close * 0.99,
+            "Close": close,
+            "Volume": np.full(n, 10.0),
+        },
         index=idx,
     )
 
@@ -153,8 +158,9 @@ def test_wrong_timestamp_format_says_so():
 def test_day_first_vs_month_first_ambiguity_is_an_error_with_both_formats(tmp_path):
     # Daily bars on days 1..12 of three months: every date reads both ways.
     days = [pd.Timestamp(2024, m, d) for m in (1, 2, 3) for d in range(1, 13)]
-    frame = pd.DataFrame({"Date": [d.strftime("%d/%m/%Y") for d in days],
-                          "Close": np.linspace(10, 20, len(days))})
+    frame = pd.DataFrame(
+        {"Date": [d.strftime("%d/%m/%Y") for d in days], "Close": np.linspace(10, 20, len(days))}
+    )
     with pytest.raises(MarketDataError) as err:
         load_market_data(frame, window=3, horizons=(1,))
     msg = str(err.value)
@@ -245,7 +251,10 @@ def test_too_few_bars_for_window_and_horizon():
     with pytest.raises(MarketDataError) as err:
         load_market_data(hourly(80))  # window 60 + 24h + 1 = 85
     msg = str(err.value)
-    assert "80 bars is too few: need at least 85 = window 60 + longest horizon 24h (24 bars) + 1" in msg
+    assert (
+        "80 bars is too few: need at least 85 = window 60 + longest horizon 24h (24 bars) + 1"
+        in msg
+    )
     assert len(load_market_data(hourly(85))) == 85
 
 
@@ -272,7 +281,10 @@ def test_repair_drop_counts_rows():
     assert len(md) == 196
     assert (md.repair.nan_rows, md.repair.nonpositive_rows, md.repair.dropped) == (2, 2, 4)
     assert md.repair.filled == 0
-    assert "repaired:  4 rows (2 with NaN prices, 2 with zero/negative prices): 4 dropped" in md.report()
+    assert (
+        "repaired:  4 rows (2 with NaN prices, 2 with zero/negative prices): 4 dropped"
+        in md.report()
+    )
     assert pd.Timestamp("2024-01-01 10:00") not in md.frame.index
 
 
@@ -307,8 +319,9 @@ def test_interval_inference_with_weekend_gaps():
 
 def test_daily_and_minute_intervals():
     idx = pd.date_range("2024-01-01", periods=300, freq="1D")
-    md = load_market_data(pd.DataFrame({"close": np.arange(1.0, 301.0)}, index=idx),
-                          horizons=(1, 5))
+    md = load_market_data(
+        pd.DataFrame({"close": np.arange(1.0, 301.0)}, index=idx), horizons=(1, 5)
+    )
     assert md.bar_interval == pd.Timedelta("1D")
     idx = pd.date_range("2024-01-01", periods=3000, freq="15min")
     md = load_market_data(pd.DataFrame({"close": np.arange(1.0, 3001.0)}, index=idx))
@@ -341,19 +354,23 @@ def tiny() -> MarketData:
 def test_returns_and_forward_returns_by_hand():
     md = tiny()
     torch.testing.assert_close(
-        md.returns, torch.tensor([0.0, 0.1, -0.1, 0.0, 1.0, -0.5, 100 / 99 - 1, -0.5],
-                                 dtype=torch.float64))
+        md.returns,
+        torch.tensor([0.0, 0.1, -0.1, 0.0, 1.0, -0.5, 100 / 99 - 1, -0.5], dtype=torch.float64),
+    )
     torch.testing.assert_close(md.log_returns[1], torch.tensor(math.log(1.1), dtype=torch.float64))
     nan = float("nan")
     torch.testing.assert_close(
         md.forward_returns(1),
         torch.tensor([0.1, -0.1, 0.0, 1.0, -0.5, 100 / 99 - 1, -0.5, nan], dtype=torch.float64),
-        equal_nan=True)
+        equal_nan=True,
+    )
     torch.testing.assert_close(
         md.forward_returns("2h"),
-        torch.tensor([-0.01, -0.1, 1.0, 0.0, 100 / 198 - 1, 50 / 99 - 1, nan, nan],
-                     dtype=torch.float64),
-        equal_nan=True)
+        torch.tensor(
+            [-0.01, -0.1, 1.0, 0.0, 100 / 198 - 1, 50 / 99 - 1, nan, nan], dtype=torch.float64
+        ),
+        equal_nan=True,
+    )
     assert md.aux_targets.shape == (8, 2)
 
 
@@ -422,12 +439,16 @@ def test_bad_ticks_are_planted_exactly_and_recorded():
     assert sum(counts.values()) == 30 and counts == {"zero_price": 10, "nan_bar": 10, "spike": 10}
     close = md.frame["close"].to_numpy()
     assert (close[md.planted["zero_price"]] == 0).all()
-    assert np.isnan(md.frame.iloc[md.planted["nan_bar"]][["open", "high", "low", "close"]]).all().all()
+    assert (
+        np.isnan(md.frame.iloc[md.planted["nan_bar"]][["open", "high", "low", "close"]]).all().all()
+    )
     clean = synthetic_market(10_000, seed=1)
-    np.testing.assert_allclose(close[md.planted["spike"]],
-                               11 * clean.frame["close"].to_numpy()[md.planted["spike"]])
+    np.testing.assert_allclose(
+        close[md.planted["spike"]], 11 * clean.frame["close"].to_numpy()[md.planted["spike"]]
+    )
     bad = np.concatenate(list(md.planted.values()))
     assert len(np.unique(bad)) == 30 and bad.min() >= 1
+    assert (np.diff(np.sort(bad)) > 1).all()  # never neighbours: effects stay separate
     # Everything else is untouched.
     keep = np.setdiff1d(np.arange(10_000), bad)
     np.testing.assert_array_equal(close[keep], clean.frame["close"].to_numpy()[keep])
@@ -439,6 +460,12 @@ def test_bad_ticks_are_planted_exactly_and_recorded():
 
 
 def test_public_api_is_exported():
-    for name in ("load_market_data", "MarketData", "MarketDataError", "synthetic_market",
-                 "TradingEnv", "ObsSpec"):
+    for name in (
+        "load_market_data",
+        "MarketData",
+        "MarketDataError",
+        "synthetic_market",
+        "TradingEnv",
+        "ObsSpec",
+    ):
         assert hasattr(pyppo, name)
