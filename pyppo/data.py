@@ -464,6 +464,14 @@ def _read(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, str]:
     else:
         try:
             frame = pd.read_csv(path)
+            # A single column whose name holds ';' or tabs: the file uses another separator
+            # (common in European exports). Read it again with that one.
+            if len(frame.columns) == 1:
+                header = str(frame.columns[0])
+                for sep in (";", "\t", "|"):
+                    if sep in header:
+                        frame = pd.read_csv(path, sep=sep)
+                        break
         except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
             raise MarketDataError(f"{path}: not a readable CSV file ({err})") from err
     return frame, str(path)
@@ -577,8 +585,16 @@ def _parse_timestamps(
         parsed = _to_datetime(values, format=fmt)
         hint = f"timestamp_format={fmt!r} does not match them; check the format"
     elif pd.api.types.is_numeric_dtype(values):
-        parsed = _parse_epoch(values)
-        hint = "numbers are read as Unix epoch time; pass timestamp_format= if they are not"
+        if _looks_like_epoch(values):
+            parsed = _parse_epoch(values)
+            hint = "numbers are read as Unix epoch time; pass timestamp_format= if they are not"
+        else:
+            # Small numbers such as a saved row number (0, 1, 2, ...) are not times.
+            parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+            hint = (
+                "these numbers are too small to be Unix epoch times (a saved row number?); "
+                "pass timestamp_col= naming the column that holds the timestamps"
+            )
     else:
         text = values.astype(str).str.strip()
         if text.head(20).map(lambda v: bool(_ISO_DATE.match(v))).all():

@@ -91,6 +91,22 @@ def test_epoch_seconds_and_milliseconds():
     assert load_market_data(with_column(frame, "time", ms)).frame.index.equals(frame.index)
 
 
+def test_semicolon_separated_csv(tmp_path):
+    frame = with_column(hourly(200), "Date", hourly(200).index.strftime("%Y-%m-%d %H:%M"))
+    path = tmp_path / "bars.csv"
+    frame.to_csv(path, sep=";", index=False)
+    assert len(load_market_data(path)) == 200
+
+
+def test_row_numbers_are_not_timestamps(tmp_path):
+    path = write_csv(tmp_path, hourly(200).reset_index(drop=True), index=True)
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(path)
+    msg = str(err.value)
+    assert "cannot parse timestamps in column Unnamed: 0 (200 of 200 rows)" in msg
+    assert "too small to be Unix epoch times" in msg and "timestamp_col=" in msg
+
+
 def test_close_only_and_price_col(tmp_path):
     frame = hourly(200)[["Close"]].rename(columns={"Close": "Mid"})
     with pytest.raises(MarketDataError, match=r"no price column found; columns are \['Mid'\]"):
