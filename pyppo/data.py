@@ -411,6 +411,10 @@ def load_market_data(
         window: the observation window in bars, used for the minimum-length check.
         horizons: auxiliary horizons (durations or bars), used for the minimum-length check.
 
+    Open/high/low/close are checked (NaN, zero/negative, high < low); volume is optional and
+    kept as read (nothing in pyppo trains on it). Nothing is dropped or changed unless
+    ``repair`` says so.
+
     Raises:
         MarketDataError: with the offending rows and what to do, see DESIGN.md.
     """
