@@ -10,6 +10,12 @@ import torch
 
 from pyppo import ops, reference
 from pyppo._extension import _C, cuda_kernels_available
+from pyppo.data import MarketData, MarketDataError, load_market_data, synthetic_market
+from pyppo.env import ObsSpec, TradingEnv
 
-__all__ = ["cuda_kernels_available", "ops", "reference", "_C", "torch"]
+__all__ = [
+    "cuda_kernels_available", "ops", "reference", "_C", "torch",
+    "MarketData", "MarketDataError", "load_market_data", "synthetic_market",
+    "TradingEnv", "ObsSpec",
+]
 __version__ = "0.1.0"

@@ -1,0 +1,356 @@
+"""TradingEnv: N trading episodes over one bar series, stepped together as tensors.
+
+Timeline of one episode (``t`` is a bar index into the market, ``L = episode_length``)::
+
+    reset:      observe bar t0                          (position 0)
+    step k:     act on bar t = t0+k-1 -> position p      (target position, not a trade size)
+                reward = p * logret[t+1] - fee * |p - previous p|
+                observe bar t+1; aux_targets = forward returns from bar t+1
+    step L:     truncated; info["final_obs"] holds the observation of bar t0+L and the
+                returned observation is the first one of the next episode (auto-reset)
+
+All N episodes start together and have the same length, so they are truncated on the
+same step; which step that is is known on the host, and ``step()`` never synchronizes
+with the device. Nothing terminates early (``terminated`` is always False).
+
+Bad ticks: the realized log return of each step goes through :func:`pyppo.ops.sanitize_`
+(non-finite -> 0, clamped to ±1) *before* it is multiplied by the position, so a NaN bar
+is a zero return (not NaN x 0 = NaN) and rewards stay within ±(1 + 2 fee). The auxiliary
+targets are sanitized the same way. Both counts accumulate on the device in
+:attr:`TradingEnv.return_counts` and :attr:`TradingEnv.aux_target_counts`
+(``[nonfinite, clamped]``, one count per env-step and value). Observations are built from
+sanitized returns (see :mod:`pyppo.features`). Nothing non-finite leaves the env.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from pyppo import ops
+from pyppo.data import MarketData, MarketDataError, horizon_to_bars
+from pyppo.features import FEATURE_CLIP, ObsSpec, compute_features
+
+try:  # gymnasium is optional: the env follows its VectorEnv API either way.
+    import gymnasium
+    from gymnasium import spaces
+    from gymnasium.vector import VectorEnv as _VectorEnvBase
+    from gymnasium.vector.utils import batch_space
+
+    _AUTORESET: Any = gymnasium.vector.AutoresetMode.SAME_STEP
+except ImportError:  # pragma: no cover - exercised only without gymnasium
+    gymnasium = None
+    _VectorEnvBase = object
+    _AUTORESET = "SameStep"
+
+__all__ = ["TradingEnv", "ObsSpec"]
+
+
+class _Discrete:
+    """Stand-in for ``gymnasium.spaces.Discrete`` when gymnasium is not installed."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.shape, self.dtype = n, (), np.int64
+
+    def __repr__(self) -> str:
+        return f"Discrete({self.n})"
+
+
+class _Box:
+    """Stand-in for ``gymnasium.spaces.Box`` when gymnasium is not installed."""
+
+    def __init__(self, low: float, high: float, shape: tuple[int, ...]) -> None:
+        self.low, self.high, self.shape, self.dtype = low, high, shape, np.float32
+
+    def __repr__(self) -> str:
+        return f"Box({self.low}, {self.high}, {self.shape}, float32)"
+
+
+class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
+    """Vectorized trading environment over a :class:`MarketData` series.
+
+    Args:
+        market: the bars (e.g. ``synthetic_market()`` or ``load_market_data(path)``).
+        num_envs: number of episodes stepped together.
+        episode_length: steps per episode; episodes are then truncated and auto-reset.
+        window: length of the normalized return window in the observation.
+        fee: cost per unit of position change (1e-4 = 1 basis point), charged on the step.
+        aux_horizons: horizons of the auxiliary targets, as durations (converted with the bar
+            interval; must be whole multiples of it) or as ints in bars.
+        allow_short: Discrete(3) actions short/flat/long (-1, 0, +1) if True, else
+            Discrete(2) flat/long (0, +1).
+        device: where every tensor lives; ``step()`` takes and returns tensors there.
+        seed: seeds the episode starts (``reset(seed=...)`` reseeds).
+        starts: ``"random"`` (episodes start at uniformly random bars) or ``"sequential"``
+            (episodes tile the series in order, so ``steps_per_epoch`` steps visit every
+            decision bar at least once: for evaluation and exact accounting).
+        check_actions: validate action values (default: on CPU only, since on CUDA it would
+            synchronize; an out-of-range action on CUDA then fails with a device assert).
+
+    Epochs: ``bars_per_epoch`` is the number of bars an agent can act on (``len(market) -
+    window - longest horizon``); one epoch covers the series once, i.e. ``steps_per_epoch =
+    ceil(bars_per_epoch / num_envs)`` calls to ``step()``.
+
+    Gymnasium: the vector-env API with ``metadata["autoreset_mode"] = SAME_STEP``; rewards,
+    terminated and truncated are (N,) tensors on ``device`` instead of numpy arrays;
+    ``info["final_obs"]`` is an (N, D) tensor valid where ``info["_final_obs"]`` is True.
+    """
+
+    metadata = {"autoreset_mode": _AUTORESET}
+
+    def __init__(
+        self,
+        market: MarketData,
+        num_envs: int = 64,
+        episode_length: int = 720,
+        window: int = 60,
+        fee: float = 1e-4,
+        aux_horizons: Sequence[int | str | pd.Timedelta] = ("1h", "24h"),
+        allow_short: bool = True,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        *,
+        starts: str = "random",
+        check_actions: bool | None = None,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs={num_envs}: need at least 1 env")
+        if episode_length < 1:
+            raise ValueError(f"episode_length={episode_length}: need at least 1 step")
+        if window < 1:
+            raise ValueError(f"window={window}: need at least 1 bar")
+        if not (math.isfinite(fee) and fee >= 0):
+            raise ValueError(f"fee={fee}: must be a finite number >= 0")
+        if starts not in ("random", "sequential"):
+            raise ValueError(f"starts={starts!r}: use 'random' or 'sequential'")
+        self.market = market
+        self.num_envs = int(num_envs)
+        self.episode_length = int(episode_length)
+        self.window = int(window)
+        self.fee = float(fee)
+        self.allow_short = bool(allow_short)
+        self.device = torch.device(device)
+        self.starts = starts
+        self.check_actions = self.device.type == "cpu" if check_actions is None else check_actions
+        self.aux_horizons = tuple(aux_horizons)
+        self.aux_horizon_bars = tuple(horizon_to_bars(h, market.bar_interval) for h in aux_horizons)
+
+        n_bars = len(market)
+        longest = max(self.aux_horizon_bars, default=0)
+        # Decision bars t need window returns behind them (t >= window), a next bar for the
+        # reward and every aux horizon ahead (t + longest <= T - 1).
+        self.first_bar = self.window
+        self.bars_per_epoch = n_bars - max(longest, 1) - self.window
+        # An episode from t0 acts on t0 .. t0+L-1, all of which must be decision bars.
+        self._max_start = n_bars - self.episode_length - max(longest, 1)
+        if self._max_start < self.first_bar:
+            raise MarketDataError(
+                f"{n_bars} bars are too few for episode_length={episode_length}, window={window} "
+                f"and longest aux horizon {longest} bars: need at least "
+                f"{window + episode_length + max(longest, 1)}. Use a shorter episode_length or "
+                "more data"
+            )
+        self.steps_per_epoch = math.ceil(self.bars_per_epoch / self.num_envs)
+
+        # Everything step() reads is precomputed once, on the device.
+        feats = compute_features(market, self.window, self.device)
+        self.obs_spec: ObsSpec = feats.spec
+        self.feature_sanitize_counts = feats.sanitized
+        self._table = feats.table
+        # Raw (unsanitized) values: they are sanitized per step so that the counts say how
+        # often bad values actually reached the agent.
+        self._log_returns = market.log_returns.to(self.device, torch.float32)
+        if self.aux_horizon_bars:
+            self._aux_table = (
+                torch.stack([market.forward_returns(h) for h in self.aux_horizon_bars], dim=1)
+                .to(self.device, torch.float32)
+                .contiguous()
+            )
+        else:
+            self._aux_table = torch.zeros(n_bars, 0, device=self.device)
+        positions = [-1.0, 0.0, 1.0] if self.allow_short else [0.0, 1.0]
+        self._action_to_position = torch.tensor(positions, device=self.device)
+        self.return_counts = torch.zeros(2, dtype=torch.int64, device=self.device)
+        self.aux_target_counts = torch.zeros(2, dtype=torch.int64, device=self.device)
+
+        self._init_spaces(len(positions))
+        self._seed = seed
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(seed)
+        self._episodes_started = 0  # for starts="sequential"
+        self._t = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
+        self._pos = torch.zeros(self.num_envs, device=self.device)
+        self._episode_return = torch.zeros(self.num_envs, device=self.device)
+        self._elapsed = 0
+        self._needs_reset = True
+
+    def _init_spaces(self, n_actions: int) -> None:
+        shape = (self.obs_spec.size,)
+        if gymnasium is not None:
+            self.single_observation_space = spaces.Box(
+                -FEATURE_CLIP, FEATURE_CLIP, shape=shape, dtype=np.float32
+            )
+            self.single_action_space = spaces.Discrete(n_actions)
+            self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+            self.action_space = batch_space(self.single_action_space, self.num_envs)
+        else:
+            self.single_observation_space = _Box(-FEATURE_CLIP, FEATURE_CLIP, shape)
+            self.single_action_space = _Discrete(n_actions)
+            self.observation_space = _Box(-FEATURE_CLIP, FEATURE_CLIP, (self.num_envs, *shape))
+            self.action_space = _Discrete(n_actions)
+
+    # -- gymnasium API ---------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Start N new episodes; returns ``(obs, info)`` with ``info["aux_targets"]``."""
+        if seed is not None:
+            self._seed = seed
+            self._generator.manual_seed(seed)
+            self._episodes_started = 0
+        self._start_episodes()
+        self._needs_reset = False
+        obs = self._observe()
+        return obs, {"aux_targets": self._aux_targets()}
+
+    def step(
+        self, actions: Tensor | np.ndarray | Sequence[int]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+        """Apply one action per env; returns ``(obs, reward, terminated, truncated, info)``.
+
+        ``actions``: (N,) integers (0 = short, 1 = flat, 2 = long; or 0 = flat, 1 = long).
+        ``info["aux_targets"]``: (N, len(aux_horizons)) sanitized forward returns from the
+        bar of the returned ``obs``. On the truncating step ``info["final_obs"]``,
+        ``info["_final_obs"]`` and ``info["episode_return"]`` are added.
+        """
+        if self._needs_reset:
+            raise RuntimeError("TradingEnv.step() called before reset()")
+        actions = self._as_actions(actions)
+        position = self._action_to_position.index_select(0, actions)
+        t_next = self._t + 1
+        ret = self._log_returns.index_select(0, t_next)
+        self.return_counts += ops.sanitize_(ret, 1.0)
+        cost = (position - self._pos).abs_().mul_(self.fee)
+        reward = position.mul(ret).sub_(cost)
+        self._episode_return += reward
+        self._t, self._pos = t_next, position
+        self._elapsed += 1
+
+        truncated_now = self._elapsed >= self.episode_length
+        obs = self._observe()
+        info: dict[str, Any] = {}
+        if truncated_now:
+            info["final_obs"] = obs
+            info["_final_obs"] = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+            info["episode_return"] = self._episode_return.clone()
+            self._start_episodes()
+            obs = self._observe()
+        info["aux_targets"] = self._aux_targets()
+        terminated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        truncated = torch.full(
+            (self.num_envs,), truncated_now, dtype=torch.bool, device=self.device
+        )
+        return obs, reward, terminated, truncated, info
+
+    def close(self, **kwargs: Any) -> None:
+        """Nothing to release (no processes, no files); kept for the gymnasium API."""
+        self.closed = True
+
+    # -- counters --------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """Host copies of the sanitizer counts (reading them synchronizes once)."""
+        r = self.return_counts.tolist()
+        a = self.aux_target_counts.tolist()
+        f = self.feature_sanitize_counts.tolist()
+        return {
+            "return_nonfinite": r[0],
+            "return_clamped": r[1],
+            "aux_nonfinite": a[0],
+            "aux_clamped": a[1],
+            "feature_return_nonfinite": f[0],
+            "feature_return_clamped": f[1],
+        }
+
+    def reset_counters(self) -> None:
+        self.return_counts.zero_()
+        self.aux_target_counts.zero_()
+
+    @property
+    def bar_index(self) -> Tensor:
+        """(N,) current bar of each env (the bar of the last returned observation)."""
+        return self._t
+
+    @property
+    def position(self) -> Tensor:
+        """(N,) current position of each env (-1, 0, +1)."""
+        return self._pos
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _as_actions(self, actions: Tensor | np.ndarray | Sequence[int]) -> Tensor:
+        if not isinstance(actions, Tensor):
+            actions = torch.as_tensor(np.asarray(actions), device=self.device)
+        if actions.shape != (self.num_envs,):
+            raise ValueError(
+                f"actions must have shape ({self.num_envs},), got {tuple(actions.shape)}"
+            )
+        if actions.device != self.device:
+            raise ValueError(f"actions are on {actions.device}, the env is on {self.device}")
+        if actions.dtype != torch.int64:
+            if actions.dtype.is_floating_point or actions.dtype == torch.bool:
+                raise TypeError(f"actions must be integers, got {actions.dtype}")
+            actions = actions.long()
+        if self.check_actions:
+            n = self._action_to_position.numel()
+            lo, hi = torch.aminmax(actions)
+            if lo < 0 or hi >= n:
+                raise ValueError(f"actions must be in [0, {n - 1}], got values in [{lo}, {hi}]")
+        return actions
+
+    def _start_episodes(self) -> None:
+        n = self.num_envs
+        if self.starts == "random":
+            self._t = torch.randint(
+                self.first_bar,
+                self._max_start + 1,
+                (n,),
+                generator=self._generator,
+                device=self.device,
+            )
+        else:
+            # Tile the decision bars with back-to-back episodes, in order; the last tile is
+            # moved back so that it still fits (it overlaps its neighbour).
+            slots = math.ceil(self.bars_per_epoch / self.episode_length)
+            k = (self._episodes_started + np.arange(n)) % slots
+            first = np.minimum(self.first_bar + k * self.episode_length, self._max_start)
+            self._t = torch.as_tensor(first, dtype=torch.int64).to(self.device)
+        self._episodes_started += n
+        self._pos = torch.zeros(n, device=self.device)
+        self._episode_return = torch.zeros(n, device=self.device)
+        self._elapsed = 0
+
+    def _observe(self) -> Tensor:
+        obs = self._table.index_select(0, self._t)
+        obs[:, self.obs_spec.position_col] = self._pos
+        obs[:, self.obs_spec.progress_col] = self._elapsed / self.episode_length
+        return obs
+
+    def _aux_targets(self) -> Tensor:
+        aux = self._aux_table.index_select(0, self._t)
+        self.aux_target_counts += ops.sanitize_(aux, 1.0)
+        return aux
+
+    def __repr__(self) -> str:
+        return (
+            f"TradingEnv(num_envs={self.num_envs}, bars={len(self.market)}, "
+            f"episode_length={self.episode_length}, window={self.window}, "
+            f"obs={self.obs_spec.size}, actions={self.single_action_space}, device={self.device})"
+        )

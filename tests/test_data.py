@@ -1,0 +1,487 @@
+"""load_market_data / MarketData / synthetic_market: every error case, repairs, intervals,
+forward returns by hand, and the synthetic market's properties."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import pyppo
+from pyppo import MarketData, MarketDataError, load_market_data, synthetic_market
+from pyppo.data import horizon_to_bars
+
+SMALL = {"window": 3, "horizons": (1, 2)}  # tiny series: 3-bar window, horizons in bars
+
+
+def hourly(n: int, start: str = "2024-01-01", price0: float = 100.0) -> pd.DataFrame:
+    idx = pd.date_range(start, periods=n, freq="1h")
+    close = price0 * np.exp(np.cumsum(np.full(n, 0.001)))
+    return pd.DataFrame(
+        {
+            "Open": close,
+            "High": close * 1.01,
+            "Low": close * 0.99,
+            "Close": close,
+            "Volume": np.full(n, 10.0),
+        },
+        index=idx,
+    )
+
+
+def write_csv(tmp_path, frame: pd.DataFrame, name: str = "bars.csv", index: bool = False) -> str:
+    path = tmp_path / name
+    frame.to_csv(path, index=index)
+    return str(path)
+
+
+def with_column(frame: pd.DataFrame, name: str, values) -> pd.DataFrame:
+    out = frame.reset_index(drop=True)
+    out.insert(0, name, values)
+    return out
+
+
+# ----------------------------------------------------------------------------- happy paths
+
+
+@pytest.mark.parametrize("col", ["Date", "Time", "timestamp", "DateTime", "TIMESTAMP"])
+def test_newcomer_csv_with_named_timestamp_column_loads_without_options(tmp_path, col):
+    frame = hourly(200)
+    stamps = frame.index.strftime("%Y-%m-%d %H:%M:%S")
+    path = write_csv(tmp_path, with_column(frame, col, stamps))
+    md = load_market_data(path)
+    assert len(md) == 200
+    assert md.bar_interval == pd.Timedelta("1h")
+    assert list(md.frame.columns) == ["open", "high", "low", "close", "volume"]
+    assert md.frame.index[0] == pd.Timestamp("2024-01-01 00:00")
+    assert md.frame.index.name == "timestamp"
+
+
+def test_newcomer_csv_with_unnamed_datetime_index_loads_without_options(tmp_path):
+    path = write_csv(tmp_path, hourly(200), index=True)  # header cell of the index is empty
+    with open(path) as f:
+        assert f.readline().startswith(",Open")
+    md = load_market_data(path)
+    assert len(md) == 200 and md.bar_interval == pd.Timedelta("1h")
+
+
+def test_dataframe_with_datetime_index(tmp_path):
+    md = load_market_data(hourly(200))
+    assert md.source == "DataFrame" and len(md) == 200
+
+
+def test_separate_date_and_time_columns(tmp_path):
+    frame = hourly(200)
+    out = frame.reset_index(drop=True)
+    out.insert(0, "Time", frame.index.strftime("%H:%M"))
+    out.insert(0, "Date", frame.index.strftime("%Y-%m-%d"))
+    md = load_market_data(write_csv(tmp_path, out))
+    assert md.frame.index[25] == pd.Timestamp("2024-01-02 01:00")
+
+
+def test_epoch_seconds_and_milliseconds():
+    frame = hourly(200)
+    secs = frame.index.as_unit("ns").asi8 // 10**9
+    assert load_market_data(with_column(frame, "ts", secs)).frame.index.equals(frame.index)
+    ms = frame.index.as_unit("ns").asi8 // 10**6
+    assert load_market_data(with_column(frame, "time", ms)).frame.index.equals(frame.index)
+
+
+def test_semicolon_separated_csv(tmp_path):
+    frame = with_column(hourly(200), "Date", hourly(200).index.strftime("%Y-%m-%d %H:%M"))
+    path = tmp_path / "bars.csv"
+    frame.to_csv(path, sep=";", index=False)
+    assert len(load_market_data(path)) == 200
+
+
+def test_row_numbers_are_not_timestamps(tmp_path):
+    path = write_csv(tmp_path, hourly(200).reset_index(drop=True), index=True)
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(path)
+    msg = str(err.value)
+    assert "cannot parse timestamps in column Unnamed: 0 (200 of 200 rows)" in msg
+    assert "too small to be Unix epoch times" in msg and "timestamp_col=" in msg
+
+
+def test_close_only_and_price_col(tmp_path):
+    frame = hourly(200)[["Close"]].rename(columns={"Close": "Mid"})
+    with pytest.raises(MarketDataError, match=r"no price column found; columns are \['Mid'\]"):
+        load_market_data(frame)
+    md = load_market_data(frame, price_col="mid")
+    assert list(md.frame.columns) == ["close"]
+    lower = hourly(200)[["Close"]].rename(columns={"Close": "price"})
+    assert list(load_market_data(lower).frame.columns) == ["close"]
+
+
+def test_parquet_roundtrip(tmp_path):
+    pytest.importorskip("pyarrow")
+    frame = hourly(200)
+    path = tmp_path / "bars.parquet"
+    frame.to_parquet(path)
+    md = load_market_data(path)
+    assert md.fingerprint() == load_market_data(frame).fingerprint()
+
+
+def test_explicit_timestamp_format_and_col(tmp_path):
+    frame = hourly(200)
+    stamps = frame.index.strftime("%d.%m.%Y %Hh")
+    data = with_column(frame, "when", stamps)
+    md = load_market_data(data, timestamp_col="WHEN", timestamp_format="%d.%m.%Y %Hh")
+    assert md.frame.index.equals(frame.index.rename("timestamp"))
+    with pytest.raises(MarketDataError, match="timestamp_col='nope' not found; columns are"):
+        load_market_data(data, timestamp_col="nope")
+
+
+# ----------------------------------------------------------------------------- every error
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(MarketDataError, match=r"market data file not found: .*nope\.csv"):
+        load_market_data(tmp_path / "nope.csv")
+    assert issubclass(MarketDataError, ValueError)
+
+
+def test_no_timestamp_column():
+    frame = hourly(200).reset_index(drop=True)
+    with pytest.raises(MarketDataError, match="no timestamp column found.*timestamp_col="):
+        load_market_data(frame)
+
+
+def test_unparseable_timestamps_show_examples_and_suggest_format(tmp_path):
+    frame = hourly(200)
+    stamps = list(frame.index.strftime("%Y-%m-%d %H:%M"))
+    stamps[7] = "not a date"
+    stamps[42] = "2024-13-45 99:99"
+    path = write_csv(tmp_path, with_column(frame, "timestamp", stamps))
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(path)
+    msg = str(err.value)
+    assert "cannot parse timestamps in column timestamp (2 of 200 rows)" in msg
+    assert "line 9: 'not a date'" in msg and "line 44: '2024-13-45 99:99'" in msg
+    assert "timestamp_format=" in msg
+
+
+def test_wrong_timestamp_format_says_so():
+    frame = with_column(hourly(200), "timestamp", hourly(200).index.strftime("%Y-%m-%d %H:%M"))
+    with pytest.raises(MarketDataError, match="timestamp_format='%d/%m/%Y' does not match"):
+        load_market_data(frame, timestamp_format="%d/%m/%Y")
+
+
+def test_day_first_vs_month_first_ambiguity_is_an_error_with_both_formats(tmp_path):
+    # Daily bars on days 1..12 of three months: every date reads both ways.
+    days = [pd.Timestamp(2024, m, d) for m in (1, 2, 3) for d in range(1, 13)]
+    frame = pd.DataFrame(
+        {"Date": [d.strftime("%d/%m/%Y") for d in days], "Close": np.linspace(10, 20, len(days))}
+    )
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(frame, window=3, horizons=(1,))
+    msg = str(err.value)
+    assert "ambiguous" in msg and "'02/01/2024'" in msg
+    assert "timestamp_format='%d/%m/%Y' (day-first)" in msg
+    assert "timestamp_format='%m/%d/%Y' (month-first)" in msg
+    md = load_market_data(frame, timestamp_format="%d/%m/%Y", window=3, horizons=(1,))
+    assert md.frame.index[1] == pd.Timestamp("2024-01-02")
+
+
+def test_day_first_resolved_when_month_first_is_impossible():
+    idx = pd.date_range("2024-01-10", periods=200, freq="1h")  # reaches day 13+
+    frame = pd.DataFrame({"Date": idx.strftime("%d/%m/%Y %H:%M"), "Close": np.arange(200) + 1.0})
+    assert load_market_data(frame).frame.index.equals(idx.rename("timestamp"))
+    frame = pd.DataFrame({"Date": idx.strftime("%m/%d/%Y %H:%M"), "Close": np.arange(200) + 1.0})
+    assert load_market_data(frame).frame.index.equals(idx.rename("timestamp"))
+
+
+def test_duplicate_timestamps(tmp_path):
+    frame = hourly(200)
+    stamps = list(frame.index.strftime("%Y-%m-%d %H:%M"))
+    stamps[11] = stamps[10]
+    path = write_csv(tmp_path, with_column(frame, "timestamp", stamps))
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(path)
+    msg = str(err.value)
+    assert "duplicate timestamps: 2024-01-01 10:00:00 (1 in total)" in msg
+    assert "line 12, line 13" in msg and "2 rows involved" in msg
+
+
+def test_unsorted_timestamps(tmp_path):
+    frame = hourly(200)
+    stamps = list(frame.index.strftime("%Y-%m-%d %H:%M"))
+    stamps[50], stamps[51] = stamps[51], stamps[50]
+    path = write_csv(tmp_path, with_column(frame, "timestamp", stamps))
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(path)
+    msg = str(err.value)
+    assert "timestamps are not sorted (1 places go back in time)" in msg
+    assert "line 53 (2024-01-03 02:00:00) comes after 2024-01-03 03:00:00" in msg
+    assert "sort" in msg.lower()
+
+
+def test_nan_prices_name_rows_and_suggest_repair(tmp_path):
+    frame = hourly(200)
+    frame.iloc[5, frame.columns.get_loc("Close")] = np.nan
+    data = with_column(frame, "timestamp", frame.index.strftime("%Y-%m-%d %H:%M")).astype(object)
+    data.loc[9, "Close"] = "12,5"
+    path = write_csv(tmp_path, data)
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(path)
+    msg = str(err.value)
+    assert "NaN/missing prices in 2 rows" in msg
+    assert "line 7 (2024-01-01 05:00:00): close=nan" in msg
+    assert "line 11 (2024-01-01 09:00:00): close='12,5' (not a number)" in msg
+    assert "repair='drop'" in msg and "repair='ffill'" in msg
+
+
+def test_zero_and_negative_prices():
+    frame = hourly(200)
+    frame.iloc[3, frame.columns.get_loc("Close")] = 0.0
+    frame.iloc[4, frame.columns.get_loc("Low")] = -1.0
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(frame)
+    msg = str(err.value)
+    assert "zero or negative prices in 2 rows" in msg
+    assert "row 3 (2024-01-01 03:00:00): close=0.0" in msg
+    assert "row 4 (2024-01-01 04:00:00): low=-1.0" in msg
+
+
+def test_error_lists_at_most_five_examples_and_the_total():
+    frame = hourly(200)
+    frame.iloc[10:30, frame.columns.get_loc("Close")] = np.nan
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(frame)
+    msg = str(err.value)
+    assert msg.count("close=nan") == 5 and "20 rows in total" in msg
+
+
+def test_high_below_low():
+    frame = hourly(200)
+    frame.iloc[17, frame.columns.get_loc("High")] = 1.0
+    with pytest.raises(MarketDataError, match=r"high < low in 1 rows: row 17 .*swapped"):
+        load_market_data(frame)
+
+
+def test_too_few_bars_for_window_and_horizon():
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(hourly(80))  # window 60 + 24h + 1 = 85
+    msg = str(err.value)
+    assert (
+        "80 bars is too few: need at least 85 = window 60 + longest horizon 24h (24 bars) + 1"
+        in msg
+    )
+    assert len(load_market_data(hourly(85))) == 85
+
+
+def test_bad_repair_argument():
+    with pytest.raises(MarketDataError, match="repair='fix'"):
+        load_market_data(hourly(200), repair="fix")
+
+
+# ----------------------------------------------------------------------------- repairs
+
+
+def dirty_frame() -> pd.DataFrame:
+    frame = hourly(200)
+    c = frame.columns.get_loc("Close")
+    frame.iloc[0, c] = np.nan  # leading: ffill cannot fill it
+    frame.iloc[10, c] = np.nan
+    frame.iloc[11, c] = 0.0
+    frame.iloc[20, frame.columns.get_loc("Open")] = -5.0
+    return frame
+
+
+def test_repair_drop_counts_rows():
+    md = load_market_data(dirty_frame(), repair="drop")
+    assert len(md) == 196
+    assert (md.repair.nan_rows, md.repair.nonpositive_rows, md.repair.dropped) == (2, 2, 4)
+    assert md.repair.filled == 0
+    assert (
+        "repaired:  4 rows (2 with NaN prices, 2 with zero/negative prices): 4 dropped"
+        in md.report()
+    )
+    assert pd.Timestamp("2024-01-01 10:00") not in md.frame.index
+
+
+def test_repair_ffill_counts_rows_and_fills_from_last_good_value():
+    raw = dirty_frame()
+    md = load_market_data(raw, repair="ffill")
+    assert len(md) == 199  # the leading NaN row has nothing to fill from
+    assert (md.repair.filled, md.repair.dropped) == (3, 1)
+    f = md.frame
+    assert f.loc["2024-01-01 10:00", "close"] == raw["Close"].iloc[9]
+    assert f.loc["2024-01-01 11:00", "close"] == raw["Close"].iloc[9]
+    assert f.loc["2024-01-01 20:00", "open"] == raw["Open"].iloc[19]
+    assert "3 forward-filled, 1 dropped" in md.report()
+
+
+# ----------------------------------------------------------------------------- intervals
+
+
+def test_interval_inference_with_weekend_gaps():
+    # Weekday-only hourly bars (Mon 00:00 .. Fri 23:00) for four weeks.
+    idx = pd.date_range("2024-01-01", "2024-01-27", freq="1h")
+    idx = idx[idx.day_of_week < 5]
+    frame = pd.DataFrame({"close": np.linspace(100, 110, len(idx))}, index=idx)
+    md = load_market_data(frame)
+    assert md.bar_interval == pd.Timedelta("1h")
+    n_gaps, missing, largest = md.gaps()
+    assert n_gaps == 3  # three weekends inside the range
+    assert missing == 3 * 48
+    assert largest == pd.Timedelta("49h")
+    assert "gaps:      3 (144 missing bars; largest spacing 2 days 01:00:00)" in md.report()
+
+
+def test_daily_and_minute_intervals():
+    idx = pd.date_range("2024-01-01", periods=300, freq="1D")
+    md = load_market_data(
+        pd.DataFrame({"close": np.arange(1.0, 301.0)}, index=idx), horizons=(1, 5)
+    )
+    assert md.bar_interval == pd.Timedelta("1D")
+    idx = pd.date_range("2024-01-01", periods=3000, freq="15min")
+    md = load_market_data(pd.DataFrame({"close": np.arange(1.0, 3001.0)}, index=idx))
+    assert md.horizons == (4, 96)
+
+
+def test_horizon_conversion_errors():
+    h = pd.Timedelta("1h")
+    assert horizon_to_bars("24h", h) == 24 and horizon_to_bars(3, h) == 3
+    with pytest.raises(MarketDataError, match="shorter than the bar interval"):
+        horizon_to_bars("30min", h)
+    with pytest.raises(MarketDataError, match="not a whole multiple"):
+        horizon_to_bars("90min", h)
+    with pytest.raises(MarketDataError, match="at least 1 bar"):
+        horizon_to_bars(0, h)
+    idx = pd.date_range("2024-01-01", periods=300, freq="1D")
+    with pytest.raises(MarketDataError, match="horizon '1h' is shorter than the bar interval"):
+        load_market_data(pd.DataFrame({"close": np.arange(1.0, 301.0)}, index=idx))
+
+
+# ----------------------------------------------------------------------------- MarketData
+
+
+def tiny() -> MarketData:
+    idx = pd.date_range("2024-01-01", periods=8, freq="1h")
+    close = [100.0, 110.0, 99.0, 99.0, 198.0, 99.0, 100.0, 50.0]
+    return load_market_data(pd.DataFrame({"close": close}, index=idx), **SMALL)
+
+
+def test_returns_and_forward_returns_by_hand():
+    md = tiny()
+    torch.testing.assert_close(
+        md.returns,
+        torch.tensor([0.0, 0.1, -0.1, 0.0, 1.0, -0.5, 100 / 99 - 1, -0.5], dtype=torch.float64),
+    )
+    torch.testing.assert_close(md.log_returns[1], torch.tensor(math.log(1.1), dtype=torch.float64))
+    nan = float("nan")
+    torch.testing.assert_close(
+        md.forward_returns(1),
+        torch.tensor([0.1, -0.1, 0.0, 1.0, -0.5, 100 / 99 - 1, -0.5, nan], dtype=torch.float64),
+        equal_nan=True,
+    )
+    torch.testing.assert_close(
+        md.forward_returns("2h"),
+        torch.tensor(
+            [-0.01, -0.1, 1.0, 0.0, 100 / 198 - 1, 50 / 99 - 1, nan, nan], dtype=torch.float64
+        ),
+        equal_nan=True,
+    )
+    assert md.aux_targets.shape == (8, 2)
+
+
+def test_split_is_in_time_order_and_keeps_interval():
+    md = synthetic_market(1000, seed=3)
+    train, test = md.split(train=0.8)
+    assert (len(train), len(test)) == (800, 200)
+    assert train.frame.index[-1] < test.frame.index[0]
+    assert train.bar_interval == test.bar_interval == pd.Timedelta("1h")
+    assert torch.isnan(train.forward_returns(24)[-24:]).all()  # never looks into test
+    with pytest.raises(MarketDataError, match="test part of split"):
+        md.split(train=0.95)
+
+
+def test_report_counts_extreme_and_nonfinite_returns():
+    md = tiny()
+    report = md.report()
+    assert "bars:      8 from 2024-01-01 00:00:00 to 2024-01-01 07:00:00" in report
+    assert "interval:  1h" in report and "gaps:      none" in report
+    assert "extreme returns beyond ±100%: 0" in report  # +100 % exactly is not beyond
+    assert "non-finite returns: 0" in report
+
+
+def test_fingerprint_is_stable_and_sensitive():
+    a = synthetic_market(500, seed=1)
+    assert a.fingerprint() == synthetic_market(500, seed=1).fingerprint()
+    assert re.fullmatch(r"[0-9a-f]{64}", a.fingerprint())
+    b = synthetic_market(500, seed=1)
+    b.frame.iloc[100, b.frame.columns.get_loc("close")] *= 1 + 1e-12
+    assert a.fingerprint() != b.fingerprint()
+    assert a.fingerprint() != synthetic_market(500, seed=2).fingerprint()
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_is_deterministic_valid_and_round_trips_through_validation():
+    a = synthetic_market(3000, seed=7)
+    b = synthetic_market(3000, seed=7)
+    pd.testing.assert_frame_equal(a.frame, b.frame)
+    assert not a.frame.equals(synthetic_market(3000, seed=8).frame)
+    assert a.bar_interval == pd.Timedelta("1h") and a.planted == {}
+    # Clean synthetic data passes every check of the loader.
+    assert load_market_data(a.frame).fingerprint() == a.fingerprint()
+    assert synthetic_market(500, interval="15min").bar_interval == pd.Timedelta("15min")
+
+
+def test_synthetic_is_fat_tailed_clustered_and_has_planted_momentum():
+    md = synthetic_market(20_000, seed=0)
+    r = md.log_returns.numpy()[1:]
+    kurtosis = ((r - r.mean()) ** 4).mean() / r.var() ** 2
+    assert kurtosis > 5  # fat tails (normal: 3)
+    a = np.abs(r)
+    assert np.corrcoef(a[:-1], a[1:])[0, 1] > 0.1  # volatility clustering
+    # The planted edge: the sum of the last 3 vol-normalized returns predicts the next one.
+    vol = pd.Series(r).pow(2).ewm(span=60).mean().pow(0.5).shift(1).bfill().to_numpy()
+    z = r / vol
+    signal = z[:-3] + z[1:-2] + z[2:-1]
+    corr = np.corrcoef(signal[60:], z[3:][60:])[0, 1]
+    assert 0.05 < corr < 0.3
+
+
+def test_bad_ticks_are_planted_exactly_and_recorded():
+    md = synthetic_market(10_000, seed=1, bad_ticks=0.003)
+    counts = {k: len(v) for k, v in md.planted.items()}
+    assert sum(counts.values()) == 30 and counts == {"zero_price": 10, "nan_bar": 10, "spike": 10}
+    close = md.frame["close"].to_numpy()
+    assert (close[md.planted["zero_price"]] == 0).all()
+    assert (
+        np.isnan(md.frame.iloc[md.planted["nan_bar"]][["open", "high", "low", "close"]]).all().all()
+    )
+    clean = synthetic_market(10_000, seed=1)
+    np.testing.assert_allclose(
+        close[md.planted["spike"]], 11 * clean.frame["close"].to_numpy()[md.planted["spike"]]
+    )
+    bad = np.concatenate(list(md.planted.values()))
+    assert len(np.unique(bad)) == 30 and bad.min() >= 1
+    assert (np.diff(np.sort(bad)) > 1).all()  # never neighbours: effects stay separate
+    # Everything else is untouched.
+    keep = np.setdiff1d(np.arange(10_000), bad)
+    np.testing.assert_array_equal(close[keep], clean.frame["close"].to_numpy()[keep])
+    report = md.report()
+    assert "planted bad ticks (synthetic): zero_price 10, nan_bar 10, spike 10" in report
+    # The loader refuses this data, naming the bad rows.
+    with pytest.raises(MarketDataError, match="NaN/missing prices in 10 rows"):
+        load_market_data(md.frame)
+
+
+def test_public_api_is_exported():
+    for name in (
+        "load_market_data",
+        "MarketData",
+        "MarketDataError",
+        "synthetic_market",
+        "TradingEnv",
+        "ObsSpec",
+    ):
+        assert hasattr(pyppo, name)
