@@ -17,7 +17,8 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml CMakeLists.txt $(wildcard csrc/*.* csrc/*/*.*)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)" numpy pandas scikit-build-core "cmake>=3.27" ninja pytest hypothesis
+	$(BIN)/pip install -q "$(TORCH)" numpy pandas tqdm matplotlib scikit-build-core "cmake>=3.27" ninja \
+		pytest hypothesis gymnasium pyarrow
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 

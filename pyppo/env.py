@@ -92,6 +92,8 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
             decision bar at least once: for evaluation and exact accounting).
         check_actions: validate action values (default: on CPU only, since on CUDA it would
             synchronize; an out-of-range action on CUDA then fails with a device assert).
+        sanitize: ``False`` passes realized returns and auxiliary targets through raw, NaN
+            and all (only to demonstrate what the guards prevent; observations stay clean).
 
     Epochs: ``bars_per_epoch`` is the number of bars an agent can act on (``len(market) -
     window - longest horizon``); one epoch covers the series once, i.e. ``steps_per_epoch =
@@ -118,6 +120,7 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         *,
         starts: str = "random",
         check_actions: bool | None = None,
+        sanitize: bool = True,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs={num_envs}: need at least 1 env")
@@ -137,6 +140,7 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         self.allow_short = bool(allow_short)
         self.device = torch.device(device)
         self.starts = starts
+        self.sanitize = bool(sanitize)
         self.check_actions = self.device.type == "cpu" if check_actions is None else check_actions
         self.aux_horizons = tuple(aux_horizons)
         self.aux_horizon_bars = tuple(horizon_to_bars(h, market.bar_interval) for h in aux_horizons)
@@ -236,7 +240,8 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         position = self._action_to_position.index_select(0, actions)
         t_next = self._t + 1
         ret = self._log_returns.index_select(0, t_next)
-        self.return_counts += ops.sanitize_(ret, 1.0)
+        if self.sanitize:
+            self.return_counts += ops.sanitize_(ret, 1.0)
         cost = (position - self._pos).abs_().mul_(self.fee)
         reward = position.mul(ret).sub_(cost)
         self._episode_return += reward
@@ -293,6 +298,40 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         """(N,) current position of each env (-1, 0, +1)."""
         return self._pos
 
+    # -- checkpointing -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that decides the env's future: RNG, bars, positions, counters."""
+        return {
+            "generator": self._generator.get_state(),
+            "seed": self._seed,
+            "episodes_started": self._episodes_started,
+            "t": self._t.clone(),
+            "pos": self._pos.clone(),
+            "episode_return": self._episode_return.clone(),
+            "elapsed": self._elapsed,
+            "needs_reset": self._needs_reset,
+            "return_counts": self.return_counts.clone(),
+            "aux_target_counts": self.aux_target_counts.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (of an env over the same market and settings)."""
+        if state["t"].shape != self._t.shape:
+            raise ValueError(
+                f"env state is for {state['t'].shape[0]} envs, this env has {self.num_envs}"
+            )
+        self._generator.set_state(state["generator"].cpu())
+        self._seed = state["seed"]
+        self._episodes_started = state["episodes_started"]
+        self._t = state["t"].to(self.device)
+        self._pos = state["pos"].to(self.device)
+        self._episode_return = state["episode_return"].to(self.device)
+        self._elapsed = state["elapsed"]
+        self._needs_reset = state["needs_reset"]
+        self.return_counts.copy_(state["return_counts"])
+        self.aux_target_counts.copy_(state["aux_target_counts"])
+
     # -- internals -------------------------------------------------------------------------
 
     def _as_actions(self, actions: Tensor | np.ndarray | Sequence[int]) -> Tensor:
@@ -345,7 +384,8 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
 
     def _aux_targets(self) -> Tensor:
         aux = self._aux_table.index_select(0, self._t)
-        self.aux_target_counts += ops.sanitize_(aux, 1.0)
+        if self.sanitize:
+            self.aux_target_counts += ops.sanitize_(aux, 1.0)
         return aux
 
     def __repr__(self) -> str:
