@@ -7,6 +7,9 @@
 TORCH_LIBRARY(pyppo, m) {
   m.def("sanitize_(Tensor(a!) x, float limit) -> Tensor");
   m.def("sanitize(Tensor x, float limit) -> (Tensor, Tensor)");
+  m.def(
+      "gae(Tensor rewards, Tensor values, Tensor episode_starts, Tensor last_values, "
+      "Tensor last_episode_starts, float gamma, float gae_lambda) -> (Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(_C, m) {
