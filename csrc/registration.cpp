@@ -4,6 +4,10 @@
 #include <torch/library.h>
 #include <torch/python.h>
 
+namespace pyppo {
+void bind_rollout_buffer(pybind11::module& m);  // rollout_buffer.cpp
+}
+
 TORCH_LIBRARY(pyppo, m) {
   m.def("sanitize_(Tensor(a!) x, float limit) -> Tensor");
   m.def("sanitize(Tensor x, float limit) -> (Tensor, Tensor)");
@@ -22,4 +26,5 @@ PYBIND11_MODULE(_C, m) {
 #endif
   });
   m.attr("torch_version") = PYPPO_TORCH_VERSION;
+  pyppo::bind_rollout_buffer(m);
 }

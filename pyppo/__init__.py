@@ -10,6 +10,15 @@ import torch
 
 from pyppo._extension import _C, cuda_kernels_available
 from pyppo import ops, reference
+from pyppo.buffer import RolloutBatch, RolloutBuffer
 
-__all__ = ["cuda_kernels_available", "ops", "reference", "_C", "torch"]
+__all__ = [
+    "cuda_kernels_available",
+    "ops",
+    "reference",
+    "RolloutBatch",
+    "RolloutBuffer",
+    "_C",
+    "torch",
+]
 __version__ = "0.1.0"
