@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from pyppo._extension import _C, cuda_kernels_available
 from pyppo import ops, reference
+from pyppo._extension import _C, cuda_kernels_available
 from pyppo.buffer import RolloutBatch, RolloutBuffer
 
 __all__ = [

@@ -154,8 +154,10 @@ class RolloutBuffer:
         Raises ``RuntimeError`` before :meth:`compute_returns_and_advantage`.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"pyppo.RolloutBuffer.minibatches: batch_size must be a positive "
-                             f"int, got {batch_size!r}")
+            raise ValueError(
+                f"pyppo.RolloutBuffer.minibatches: batch_size must be a positive "
+                f"int, got {batch_size!r}"
+            )
         if not self._impl.computed:
             # Same message as the C++ check, raised before the permutation is drawn.
             raise RuntimeError(
