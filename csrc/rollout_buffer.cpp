@@ -100,6 +100,11 @@ class RolloutBuffer {
     aux_targets_ = at::zeros({num_steps, num_envs, num_aux}, opts);
     advantages_ = at::zeros(tn, opts);
     returns_ = at::zeros(tn, opts);
+    // (T * N, ...) views of the fields a minibatch returns, in RolloutBatch order.
+    for (const at::Tensor* x :
+         {&obs_, &actions_, &logprobs_, &advantages_, &returns_, &values_, &aux_targets_}) {
+      flat_.push_back(x->flatten(0, 1));
+    }
     // "cuda" becomes "cuda:0" here, so later device comparisons are exact.
     device_ = obs_.device();
     reward_counts_ = new_sanitize_counts(obs_);
@@ -172,11 +177,10 @@ class RolloutBuffer {
     TORCH_CHECK_VALUE(indices.dim() == 1, "pyppo.RolloutBuffer.gather: indices must be 1-D");
     TORCH_CHECK(indices.device() == device_, "pyppo.RolloutBuffer.gather: indices are on ",
                 indices.device(), " but the buffer is on ", device_);
-    auto flat = [](const at::Tensor& x) { return x.flatten(0, 1); };  // a view: no copy
-    return {flat(obs_).index_select(0, indices),        flat(actions_).index_select(0, indices),
-            flat(logprobs_).index_select(0, indices),   flat(advantages_).index_select(0, indices),
-            flat(returns_).index_select(0, indices),    flat(values_).index_select(0, indices),
-            flat(aux_targets_).index_select(0, indices)};
+    std::vector<at::Tensor> batch;
+    batch.reserve(flat_.size());
+    for (const at::Tensor& field : flat_) batch.push_back(field.index_select(0, indices));
+    return batch;
   }
 
   // Starts a new rollout: pos 0, not full, sanitize counts zeroed (in place, so tensors the
@@ -207,6 +211,7 @@ class RolloutBuffer {
   at::Tensor reward_counts_, aux_counts_;
 
  private:
+  std::vector<at::Tensor> flat_;
   // A per-env field may come as (N, *shape) or, for scalars, also as (N, 1).
   std::vector<std::vector<int64_t>> per_env_shapes(const std::vector<int64_t>& shape) const {
     std::vector<std::vector<int64_t>> shapes{concat({num_envs_}, shape)};
