@@ -227,7 +227,7 @@ def test_devices_must_match():
 @pytest.mark.parametrize(
     "shape",
     # (1, 1) and (9, 1): the per-env scan; (4096, 1) ... (2048, 64): chunked scans with
-    # ragged last chunks; (64, 70000): one thread per env with plenty of envs.
+    # ragged last chunks; (64, 70000): few chunks of many envs.
     [(1, 1), (9, 1), (4096, 1), (1000, 3), (2048, 64), (257, 1000), (64, 70000)],
 )
 def test_cuda_matches_reference(shape, boundaries):
