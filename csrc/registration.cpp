@@ -4,9 +4,16 @@
 #include <torch/library.h>
 #include <torch/python.h>
 
+namespace pyppo {
+void bind_rollout_buffer(pybind11::module& m);  // rollout_buffer.cpp
+}
+
 TORCH_LIBRARY(pyppo, m) {
   m.def("sanitize_(Tensor(a!) x, float limit) -> Tensor");
   m.def("sanitize(Tensor x, float limit) -> (Tensor, Tensor)");
+  m.def(
+      "gae(Tensor rewards, Tensor values, Tensor episode_starts, Tensor last_values, "
+      "Tensor last_episode_starts, float gamma, float gae_lambda) -> (Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(_C, m) {
@@ -19,4 +26,5 @@ PYBIND11_MODULE(_C, m) {
 #endif
   });
   m.attr("torch_version") = PYPPO_TORCH_VERSION;
+  pyppo::bind_rollout_buffer(m);
 }

@@ -10,11 +10,13 @@ import torch
 
 from pyppo import ops, reference
 from pyppo._extension import _C, cuda_kernels_available
+from pyppo.buffer import RolloutBatch, RolloutBuffer
 from pyppo.data import MarketData, MarketDataError, load_market_data, synthetic_market
 from pyppo.env import ObsSpec, TradingEnv
 
 __all__ = [
     "cuda_kernels_available", "ops", "reference", "_C", "torch",
+    "RolloutBatch", "RolloutBuffer",
     "MarketData", "MarketDataError", "load_market_data", "synthetic_market",
     "TradingEnv", "ObsSpec",
 ]

@@ -2,6 +2,7 @@
 // only need ATen.
 #include <torch/library.h>
 
+#include "gae.h"
 #include "sanitize.h"
 
 namespace pyppo {
@@ -9,6 +10,7 @@ namespace pyppo {
 TORCH_LIBRARY_IMPL(pyppo, CUDA, m) {
   m.impl("sanitize_", &sanitize_inplace_op<sanitize_cuda_kernel>);
   m.impl("sanitize", &sanitize_op<sanitize_cuda_kernel>);
+  m.impl("gae", &gae_op<gae_cuda_kernel>);
 }
 
 }  // namespace pyppo

@@ -1,0 +1,326 @@
+"""Benchmarks of pyppo's GAE op and RolloutBuffer against the obvious alternatives.
+
+    python benchmarks/bench_gae.py [--device cuda] [--dtype float64] [--json out.json] [--quick]
+
+Three tables, medians of repeated timings:
+
+1. ``gae`` at (T, N) = (128, 8), (2048, 64), (256, 1024), (2048, 4096) against
+   - a NumPy loop over steps written the way Stable-Baselines3's
+     ``RolloutBuffer.compute_returns_and_advantage`` writes it (CPU arrays, always), and
+   - a plain copy of the same bytes: gae reads rewards, values and episode_starts and writes
+     advantages and returns, i.e. 5 x T x N elements of traffic; the baseline is one
+     ``dst.copy_(src)`` of 2.5 x T x N elements (2.5 read + 2.5 written), on the same device.
+2. ``RolloutBuffer.add`` per step against the same writes done from Python
+   (``copy_`` into each storage row, ``pyppo.ops.sanitize_`` on rewards and aux targets and
+   ``+=`` of their counts).
+3. One epoch of ``RolloutBuffer.minibatches`` over a 2048 x 64 rollout with 64-dim
+   observations in batches of 256 against the same ``randperm`` plus one plain
+   ``index_select`` per field (7 fields) on the flattened storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+import pyppo
+from pyppo import ops
+
+SHAPES = [(128, 8), (2048, 64), (256, 1024), (2048, 4096)]
+GAMMA, LAMBDA = 0.99, 0.95
+
+
+def measure(
+    fn: Callable[[], object],
+    device: torch.device,
+    min_time: float = 0.3,
+    min_repeats: int = 7,
+    max_repeats: int = 500,
+) -> float:
+    """Median seconds per call of `fn` (after two warm-up calls)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(2):
+        fn()
+    sync()
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < max_repeats and (
+        len(times) < min_repeats or time.perf_counter() - start_all < min_time
+    ):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def sb3_style_gae(rewards, values, episode_starts, last_values, dones, gamma, gae_lambda):
+    """GAE as a NumPy loop over steps, in the style of Stable-Baselines3's rollout buffer:
+    one vectorized statement per step across envs, float32 arrays."""
+    num_steps = rewards.shape[0]
+    advantages = np.zeros_like(rewards)
+    last_gae_lam = 0
+    for step in reversed(range(num_steps)):
+        if step == num_steps - 1:
+            next_non_terminal = 1.0 - dones.astype(np.float32)
+            next_values = last_values
+        else:
+            next_non_terminal = 1.0 - episode_starts[step + 1]
+            next_values = values[step + 1]
+        delta = rewards[step] + gamma * next_values * next_non_terminal - values[step]
+        last_gae_lam = delta + gamma * gae_lambda * next_non_terminal * last_gae_lam
+        advantages[step] = last_gae_lam
+    returns = advantages + values
+    return advantages, returns
+
+
+def bench_gae(device: torch.device, dtype: torch.dtype, shapes) -> list[dict]:
+    rows = []
+    for steps, envs in shapes:
+        g = torch.Generator().manual_seed(0)
+        r = torch.randn(steps, envs, generator=g, dtype=dtype)
+        v = torch.randn(steps, envs, generator=g, dtype=dtype)
+        s = (torch.rand(steps, envs, generator=g) < 0.01).to(dtype)
+        lv = torch.randn(envs, generator=g, dtype=dtype)
+        ls = torch.zeros(envs, dtype=dtype)
+        np_args = [x.numpy() for x in (r, v, s, lv, ls)]
+        t_numpy = measure(
+            lambda a=np_args: sb3_style_gae(*a, GAMMA, LAMBDA),
+            torch.device("cpu"),
+            min_time=0.2,
+            min_repeats=3,
+        )
+        # The two must agree, or the comparison is meaningless.
+        adv_np, _ = sb3_style_gae(*np_args, GAMMA, LAMBDA)
+
+        dev = [x.to(device) for x in (r, v, s, lv, ls)]
+        t_gae = measure(lambda d=dev: ops.gae(*d, GAMMA, LAMBDA), device)
+        adv, _ = ops.gae(*dev, GAMMA, LAMBDA)
+        np.testing.assert_allclose(adv.cpu().numpy(), adv_np, rtol=1e-3, atol=1e-3)
+
+        elems = steps * envs * 5 // 2  # 2.5 T N elements read + 2.5 T N written
+        src = torch.randn(elems, dtype=dtype, device=device)
+        dst = torch.empty_like(src)
+        t_copy = measure(lambda d=dst, s=src: d.copy_(s), device)
+        traffic = 5 * steps * envs * r.element_size()
+        rows.append(
+            {
+                "T": steps,
+                "N": envs,
+                "gae_s": t_gae,
+                "numpy_sb3_s": t_numpy,
+                "copy_s": t_copy,
+                "speedup_vs_numpy": t_numpy / t_gae,
+                "gae_over_copy": t_gae / t_copy,
+                "gae_GBps": traffic / t_gae / 1e9,
+                "copy_GBps": traffic / t_copy / 1e9,
+            }
+        )
+    return rows
+
+
+def rollout_inputs(steps, envs, obs_dim, num_aux, device, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        rewards = torch.randn(envs, generator=g, dtype=dtype)
+        rewards[0] = float("nan")  # something for the sanitizer to do
+        out.append(
+            dict(
+                obs=torch.randn(envs, obs_dim, generator=g, dtype=dtype),
+                actions=torch.randint(0, 3, (envs,), generator=g),
+                logprobs=torch.randn(envs, generator=g, dtype=dtype),
+                rewards=rewards,
+                values=torch.randn(envs, generator=g, dtype=dtype),
+                episode_starts=torch.rand(envs, generator=g) < 0.01,
+                aux_targets=torch.randn(envs, num_aux, generator=g, dtype=dtype),
+            )
+        )
+    return [{k: x.to(device) for k, x in step.items()} for step in out]
+
+
+def bench_add(
+    device: torch.device, dtype: torch.dtype, steps=256, envs=64, obs_dim=64, num_aux=2
+) -> dict:
+    inputs = rollout_inputs(steps, envs, obs_dim, num_aux, device, dtype)
+    buf = pyppo.RolloutBuffer(steps, envs, (obs_dim,), device=device, num_aux=num_aux, dtype=dtype)
+
+    def fill_buffer():
+        buf.reset()
+        for step in inputs:
+            buf.add(**step)
+
+    # The same writes from Python, into the same kind of preallocated storage.
+    store = {
+        k: torch.zeros(steps, *x.shape, dtype=x.dtype, device=device) for k, x in inputs[0].items()
+    }
+    store["episode_starts"] = torch.zeros(steps, envs, dtype=dtype, device=device)
+    counts = {
+        k: torch.zeros(2, dtype=torch.int64, device=device) for k in ("rewards", "aux_targets")
+    }
+
+    def fill_python():
+        for c in counts.values():
+            c.zero_()
+        for t, step in enumerate(inputs):
+            for k in ("obs", "actions", "logprobs", "values", "episode_starts"):
+                store[k][t].copy_(step[k])
+            store["rewards"][t].copy_(step["rewards"])
+            counts["rewards"] += ops.sanitize_(store["rewards"][t], math.inf)
+            store["aux_targets"][t].copy_(step["aux_targets"])
+            counts["aux_targets"] += ops.sanitize_(store["aux_targets"][t], 1.0)
+
+    t_buf = measure(fill_buffer, device, min_repeats=5) / steps
+    t_py = measure(fill_python, device, min_repeats=5) / steps
+    assert torch.equal(buf.rewards, store["rewards"]) and torch.equal(
+        buf.sanitize_counts["aux_targets"], counts["aux_targets"]
+    )
+    return {
+        "steps": steps,
+        "N": envs,
+        "obs_dim": obs_dim,
+        "add_s": t_buf,
+        "python_writes_s": t_py,
+        "add_over_python": t_buf / t_py,
+    }
+
+
+def bench_minibatches(
+    device: torch.device,
+    dtype: torch.dtype,
+    steps=2048,
+    envs=64,
+    obs_dim=64,
+    batch_size=256,
+    num_aux=2,
+) -> dict:
+    buf = pyppo.RolloutBuffer(steps, envs, (obs_dim,), device=device, num_aux=num_aux, dtype=dtype)
+    for step in rollout_inputs(1, envs, obs_dim, num_aux, device, dtype) * steps:
+        buf.add(**step)
+    buf.obs.copy_(torch.randn(buf.obs.shape, dtype=dtype))
+    buf.compute_returns_and_advantage(
+        torch.zeros(envs, dtype=dtype, device=device), torch.zeros(envs, dtype=dtype, device=device)
+    )
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def epoch_buffer():
+        return list(buf.minibatches(batch_size, gen))[-1]
+
+    fields = [
+        x.flatten(0, 1)
+        for x in (
+            buf.obs,
+            buf.actions,
+            buf.logprobs,
+            buf.advantages,
+            buf.returns,
+            buf.values,
+            buf.aux_targets,
+        )
+    ]
+    rows = steps * envs
+
+    def epoch_index_select():
+        order = torch.randperm(rows, generator=gen, device=device)
+        for start in range(0, rows, batch_size):
+            idx = order[start : start + batch_size]
+            batch = [f.index_select(0, idx) for f in fields]
+        return batch
+
+    t_buf = measure(epoch_buffer, device, min_repeats=5)
+    t_sel = measure(epoch_index_select, device, min_repeats=5)
+    return {
+        "T": steps,
+        "N": envs,
+        "obs_dim": obs_dim,
+        "batch_size": batch_size,
+        "minibatches_s": t_buf,
+        "index_select_s": t_sel,
+        "ratio": t_buf / t_sel,
+    }
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    desc = (
+        f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads"
+    )
+    if device.type == "cuda":
+        desc += f", GPU {torch.cuda.get_device_name(device)}"
+    return desc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="skip (2048, 4096)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    dtype = getattr(torch, args.dtype)
+    shapes = SHAPES[:-1] if args.quick else SHAPES
+
+    print(f"machine: {machine(device)}; device {device}, {args.dtype}")
+    gae_rows = bench_gae(device, dtype, shapes)
+    print("\ngae (medians; copy = one copy_ moving the same 5*T*N elements of traffic)")
+    print(
+        f"{'T x N':>12} {'gae':>10} {'numpy SB3':>10} {'copy':>10} {'vs numpy':>9} "
+        f"{'/ copy':>7} {'gae GB/s':>9} {'copy GB/s':>9}"
+    )
+    for r in gae_rows:
+        print(
+            f"{r['T']:>5} x {r['N']:<4} {r['gae_s'] * 1e6:>8.1f}us"
+            f" {r['numpy_sb3_s'] * 1e6:>8.0f}us {r['copy_s'] * 1e6:>8.1f}us"
+            f" {r['speedup_vs_numpy']:>8.0f}x"
+            f" {r['gae_over_copy']:>6.2f}x {r['gae_GBps']:>9.1f} {r['copy_GBps']:>9.1f}"
+        )
+
+    add = bench_add(device, dtype)
+    print(
+        f"\nbuffer add, N={add['N']}, obs {add['obs_dim']}: {add['add_s'] * 1e6:.1f}us per step"
+        f" vs Python writes {add['python_writes_s'] * 1e6:.1f}us ({add['add_over_python']:.2f}x)"
+    )
+
+    mb = bench_minibatches(device, dtype)
+    print(
+        f"minibatch epoch, {mb['T']}x{mb['N']}, obs {mb['obs_dim']}, batch {mb['batch_size']}: "
+        f"{mb['minibatches_s'] * 1e3:.2f}ms vs randperm + index_select of 7 fields "
+        f"{mb['index_select_s'] * 1e3:.2f}ms ({mb['ratio']:.2f}x)"
+    )
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "machine": machine(device),
+                    "device": str(device),
+                    "dtype": args.dtype,
+                    "gae": gae_rows,
+                    "add": add,
+                    "minibatches": mb,
+                },
+                f,
+                indent=2,
+            )
+
+
+if __name__ == "__main__":
+    main()
