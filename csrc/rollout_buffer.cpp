@@ -44,14 +44,15 @@ class RolloutBuffer {
   RolloutBuffer(int64_t num_steps, int64_t num_envs, std::vector<int64_t> obs_shape,
                 at::Device device, int64_t num_aux, at::ScalarType dtype, double aux_limit,
                 double reward_limit, std::vector<int64_t> action_shape,
-                at::ScalarType action_dtype)
+                at::ScalarType action_dtype, bool sanitize)
       : num_steps_(num_steps),
         num_envs_(num_envs),
         num_aux_(num_aux),
         obs_shape_(std::move(obs_shape)),
         action_shape_(std::move(action_shape)),
         aux_limit_(aux_limit),
-        reward_limit_(reward_limit) {
+        reward_limit_(reward_limit),
+        sanitize_(sanitize) {
     TORCH_CHECK_VALUE(num_steps > 0, "pyppo.RolloutBuffer: num_steps must be > 0, got ",
                       num_steps);
     TORCH_CHECK_VALUE(num_envs > 0, "pyppo.RolloutBuffer: num_envs must be > 0, got ", num_envs);
@@ -138,11 +139,18 @@ class RolloutBuffer {
     const bool integral = episode_starts.scalar_type() != dt;
     copy_row(episode_starts_, t, integral ? episode_starts.ne(0) : episode_starts);
     // Fused: read the caller's tensor once, write the sanitized values into the slot.
-    sanitize_kernel_(rewards.reshape({num_envs_}).contiguous(), rewards_[t], reward_limit_,
-                     reward_counts_);
+    // sanitize_ = false stores them raw (only to show what the guards prevent).
+    if (sanitize_) {
+      sanitize_kernel_(rewards.reshape({num_envs_}).contiguous(), rewards_[t], reward_limit_,
+                       reward_counts_);
+    } else {
+      rewards_[t].copy_(rewards.reshape({num_envs_}));
+    }
     if (num_aux_ > 0) {
-      if (aux_targets.has_value()) {
+      if (aux_targets.has_value() && sanitize_) {
         sanitize_kernel_(aux_targets->contiguous(), aux_targets_[t], aux_limit_, aux_counts_);
+      } else if (aux_targets.has_value()) {
+        aux_targets_[t].copy_(*aux_targets);
       } else {
         aux_targets_[t].zero_();
       }
@@ -250,6 +258,7 @@ class RolloutBuffer {
   int64_t num_steps_, num_envs_, num_aux_;
   std::vector<int64_t> obs_shape_, action_shape_;
   double aux_limit_, reward_limit_;
+  bool sanitize_;
   at::Device device_{at::kCPU};
   SanitizeKernel sanitize_kernel_ = nullptr;
   GaeKernel gae_kernel_ = nullptr;
@@ -264,10 +273,10 @@ void bind_rollout_buffer(pybind11::module& m) {
   py::class_<RB>(m, "RolloutBuffer",
                  "C++ rollout storage; use it through pyppo.RolloutBuffer (pyppo/buffer.py).")
       .def(py::init<int64_t, int64_t, std::vector<int64_t>, at::Device, int64_t, at::ScalarType,
-                    double, double, std::vector<int64_t>, at::ScalarType>(),
+                    double, double, std::vector<int64_t>, at::ScalarType, bool>(),
            py::arg("num_steps"), py::arg("num_envs"), py::arg("obs_shape"), py::arg("device"),
            py::arg("num_aux"), py::arg("dtype"), py::arg("aux_limit"), py::arg("reward_limit"),
-           py::arg("action_shape"), py::arg("action_dtype"))
+           py::arg("action_shape"), py::arg("action_dtype"), py::arg("sanitize") = true)
       .def("add", &RB::add, py::arg("obs"), py::arg("actions"), py::arg("logprobs"),
            py::arg("rewards"), py::arg("values"), py::arg("episode_starts"),
            py::arg("aux_targets") = py::none())

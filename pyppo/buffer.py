@@ -59,6 +59,8 @@ class RolloutBuffer:
         reward_limit: the same for rewards; the default ``inf`` only zeroes NaN/inf.
         action_shape: shape of one action; ``()`` for a discrete action per env.
         action_dtype: dtype of actions (``torch.int64`` for discrete actions).
+        sanitize: ``False`` stores rewards and auxiliary targets raw, NaN and all (only to
+            demonstrate what the guards prevent).
 
     Every input to :meth:`add` is checked (shape, dtype, device) and a mismatch raises
     ``ValueError`` / ``TypeError`` / ``RuntimeError`` naming the field, the expected and
@@ -77,6 +79,7 @@ class RolloutBuffer:
         reward_limit: float = math.inf,
         action_shape: Sequence[int] = (),
         action_dtype: torch.dtype = torch.int64,
+        sanitize: bool = True,
     ) -> None:
         if isinstance(obs_shape, int):
             obs_shape = (obs_shape,)
@@ -91,6 +94,7 @@ class RolloutBuffer:
             float(reward_limit),
             [int(d) for d in action_shape],
             action_dtype,
+            bool(sanitize),
         )
 
     # --- filling ------------------------------------------------------------------------

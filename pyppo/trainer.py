@@ -164,7 +164,7 @@ class PPOTrainer:
         obs_shape = tuple(environment.single_observation_space.shape)
         self.buffer = RolloutBuffer(
             num_steps, self.num_envs, obs_shape, device=self.device, num_aux=len(AUX_NAMES),
-            aux_limit=1.0 if guards else math.inf,
+            sanitize=guards,
         )
         self.action_generator = torch.Generator(device=self.device).manual_seed(seed)
         self.batch_generator = torch.Generator(device=self.device).manual_seed(seed + 1)

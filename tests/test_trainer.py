@@ -1,0 +1,222 @@
+"""PPOTrainer end to end: NaN protection under fault injection, checkpoints and resume,
+foreign envs and models, and the CLI."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pyppo import TradingEnv, reference, synthetic_market
+from pyppo.checkpoint import CheckpointError
+from pyppo.model import TradingActorCritic
+from pyppo.trainer import NonFiniteParametersError, PPOTrainer, iterate_metrics
+
+TIMING = {"steps_per_sec", "rollout_seconds", "update_seconds"}
+
+
+class RecordingEnv(TradingEnv):
+    """Remembers every bar whose return was realized and whose aux targets were handed out,
+    so that the expected sanitizer counts can be recomputed independently."""
+
+    def reset(self, **kw):
+        out = super().reset(**kw)
+        self.aux_bars = [self.bar_index.clone()]
+        self.return_bars = []
+        return out
+
+    def step(self, actions):
+        self.return_bars.append(self.bar_index + 1)
+        out = super().step(actions)
+        self.aux_bars.append(self.bar_index.clone())
+        return out
+
+
+def small_trainer(market, run_dir=None, env_cls=TradingEnv, num_envs=8, seed=0, **kw):
+    env = env_cls(market, num_envs=num_envs, episode_length=100, seed=seed)
+    model = TradingActorCritic(env.obs_spec, hidden_dim=32)
+    args = dict(num_steps=32, num_epochs=2, batch_size=64, seed=seed, run_dir=run_dir,
+                progress=False, data_fingerprint=market.fingerprint())
+    args.update(kw)
+    return PPOTrainer(model, env, **args)
+
+
+def all_finite(model: nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_bad_ticks_train_with_every_event_counted(tmp_path):
+    market = synthetic_market(3000, seed=3, bad_ticks=0.01)
+    trainer = small_trainer(market, tmp_path, env_cls=RecordingEnv)
+    history = trainer.train(total_steps=8 * 32 * 6)
+    assert len(history) == 6 and all_finite(trainer.model)
+
+    env = trainer.env
+    logr = market.log_returns.float()
+    aux = torch.stack([market.forward_returns(1), market.forward_returns(24)], 1).float()
+    want_returns = sum(reference.sanitize(logr[b])[1] for b in env.return_bars)
+    want_aux = sum(reference.sanitize(aux[b])[1] for b in env.aux_bars)
+    assert want_returns[0] > 0 and want_aux[0] > 0  # the run really met bad ticks
+
+    rows = list(iterate_metrics(tmp_path / "metrics.csv"))
+    total = lambda key: int(sum(r[key] for r in rows))  # noqa: E731
+    assert [total("env_returns_nonfinite"), total("env_returns_clamped")] == want_returns.tolist()
+    assert [total("env_aux_target_nonfinite"), total("env_aux_target_clamped")] \
+        == want_aux.tolist()
+    # The env cleaned everything, so nothing bad reached the buffer, the model or the grads.
+    for key in rows[0]:
+        if key.startswith(("buffer_", "nonfinite_")) or key.endswith("_loss_zeroed"):
+            assert total(key) == 0, key
+
+
+def test_without_guards_the_same_run_fails_loudly(tmp_path):
+    market = synthetic_market(3000, seed=3, bad_ticks=0.01)
+    env = TradingEnv(market, num_envs=8, episode_length=100, sanitize=False)
+    model = TradingActorCritic(env.obs_spec, hidden_dim=32)
+    trainer = PPOTrainer(model, env, num_steps=32, num_epochs=2, batch_size=64,
+                         run_dir=tmp_path, progress=False, guards=False)
+    with pytest.raises(NonFiniteParametersError, match="parameters became NaN/inf"):
+        trainer.train(total_steps=8 * 32 * 6)
+    assert not (tmp_path / "checkpoint.pt").exists()  # nothing NaN was ever saved
+
+
+def test_nan_planted_in_aux_1h_gradient_is_reported_under_aux_1h_only(tmp_path):
+    market = synthetic_market(3000, seed=4)
+    trainer = small_trainer(market, tmp_path)
+    planted = []
+
+    def plant(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad.view(-1)[::7] = float("nan")
+        planted.append(grad.view(-1)[::7].numel())
+        return grad
+
+    trainer.model.aux_1h.weight.register_hook(plant)
+    trainer.train(total_steps=8 * 32 * 3)
+    assert all_finite(trainer.model)
+    rows = list(iterate_metrics(tmp_path / "metrics.csv"))
+    by_group = {g: int(sum(r[f"nonfinite_grad_{g}"] for r in rows)) for g in trainer.guard.groups}
+    assert by_group["aux_1h"] == sum(planted) > 0
+    assert all(v == 0 for g, v in by_group.items() if g != "aux_1h")
+    assert set(trainer.guard.groups) == {"trunk", "actor", "critic", "aux_1h", "aux_24h"}
+
+
+def test_nan_gradients_are_logged_with_the_seed_message(tmp_path, caplog):
+    market = synthetic_market(3000, seed=4)
+    trainer = small_trainer(market)
+    trainer.model.aux_24h.weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+    with caplog.at_level("WARNING", logger="pyppo"):
+        trainer.train(total_steps=8 * 32)
+    assert "NaN/inf gradient detected in aux_24h" in caplog.text
+
+
+def test_resume_gives_identical_metrics(tmp_path):
+    market = synthetic_market(3000, seed=5)
+    straight = small_trainer(market, tmp_path / "a").train(total_steps=8 * 32 * 4)
+
+    first = small_trainer(market, tmp_path / "b")
+    first.train(total_steps=8 * 32 * 2)
+    resumed = small_trainer(market, tmp_path / "b")
+    resumed.load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    history = resumed.train(total_steps=8 * 32 * 4)
+    assert len(history) == len(straight) == 4
+    for a, b in zip(straight, history, strict=True):
+        for key in a:
+            if key not in TIMING:
+                assert a[key] == b[key] or (math.isnan(a[key]) and math.isnan(b[key])), key
+
+
+def test_nonfinite_parameters_stop_training_and_keep_the_last_good_checkpoint(tmp_path):
+    market = synthetic_market(3000, seed=6)
+    trainer = small_trainer(market, tmp_path, checkpoint_every=1)
+    trainer.train(total_steps=8 * 32)
+    saved = (tmp_path / "checkpoint.pt").read_bytes()
+    with torch.no_grad():
+        trainer.model.critic.weight[0, 0] = float("nan")  # as a broken optimizer would
+    with pytest.raises(NonFiniteParametersError, match="last good checkpoint"):
+        trainer.train(total_steps=8 * 32 * 3)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+
+
+def test_corrupt_and_mismatched_checkpoints_give_clear_errors(tmp_path):
+    market = synthetic_market(3000, seed=7)
+    trainer = small_trainer(market, tmp_path)
+    trainer.train(total_steps=8 * 32)
+    path = tmp_path / "checkpoint.pt"
+
+    other_data = small_trainer(synthetic_market(3000, seed=8))
+    with pytest.raises(CheckpointError, match="different data"):
+        other_data.load_checkpoint(path)
+    other_settings = small_trainer(market, lr=1e-3)
+    with pytest.raises(CheckpointError, match="other settings: lr"):
+        other_settings.load_checkpoint(path)
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        small_trainer(market).load_checkpoint(truncated)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        small_trainer(market).load_checkpoint(tmp_path / "missing.pt")
+
+
+class CoinFlipEnv:
+    """A minimal gymnasium-style vector env (numpy in and out, SAME_STEP autoreset, no
+    auxiliary targets): reward 1 for action 1, episodes of 5 steps."""
+
+    def __init__(self, num_envs: int = 4) -> None:
+        import gymnasium
+
+        self.num_envs = num_envs
+        self.single_observation_space = gymnasium.spaces.Box(-1, 1, (3,), np.float32)
+        self.single_action_space = gymnasium.spaces.Discrete(2)
+        self.t = np.zeros(num_envs, dtype=np.int64)
+
+    def _obs(self):
+        return np.stack([self.t / 5, np.ones(self.num_envs), np.zeros(self.num_envs)], 1
+                        ).astype(np.float32)
+
+    def reset(self, seed=None, options=None):
+        self.t[:] = 0
+        return self._obs(), {}
+
+    def step(self, actions):
+        reward = (np.asarray(actions) == 1).astype(np.float32)
+        self.t += 1
+        truncated = self.t >= 5
+        info = {}
+        if truncated.any():
+            final = np.empty(self.num_envs, dtype=object)
+            obs = self._obs()
+            for i in range(self.num_envs):
+                final[i] = obs[i] if truncated[i] else None
+            info = {"final_obs": final, "_final_obs": truncated}
+            self.t[truncated] = 0
+        return self._obs(), reward, np.zeros(self.num_envs, bool), truncated, info
+
+
+class DictMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 16), nn.Tanh())
+        self.pi = nn.Linear(16, 2)
+        self.v = nn.Linear(16, 1)
+
+    def forward(self, obs):
+        h = self.body(obs)
+        return {"action_logits": self.pi(h), "value": self.v(h).squeeze(-1)}
+
+
+def test_any_gymnasium_vector_env_and_dict_model():
+    pytest.importorskip("gymnasium")
+    torch.manual_seed(0)
+    trainer = PPOTrainer(DictMLP(), CoinFlipEnv(), num_steps=20, num_epochs=4, batch_size=20,
+                         lr=3e-3, progress=False)
+    with pytest.warns(UserWarning, match="auxiliary losses are off"):
+        history = trainer.train(total_steps=4 * 20 * 15)
+    assert history[-1]["mean_step_reward"] > history[0]["mean_step_reward"]
+    assert history[-1]["mean_step_reward"] > 0.8  # it learned to press 1
+    with pytest.raises(ValueError, match="total_steps"):
+        trainer.train(epochs=1)
