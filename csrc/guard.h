@@ -109,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> guard_gradients_op(
     out.counts.zero_();
     out.norms.zero_();
     out.total_norm.zero_();
-    out.clip_coef.fill_(1.0);
+    out.clip_coef.fill_(clip_coefficient(max_norm, 0.0));
     return {out.counts, out.norms, out.total_norm, out.clip_coef};
   }
 

@@ -10,6 +10,7 @@ import torch
 
 from pyppo._extension import _C, cuda_kernels_available
 from pyppo import ops, reference
+from pyppo.guard import GradientGuard
 
-__all__ = ["cuda_kernels_available", "ops", "reference", "_C", "torch"]
+__all__ = ["GradientGuard", "cuda_kernels_available", "ops", "reference", "_C", "torch"]
 __version__ = "0.1.0"

@@ -101,10 +101,22 @@ def _check_tensor_list(tensors: list[Tensor], name: str) -> None:
 def _guard_gradients_fake(
     grads: list[Tensor], group_ids: list[int], num_groups: int, max_norm: float, skip: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    # The same checks, in the same order, as the kernels' (csrc/guard.h).
     if len(group_ids) != len(grads):
         raise ValueError(
             f"pyppo: got {len(grads)} gradients but {len(group_ids)} group ids; "
             "pass one id per gradient"
+        )
+    if num_groups < 1:
+        raise ValueError(f"pyppo: num_groups must be >= 1, got {num_groups}")
+    for i, gid in enumerate(group_ids):
+        if not 0 <= gid < num_groups:
+            raise ValueError(
+                f"pyppo: group_ids[{i}] = {gid} is out of range for num_groups = {num_groups}"
+            )
+    if not max_norm >= 0:
+        raise ValueError(
+            f"pyppo: max_norm must be >= 0 (float('inf') disables clipping), got {max_norm}"
         )
     _check_tensor_list(grads, "grads")
     device = grads[0].device if grads else torch.device("cpu")
@@ -149,7 +161,8 @@ def _sanitize_backward(ctx, grad_y: Tensor, grad_counts: Tensor | None):
     lim = torch.tensor(ctx.limit, dtype=x.dtype).item()  # the forward's rounded limit
     passes = torch.isfinite(x) & (x.abs() <= lim)
     # where, not multiply: 0 * NaN would be NaN.
-    return torch.where(passes, grad_y, torch.zeros((), dtype=grad_y.dtype, device=grad_y.device)), None
+    zero = torch.zeros((), dtype=grad_y.dtype, device=grad_y.device)
+    return torch.where(passes, grad_y, zero), None
 
 
 torch.library.register_autograd(
