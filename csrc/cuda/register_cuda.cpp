@@ -2,6 +2,7 @@
 // only need ATen.
 #include <torch/library.h>
 
+#include "guard.h"
 #include "sanitize.h"
 
 namespace pyppo {
@@ -9,6 +10,8 @@ namespace pyppo {
 TORCH_LIBRARY_IMPL(pyppo, CUDA, m) {
   m.impl("sanitize_", &sanitize_inplace_op<sanitize_cuda_kernel>);
   m.impl("sanitize", &sanitize_op<sanitize_cuda_kernel>);
+  m.impl("guard_gradients_", &guard_gradients_op<guard_gradients_cuda_kernel>);
+  m.impl("count_nonfinite", &count_nonfinite_op<count_nonfinite_cuda_kernel>);
 }
 
 }  // namespace pyppo
