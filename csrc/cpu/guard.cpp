@@ -275,7 +275,8 @@ void guard_gradients_cpu_kernel(const std::vector<at::Tensor>& grads,
   *out.total_norm.mutable_data_ptr<float>() = static_cast<float>(total_norm);
   *out.clip_coef.mutable_data_ptr<float>() = coef;
 
-  if (skip_nonfinite && total_nonfinite > 0) {
+  // coef 0 (max_norm 0 or an overflowing norm) zeroes too: +0.0 rather than x * 0 = -0.0.
+  if ((skip_nonfinite && total_nonfinite > 0) || coef == 0.0f) {
     for_each_chunk(chunks, [&](int64_t c) { zero_chunk(grads[chunks[c].tensor], chunks[c]); });
   } else if (coef < 1.0f) {
     for_each_chunk(chunks,
