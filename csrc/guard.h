@@ -26,8 +26,9 @@
 
 namespace pyppo {
 
-// Elements per work item on both devices: big enough to amortize per-chunk bookkeeping,
-// small enough that a chunk stays in L2 and that a ~40-tensor model splits evenly.
+// Elements per CPU work item (and the smallest CUDA chunk): big enough to amortize
+// per-chunk bookkeeping, small enough that a chunk stays in L2 and that a ~40-tensor model
+// splits evenly over the threads.
 constexpr int64_t kGuardChunk = 1 << 16;
 
 // What the finished guard adds to the clip coefficient's denominator (as clip_grad_norm_).

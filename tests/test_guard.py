@@ -521,6 +521,19 @@ def test_cuda_matches_cpu_and_is_bitwise_repeatable():
 
 @pytest.mark.cuda
 @needs_cuda
+@pytest.mark.parametrize("chunk", [1024, 1 << 20])
+def test_cuda_chunk_sizes(chunk, monkeypatch):
+    monkeypatch.setenv("PYPPO_GUARD_CUDA_CHUNK", str(chunk))
+    sizes = [(1 << 20) + 3, 5, 3 * (1 << 20) - 1, 1023, 0]
+    grads = make_grads(sizes, [torch.float32, torch.bfloat16, torch.float16], "cuda", seed=12)
+    assert_guard_matches_reference(grads, [0, 1, 2, 0, 1], 3, 0.5, False)
+    assert_guard_matches_reference(grads, [0, 1, 2, 0, 1], 3, INF, True)
+    xs = make_grads(sizes, [torch.float32], "cuda", seed=13)
+    torch.testing.assert_close(ops.count_nonfinite(xs), reference.count_nonfinite(xs))
+
+
+@pytest.mark.cuda
+@needs_cuda
 def test_cuda_many_tensors_span_several_launches():
     sizes = [(i * 997) % 5000 + (CHUNK if i % 50 == 0 else 0) for i in range(300)]
     grads = make_grads(sizes, [torch.float32, torch.float16], "cuda", seed=11)

@@ -7,9 +7,9 @@
 // The first pass is optimistic. Gradients are almost always finite, so a chunk is first
 // read once to sum its squares; that sum is finite exactly when every element is finite
 // (a square is >= 0, so NaN or inf cannot cancel). Only when it is not finite is the
-// chunk, still in cache, read again to count and zero the bad elements (the sum can also
-// overflow on huge finite values; the second look then finds nothing to zero). So the
-// common case costs one read and no write, like a plain `sum`.
+// chunk, still in cache, searched for the bad elements, which are counted and zeroed (the
+// sum can also overflow on huge finite values; the search then finds nothing to zero). So
+// the common case costs one read and no write, like a plain `sum`.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -103,81 +103,47 @@ float sum_squares_reduced(const T* x, int64_t n) {
   return s;
 }
 
-// ---- pass 1, careful path: count (and zero) the non-finite elements ---------------------
-
-template <typename Vec>
-inline Vec count_and_zero(Vec x, Vec& sum_sq, Vec& nonfinite) {
-  const Vec zero(0), one(1);
-  const Vec diff = x - x;  // NaN exactly where x is NaN or +-inf
-  const Vec bad = diff != diff;
-  x = Vec::blendv(x, zero, bad);
-  sum_sq = at::vec::fmadd(x, x, sum_sq);
-  nonfinite = nonfinite + (bad & one);  // exact in float lanes: a chunk is < 2^24 elements
-  return x;
+// Sum of squares in the accumulation type of T (float, or double for double).
+template <typename T>
+auto sum_squares_any(const T* x, int64_t n) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    return sum_squares(x, n);
+  } else {
+    return sum_squares_reduced(x, n);
+  }
 }
 
-template <typename Vec>
-inline int64_t lanes_total(const Vec& v) {
-  using T = typename Vec::value_type;
-  alignas(64) T lanes[Vec::size()];
-  v.store(lanes);
-  int64_t total = 0;
-  for (int64_t k = 0; k < Vec::size(); ++k) total += static_cast<int64_t>(lanes[k]);
-  return total;
-}
+// ---- pass 1, careful path: find, count (and zero) the non-finite elements ----------------
 
+// Sub-blocks of the careful path: small, so that the scalar loop only runs around the bad
+// elements themselves (a poisoned head has a few NaN among many finite values).
+constexpr int64_t kSubBlock = 256;
+
+// The chunk (already in cache) is read again in sub-blocks with the fast sum; only the
+// sub-blocks whose sum is not finite go through the scalar loop that counts and zeroes.
 template <bool kZero, typename T>
 ChunkResult count_nonfinite_range(T* x, int64_t n) {
-  using Vec = at::vec::Vectorized<T>;
-  Vec sum_sq(0), nonfinite(0);
-  int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) {
-    const Vec clean = count_and_zero(Vec::loadu(x + i), sum_sq, nonfinite);
-    if constexpr (kZero) clean.store(x + i);
-  }
   ChunkResult r;
-  T tail_sq = 0;
-  for (; i < n; ++i) {
-    if (std::isfinite(x[i])) {
-      tail_sq += x[i] * x[i];
-    } else {
-      ++r.nonfinite;
-      if constexpr (kZero) x[i] = T(0);
+  for (int64_t block = 0; block < n; block += kSubBlock) {
+    const int64_t size = std::min(kSubBlock, n - block);
+    const auto fast = sum_squares_any(x + block, size);
+    if (std::isfinite(fast)) {
+      r.sum_squares += static_cast<double>(fast);
+      continue;
     }
-  }
-  const T vec_sq =
-      at::vec::vec_reduce_all<T>([](Vec a, Vec b) { return a + b; }, sum_sq);
-  r.sum_squares = static_cast<double>(vec_sq + tail_sq);
-  r.nonfinite += lanes_total(nonfinite);
-  return r;
-}
-
-template <bool kZero, typename T>
-ChunkResult count_nonfinite_range_reduced(T* x, int64_t n) {
-  using Vec = at::vec::Vectorized<T>;
-  fVec sum_sq(0), nonfinite(0);
-  int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) {
-    auto [lo, hi] = at::vec::convert_to_float<T>(Vec::loadu(x + i));
-    lo = count_and_zero(lo, sum_sq, nonfinite);
-    hi = count_and_zero(hi, sum_sq, nonfinite);
-    if constexpr (kZero) at::vec::convert_from_float<T>(lo, hi).store(x + i);
-  }
-  ChunkResult r;
-  float tail_sq = 0;
-  for (; i < n; ++i) {
-    const float v = static_cast<float>(x[i]);
-    if (std::isfinite(v)) {
-      tail_sq += v * v;
-    } else {
-      ++r.nonfinite;
-      if constexpr (kZero) x[i] = T(0);
+    using Acc = std::remove_const_t<decltype(fast)>;
+    Acc sum_sq = 0;
+    for (int64_t i = block; i < block + size; ++i) {
+      const Acc v = static_cast<Acc>(x[i]);
+      if (std::isfinite(v)) {
+        sum_sq += v * v;
+      } else {
+        ++r.nonfinite;
+        if constexpr (kZero) x[i] = T(0);
+      }
     }
+    r.sum_squares += static_cast<double>(sum_sq);
   }
-  const float vec_sq =
-      at::vec::vec_reduce_all<float>([](fVec a, fVec b) { return a + b; }, sum_sq);
-  r.sum_squares = static_cast<double>(vec_sq + tail_sq);
-  r.nonfinite += lanes_total(nonfinite);
   return r;
 }
 
@@ -189,15 +155,9 @@ ChunkResult inspect_chunk(const at::Tensor& t, const Chunk& c) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "guard", [&] {
     // const_cast: count_nonfinite (kZero = false) never writes through this pointer.
     scalar_t* x = const_cast<scalar_t*>(t.const_data_ptr<scalar_t>()) + c.begin;
-    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
-      const scalar_t s = sum_squares(x, n);
-      r = std::isfinite(s) ? ChunkResult{static_cast<double>(s), 0}
-                           : count_nonfinite_range<kZero>(x, n);
-    } else {
-      const float s = sum_squares_reduced(x, n);
-      r = std::isfinite(s) ? ChunkResult{static_cast<double>(s), 0}
-                           : count_nonfinite_range_reduced<kZero>(x, n);
-    }
+    const auto s = sum_squares_any(x, n);
+    r = std::isfinite(s) ? ChunkResult{static_cast<double>(s), 0}
+                         : count_nonfinite_range<kZero>(x, n);
   });
   return r;
 }

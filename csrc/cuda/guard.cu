@@ -12,6 +12,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <cstdlib>
 #include <type_traits>
 
 #include "guard.h"
@@ -31,33 +32,37 @@ constexpr int kUnroll = 4;
 template <typename T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-// Calls fn(pack, k_valid) for the chunk's elements, as 16-byte packs when the chunk is
-// aligned (then one scalar "pack" per leftover element), with kUnroll packs loaded before
-// any is processed. fn returns true when it changed the pack, which is then stored.
+// Calls fn(elements, count) over the chunk: as 16-byte packs (count = VEC) when the chunk
+// is aligned, with kUnroll packs loaded before any is processed, then element by element
+// (count = 1) for what is left. count is a std::integral_constant, so the loops over a
+// pack unroll and the pack stays in registers. fn returns true when it changed the
+// elements, which are then stored.
 template <typename T, typename Fn>
-__device__ inline void for_each_pack(T* x, int64_t n, Fn fn) {
+__device__ inline void for_each_pack(T* x, int32_t n, Fn fn) {
   constexpr int VEC = cuda::pack_size<T>();
   using Pack = cuda::Pack<T, VEC>;
-  int64_t done = 0;
-  if (reinterpret_cast<std::uintptr_t>(x) % 16 == 0) {
-    const int64_t packs = n / VEC;
+  int done = 0;  // a chunk has at most kGuardChunk elements: 32-bit indices suffice
+  if (reinterpret_cast<std::uintptr_t>(x) % sizeof(Pack) == 0) {
+    const int packs = n / VEC;
     Pack* p = reinterpret_cast<Pack*>(x);
-    for (int64_t base = threadIdx.x; base < packs; base += kApplyThreads * kUnroll) {
+    for (int base = threadIdx.x; base < packs; base += kApplyThreads * kUnroll) {
       Pack v[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int64_t i = base + u * kApplyThreads;
+        const int i = base + u * kApplyThreads;
         if (i < packs) v[u] = p[i];
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int64_t i = base + u * kApplyThreads;
-        if (i < packs && fn(v[u].v, VEC)) p[i] = v[u];
+        const int i = base + u * kApplyThreads;
+        if (i < packs && fn(v[u].v, std::integral_constant<int, VEC>{})) p[i] = v[u];
       }
     }
     done = packs * VEC;
   }
-  for (int64_t i = done + threadIdx.x; i < n; i += kApplyThreads) fn(x + i, 1);
+  for (int i = done + threadIdx.x; i < n; i += kApplyThreads) {
+    fn(x + i, std::integral_constant<int, 1>{});
+  }
 }
 
 // Pass 1. kZero = false makes it read-only (count_nonfinite).
@@ -75,9 +80,10 @@ struct InspectFunctor {
     T* x = static_cast<T*>(c.data) + c.begin;
     Acc sum_sq = 0;
     unsigned nonfinite = 0;
-    for_each_pack(x, c.size, [&](T* v, int count) {
+    for_each_pack(x, c.size, [&](T* v, auto count) {
       bool changed = false;
-      for (int k = 0; k < count; ++k) {
+#pragma unroll
+      for (int k = 0; k < decltype(count)::value; ++k) {
         const Acc a = static_cast<Acc>(v[k]);
         if (isfinite(a)) {
           sum_sq += a * a;
@@ -110,8 +116,9 @@ struct ScaleFunctor {
     const float f = *factor;
     if (f >= 1.0f) return;  // no clipping needed: the gradients are not touched
     T* x = static_cast<T*>(c.data) + c.begin;
-    for_each_pack(x, c.size, [&](T* v, int count) {
-      for (int k = 0; k < count; ++k) {
+    for_each_pack(x, c.size, [&](T* v, auto count) {
+#pragma unroll
+      for (int k = 0; k < decltype(count)::value; ++k) {
         // f == 0 (skip policy, or max_norm 0) stores +0.0, not -0.0 from a negative value.
         v[k] = f == 0.0f ? T(0) : static_cast<T>(static_cast<acc_t<T>>(v[k]) * f);
       }
@@ -165,10 +172,29 @@ struct ChunkPartials {
   at::Tensor sum_sq, nonfinite, group;
 };
 
+// Elements per block. Each block ends with a reduction and a partial-sum store, so big
+// chunks amortize that; but every SM needs several blocks. So: about 8 blocks per SM, in
+// [64K, 1M] elements (the latter keeps indices in a chunk 32-bit and the partials small).
+// PYPPO_GUARD_CUDA_CHUNK (a power of two) overrides it, for tuning.
+int32_t choose_chunk_size(const std::vector<at::Tensor>& tensors) {
+  if (const char* env = std::getenv("PYPPO_GUARD_CUDA_CHUNK")) {
+    const long value = std::strtol(env, nullptr, 10);
+    if (value >= 1024 && value <= (1 << 24)) return static_cast<int32_t>(value);
+  }
+  int64_t total = 0;
+  for (const auto& t : tensors) total += t.numel();
+  int device = 0, sms = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  int32_t chunk = 1 << 16;
+  while (chunk < (1 << 20) && total / (2 * chunk) >= 8 * static_cast<int64_t>(sms)) chunk *= 2;
+  return chunk;
+}
+
 ChunkPartials inspect(const std::vector<at::Tensor>& tensors,
-                      const std::vector<int64_t>& group_ids, bool zero_nonfinite,
-                      cudaStream_t stream) {
-  const int64_t chunks = cuda::total_chunks(tensors);
+                      const std::vector<int64_t>& group_ids, int32_t chunk_size,
+                      bool zero_nonfinite, cudaStream_t stream) {
+  const int64_t chunks = cuda::total_chunks(tensors, chunk_size);
   const auto options = tensors[0].options();
   ChunkPartials p{at::empty({chunks}, options.dtype(at::kDouble)),
                   at::empty({chunks}, options.dtype(at::kInt)),
@@ -177,11 +203,11 @@ ChunkPartials inspect(const std::vector<at::Tensor>& tensors,
   auto* nonfinite = reinterpret_cast<unsigned*>(p.nonfinite.mutable_data_ptr<int32_t>());
   auto* group = p.group.mutable_data_ptr<int32_t>();
   if (zero_nonfinite) {
-    cuda::multi_tensor_apply(tensors, group_ids, InspectFunctor<true>{sum_sq, nonfinite, group},
-                             stream);
+    cuda::multi_tensor_apply(tensors, group_ids, chunk_size,
+                             InspectFunctor<true>{sum_sq, nonfinite, group}, stream);
   } else {
-    cuda::multi_tensor_apply(tensors, group_ids, InspectFunctor<false>{sum_sq, nonfinite, group},
-                             stream);
+    cuda::multi_tensor_apply(tensors, group_ids, chunk_size,
+                             InspectFunctor<false>{sum_sq, nonfinite, group}, stream);
   }
   return p;
 }
@@ -205,11 +231,13 @@ void guard_gradients_cuda_kernel(const std::vector<at::Tensor>& grads,
                                  double max_norm, bool skip_nonfinite, const GuardOutputs& out) {
   const c10::cuda::CUDAGuard device_guard(grads[0].device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const ChunkPartials partials = inspect(grads, group_ids, /*zero_nonfinite=*/true, stream);
+  const int32_t chunk_size = choose_chunk_size(grads);
+  const ChunkPartials partials =
+      inspect(grads, group_ids, chunk_size, /*zero_nonfinite=*/true, stream);
   at::Tensor factor = at::empty({}, out.clip_coef.options());
   finalize(partials, num_groups, max_norm, skip_nonfinite, out, factor, stream);
-  cuda::multi_tensor_apply(grads, group_ids, ScaleFunctor{factor.const_data_ptr<float>()},
-                           stream);
+  cuda::multi_tensor_apply(grads, group_ids, chunk_size,
+                           ScaleFunctor{factor.const_data_ptr<float>()}, stream);
 }
 
 void count_nonfinite_cuda_kernel(const std::vector<at::Tensor>& tensors,
@@ -219,7 +247,8 @@ void count_nonfinite_cuda_kernel(const std::vector<at::Tensor>& tensors,
   const int64_t n = static_cast<int64_t>(tensors.size());
   std::vector<int64_t> own_group(n);  // every tensor its own group
   for (int64_t i = 0; i < n; ++i) own_group[i] = i;
-  const ChunkPartials partials = inspect(tensors, own_group, /*zero_nonfinite=*/false, stream);
+  const ChunkPartials partials = inspect(tensors, own_group, choose_chunk_size(tensors),
+                                         /*zero_nonfinite=*/false, stream);
   const auto f32 = counts.options().dtype(at::kFloat);
   const GuardOutputs out{counts, at::empty({n}, f32), at::empty({}, f32), at::empty({}, f32)};
   finalize(partials, n, /*max_norm=*/0.0, /*skip_nonfinite=*/false, out, at::empty({}, f32),

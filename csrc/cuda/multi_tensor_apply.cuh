@@ -1,12 +1,12 @@
 // One kernel launch over many tensors: the multi-tensor scheme of PyTorch's
 // MultiTensorApply.cuh and apex's multi_tensor_apply, adapted to pyppo's guards.
 //
-// Every tensor is cut into chunks of kGuardChunk elements and every CUDA block processes
-// one chunk. The tensor list travels in the kernel's argument (a TensorTable, < 4 KB, so
+// Every tensor is cut into chunks of `chunk_size` elements (chosen per call, see
+// guard.cu) and every CUDA block processes one chunk. The tensor list travels in the kernel's argument (a TensorTable, < 4 KB, so
 // no host-to-device copy and no sync); a launch covers up to kMaxTensorsPerLaunch tensors
 // and ALL of their chunks. A block finds its tensor by a binary search over the table's
 // first-chunk offsets (instead of PyTorch's per-block lookup arrays, which would cap a
-// launch at a few hundred blocks: a 1 GB gradient list is ~4000 chunks, one launch here).
+// launch at a few hundred blocks: a 1 GB gradient list is thousands of 64K chunks, one launch here).
 //
 // Tensors may have different dtypes within one launch: each block switches on its
 // tensor's dtype, which is uniform across the block, so nothing diverges.
@@ -38,6 +38,7 @@ struct TensorTable {
   GradDType dtype[kMaxTensorsPerLaunch];
   int32_t num_tensors;
   int64_t chunk_offset;  // index of this launch's first chunk among all launches' chunks
+  int32_t chunk_size;    // elements per chunk (the last chunk of a tensor may be shorter)
 };
 static_assert(sizeof(TensorTable) < 4000, "kernel arguments must stay below 4 KB");
 
@@ -45,7 +46,7 @@ static_assert(sizeof(TensorTable) < 4000, "kernel arguments must stay below 4 KB
 struct ChunkRef {
   void* data;      // the tensor's first element
   int64_t begin;   // first element of the chunk
-  int64_t size;    // elements in the chunk (<= kGuardChunk)
+  int32_t size;    // elements in the chunk (<= chunk_size)
   int32_t group;   // the tensor's group id
   int64_t index;   // global chunk index: where to write a per-chunk partial result
 };
@@ -63,9 +64,10 @@ __global__ void __launch_bounds__(kApplyThreads)
       hi = mid - 1;
     }
   }
-  const int64_t begin = static_cast<int64_t>(chunk - table.first_chunk[lo]) * kGuardChunk;
-  const int64_t remaining = table.numel[lo] - begin;  // (std::min would odr-use kGuardChunk)
-  const ChunkRef ref{table.data[lo], begin, remaining < kGuardChunk ? remaining : kGuardChunk,
+  const int64_t begin = static_cast<int64_t>(chunk - table.first_chunk[lo]) * table.chunk_size;
+  const int64_t remaining = table.numel[lo] - begin;
+  const ChunkRef ref{table.data[lo], begin,
+                     static_cast<int32_t>(remaining < table.chunk_size ? remaining : table.chunk_size),
                      table.group[lo], table.chunk_offset + chunk};
   switch (table.dtype[lo]) {
     case GradDType::kFloat:
@@ -99,12 +101,14 @@ inline GradDType grad_dtype(at::ScalarType t) {
   TORCH_CHECK(false, "pyppo: unsupported gradient dtype ", t);
 }
 
-inline int64_t num_chunks(int64_t numel) { return (numel + kGuardChunk - 1) / kGuardChunk; }
+inline int64_t num_chunks(int64_t numel, int32_t chunk_size) {
+  return (numel + chunk_size - 1) / chunk_size;
+}
 
 // Total chunks over all tensors: the size of the per-chunk partial buffers.
-inline int64_t total_chunks(const std::vector<at::Tensor>& tensors) {
+inline int64_t total_chunks(const std::vector<at::Tensor>& tensors, int32_t chunk_size) {
   int64_t total = 0;
-  for (const auto& t : tensors) total += num_chunks(t.numel());
+  for (const auto& t : tensors) total += num_chunks(t.numel(), chunk_size);
   return total;
 }
 
@@ -112,9 +116,10 @@ inline int64_t total_chunks(const std::vector<at::Tensor>& tensors) {
 // as the table allows, on `stream`. Chunks are numbered in tensor order across launches.
 template <typename Functor>
 void multi_tensor_apply(const std::vector<at::Tensor>& tensors,
-                        const std::vector<int64_t>& group_ids, const Functor& functor,
-                        cudaStream_t stream) {
+                        const std::vector<int64_t>& group_ids, int32_t chunk_size,
+                        const Functor& functor, cudaStream_t stream) {
   TensorTable table;
+  table.chunk_size = chunk_size;
   table.num_tensors = 0;
   table.first_chunk[0] = 0;
   table.chunk_offset = 0;
@@ -134,7 +139,7 @@ void multi_tensor_apply(const std::vector<at::Tensor>& tensors,
     table.numel[k] = n;
     table.group[k] = static_cast<int32_t>(group_ids[i]);
     table.dtype[k] = grad_dtype(tensors[i].scalar_type());
-    table.first_chunk[k + 1] = table.first_chunk[k] + static_cast<int32_t>(num_chunks(n));
+    table.first_chunk[k + 1] = table.first_chunk[k] + static_cast<int32_t>(num_chunks(n, chunk_size));
     table.num_tensors = k + 1;
     // A full table, or a grid about to outgrow gridDim.x, goes out now.
     if (table.num_tensors == kMaxTensorsPerLaunch || table.first_chunk[k + 1] > (1 << 30)) {
