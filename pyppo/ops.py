@@ -76,14 +76,20 @@ def guard_gradients_(
     Returns ``(nonfinite_counts int64 [num_groups], group_norms float32 [num_groups],
     total_norm float32 [], clip_coef float32 [])`` on the gradients' device.
     """
+    group_ids = [int(g) for g in group_ids]
+    # Checked here too, not only in C++: with one toolchain (the GPU machine's g++ 13.3,
+    # Python 3.12, torch 2.11) an error thrown by these kernels crashed the process instead
+    # of raising; the Python check keeps bad arguments a clear exception everywhere.
+    _check_guard_args(grads, group_ids, int(num_groups), float(max_norm))
     return torch.ops.pyppo.guard_gradients_.default(
-        grads, [int(g) for g in group_ids], int(num_groups), float(max_norm), bool(skip_nonfinite)
+        grads, group_ids, int(num_groups), float(max_norm), bool(skip_nonfinite)
     )
 
 
 def count_nonfinite(tensors: list[Tensor]) -> Tensor:
     """Number of NaN/+inf/-inf elements of each tensor (int64 ``[len(tensors)]``), counted in
     one fused read-only pass; the tensors are not modified."""
+    _check_tensor_list(tensors, "tensors")  # see guard_gradients_ for why here too
     return torch.ops.pyppo.count_nonfinite.default(tensors)
 
 
@@ -97,11 +103,10 @@ def _check_tensor_list(tensors: list[Tensor], name: str) -> None:
             )
 
 
-@torch.library.register_fake("pyppo::guard_gradients_")
-def _guard_gradients_fake(
-    grads: list[Tensor], group_ids: list[int], num_groups: int, max_norm: float, skip: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    # The same checks, in the same order, as the kernels' (csrc/guard.h).
+def _check_guard_args(
+    grads: list[Tensor], group_ids: list[int], num_groups: int, max_norm: float
+) -> None:
+    """The kernels' argument checks (csrc/guard.h), in the same order, with the same messages."""
     if len(group_ids) != len(grads):
         raise ValueError(
             f"pyppo: got {len(grads)} gradients but {len(group_ids)} group ids; "
@@ -119,6 +124,13 @@ def _guard_gradients_fake(
             f"pyppo: max_norm must be >= 0 (float('inf') disables clipping), got {max_norm}"
         )
     _check_tensor_list(grads, "grads")
+
+
+@torch.library.register_fake("pyppo::guard_gradients_")
+def _guard_gradients_fake(
+    grads: list[Tensor], group_ids: list[int], num_groups: int, max_norm: float, skip: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_guard_args(grads, group_ids, num_groups, max_norm)
     device = grads[0].device if grads else torch.device("cpu")
     return (
         torch.empty(num_groups, dtype=torch.int64, device=device),

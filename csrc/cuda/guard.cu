@@ -173,7 +173,7 @@ struct ChunkPartials {
 };
 
 // Elements per block. Each block ends with a reduction and a partial-sum store, so big
-// chunks amortize that; but every SM needs several blocks. So: about 8 blocks per SM, in
+// chunks amortize that; but every SM needs several blocks. So: at least 4 blocks per SM, in
 // [64K, 1M] elements (the latter keeps indices in a chunk 32-bit and the partials small).
 // PYPPO_GUARD_CUDA_CHUNK (a power of two) overrides it, for tuning.
 int32_t choose_chunk_size(const std::vector<at::Tensor>& tensors) {
@@ -187,7 +187,7 @@ int32_t choose_chunk_size(const std::vector<at::Tensor>& tensors) {
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   int32_t chunk = 1 << 16;
-  while (chunk < (1 << 20) && total / (2 * chunk) >= 8 * static_cast<int64_t>(sms)) chunk *= 2;
+  while (chunk < (1 << 20) && total / (2 * chunk) >= 4 * static_cast<int64_t>(sms)) chunk *= 2;
   return chunk;
 }
 
