@@ -13,9 +13,11 @@ from pyppo._extension import _C, cuda_kernels_available
 from pyppo.buffer import RolloutBatch, RolloutBuffer
 from pyppo.data import MarketData, MarketDataError, load_market_data, synthetic_market
 from pyppo.env import ObsSpec, TradingEnv
+from pyppo.guard import GradientGuard, validate_outputs
 
 __all__ = [
     "cuda_kernels_available", "ops", "reference", "_C", "torch",
+    "GradientGuard", "validate_outputs",
     "RolloutBatch", "RolloutBuffer",
     "MarketData", "MarketDataError", "load_market_data", "synthetic_market",
     "TradingEnv", "ObsSpec",

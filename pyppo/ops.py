@@ -97,3 +97,134 @@ def _gae_fake(
     if rewards.dim() != 2:
         raise ValueError(f"pyppo.gae: rewards must be a (T, N) tensor, got shape {rewards.shape}")
     return rewards.new_empty(rewards.shape), rewards.new_empty(rewards.shape)
+
+
+# ---- gradient guard ----------------------------------------------------------------------
+
+
+def guard_gradients_(
+    grads: list[Tensor],
+    group_ids: list[int],
+    num_groups: int,
+    max_norm: float,
+    skip_nonfinite: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Guard a list of gradients in place, in one fused multi-tensor pass (plus a scaling
+    pass only when clipping is needed).
+
+    ``grads`` may mix float32/float16/bfloat16 (and float64) tensors of any sizes, all on
+    one device; ``group_ids[i]`` in ``[0, num_groups)`` names the group of ``grads[i]``.
+    NaN/+inf/-inf elements are counted per group and set to 0; the squared L2 norm of the
+    rest is accumulated per group (float32, float64 for float64 gradients, in a fixed order:
+    deterministic). Then, with ``coef = min(1, max_norm / (total_norm + 1e-6))``:
+    ``skip_nonfinite`` and any element non-finite -> every gradient is zeroed; else, if
+    ``coef < 1``, every gradient is multiplied by ``coef`` (on CUDA that choice is made on
+    the device: no host synchronisation).
+
+    Returns ``(nonfinite_counts int64 [num_groups], group_norms float32 [num_groups],
+    total_norm float32 [], clip_coef float32 [])`` on the gradients' device.
+    """
+    group_ids = [int(g) for g in group_ids]
+    # Checked here too, not only in C++: with one toolchain (the GPU machine's g++ 13.3,
+    # Python 3.12, torch 2.11) an error thrown by these kernels crashed the process instead
+    # of raising; the Python check keeps bad arguments a clear exception everywhere.
+    _check_guard_args(grads, group_ids, int(num_groups), float(max_norm))
+    return torch.ops.pyppo.guard_gradients_.default(
+        grads, group_ids, int(num_groups), float(max_norm), bool(skip_nonfinite)
+    )
+
+
+def count_nonfinite(tensors: list[Tensor]) -> Tensor:
+    """Number of NaN/+inf/-inf elements of each tensor (int64 ``[len(tensors)]``), counted in
+    one fused read-only pass; the tensors are not modified."""
+    _check_tensor_list(tensors, "tensors")  # see guard_gradients_ for why here too
+    return torch.ops.pyppo.count_nonfinite.default(tensors)
+
+
+def _check_tensor_list(tensors: list[Tensor], name: str) -> None:
+    for i, t in enumerate(tensors):
+        _check_float(t, f"{name}[{i}]")
+        if t.device != tensors[0].device:
+            raise ValueError(
+                f"pyppo: {name}[{i}] is on {t.device} but {name}[0] is on {tensors[0].device};"
+                " all tensors must be on one device"
+            )
+
+
+def _check_guard_args(
+    grads: list[Tensor], group_ids: list[int], num_groups: int, max_norm: float
+) -> None:
+    """The kernels' argument checks (csrc/guard.h), in the same order, with the same messages."""
+    if len(group_ids) != len(grads):
+        raise ValueError(
+            f"pyppo: got {len(grads)} gradients but {len(group_ids)} group ids; "
+            "pass one id per gradient"
+        )
+    if num_groups < 1:
+        raise ValueError(f"pyppo: num_groups must be >= 1, got {num_groups}")
+    for i, gid in enumerate(group_ids):
+        if not 0 <= gid < num_groups:
+            raise ValueError(
+                f"pyppo: group_ids[{i}] = {gid} is out of range for num_groups = {num_groups}"
+            )
+    if not max_norm >= 0:
+        raise ValueError(
+            f"pyppo: max_norm must be >= 0 (float('inf') disables clipping), got {max_norm}"
+        )
+    _check_tensor_list(grads, "grads")
+
+
+@torch.library.register_fake("pyppo::guard_gradients_")
+def _guard_gradients_fake(
+    grads: list[Tensor], group_ids: list[int], num_groups: int, max_norm: float, skip: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_guard_args(grads, group_ids, num_groups, max_norm)
+    device = grads[0].device if grads else torch.device("cpu")
+    return (
+        torch.empty(num_groups, dtype=torch.int64, device=device),
+        torch.empty(num_groups, dtype=torch.float32, device=device),
+        torch.empty((), dtype=torch.float32, device=device),
+        torch.empty((), dtype=torch.float32, device=device),
+    )
+
+
+@torch.library.register_fake("pyppo::count_nonfinite")
+def _count_nonfinite_fake(tensors: list[Tensor]) -> Tensor:
+    _check_tensor_list(tensors, "tensors")
+    device = tensors[0].device if tensors else torch.device("cpu")
+    return torch.empty(len(tensors), dtype=torch.int64, device=device)
+
+
+# ---- output guard: sanitize with a gradient ----------------------------------------------
+
+
+def guarded_clamp(x: Tensor, limit: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Differentiable :func:`sanitize` for model outputs such as the auxiliary heads.
+
+    Forward: NaN/+inf/-inf -> 0, finite values clamped to ``[-limit, limit]``; returns
+    ``(y, counts)`` with ``counts = [nonfinite, clamped]`` (int64, on ``x``'s device).
+    Backward: the gradient passes unchanged where ``x`` was finite and inside
+    ``[-limit, limit]`` and is exactly 0 elsewhere, so a NaN arriving from upstream at a
+    masked place is never propagated.
+    """
+    return torch.ops.pyppo.sanitize.default(x, float(limit))
+
+
+def _sanitize_setup_context(ctx, inputs, output) -> None:
+    x, limit = inputs
+    ctx.save_for_backward(x)
+    ctx.limit = limit
+
+
+def _sanitize_backward(ctx, grad_y: Tensor, grad_counts: Tensor | None):
+    (x,) = ctx.saved_tensors
+    lim = torch.tensor(ctx.limit, dtype=x.dtype).item()  # the forward's rounded limit
+    passes = torch.isfinite(x) & (x.abs() <= lim)
+    # where, not multiply: 0 * NaN would be NaN.
+    zero = torch.zeros((), dtype=grad_y.dtype, device=grad_y.device)
+    return torch.where(passes, grad_y, zero), None
+
+
+torch.library.register_autograd(
+    "pyppo::sanitize", _sanitize_backward, setup_context=_sanitize_setup_context
+)

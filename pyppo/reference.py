@@ -69,3 +69,64 @@ def gae(
         last_gae = delta + gamma * gae_lambda * next_nonterminal * last_gae
         advantages[t] = last_gae
     return advantages, advantages + values
+
+
+def guard_gradients_(
+    grads: list[Tensor],
+    group_ids: list[int],
+    num_groups: int,
+    max_norm: float,
+    skip_nonfinite: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Reference of ``pyppo.ops.guard_gradients_``; modifies ``grads`` in place.
+
+    1. NaN/+inf/-inf elements are counted per group and set to 0.
+    2. The squared L2 norm of what is left is summed per group (float32 per tensor,
+       float64 across tensors); ``total = sqrt(sum over groups)``.
+    3. ``coef = min(1, max_norm / (total + 1e-6))``, computed in float64 and rounded to
+       float32.
+    4. ``skip_nonfinite`` and any element was non-finite: every gradient is zeroed.
+       Otherwise, when ``coef < 1``, every gradient is multiplied by ``coef``.
+
+    Returns ``(counts int64 [num_groups], norms float32 [num_groups], total_norm float32 [],
+    clip_coef float32 [])`` on the gradients' device (CPU for an empty list).
+    """
+    device = grads[0].device if grads else torch.device("cpu")
+    counts = torch.zeros(num_groups, dtype=torch.int64, device=device)
+    sum_sq = torch.zeros(num_groups, dtype=torch.float64, device=device)
+    for g, gid in zip(grads, group_ids, strict=True):
+        bad = ~torch.isfinite(g)
+        counts[gid] += bad.sum()
+        g.masked_fill_(bad, 0)
+        acc_dtype = torch.float64 if g.dtype == torch.float64 else torch.float32
+        sum_sq[gid] += g.to(acc_dtype).square().sum().to(torch.float64)
+    total = sum_sq.sum().sqrt()
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0).to(torch.float32)
+    if skip_nonfinite and bool(counts.sum() > 0):
+        for g in grads:
+            g.zero_()
+    elif coef < 1:
+        for g in grads:
+            g.mul_(coef)
+    return counts, sum_sq.sqrt().to(torch.float32), total.to(torch.float32), coef
+
+
+def count_nonfinite(tensors: list[Tensor]) -> Tensor:
+    """Number of NaN/+inf/-inf elements of each tensor, as one int64 tensor."""
+    device = tensors[0].device if tensors else torch.device("cpu")
+    return torch.tensor(
+        [int((~torch.isfinite(t)).sum()) for t in tensors], dtype=torch.int64, device=device
+    )
+
+
+def guarded_clamp(x: Tensor, limit: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Reference of ``pyppo.ops.guarded_clamp``: :func:`sanitize` with its gradient.
+
+    The gradient flows (unchanged) only where ``x`` was finite and inside
+    ``[-limit, limit]``; it is exactly 0 elsewhere, even where the incoming gradient is
+    NaN, because ``torch.where`` selects rather than multiplies.
+    """
+    lim = torch.tensor(limit, dtype=x.dtype).item()
+    passes = torch.isfinite(x) & (x.abs() <= lim)
+    replaced, counts = sanitize(x.detach(), limit)
+    return torch.where(passes, x, replaced), counts

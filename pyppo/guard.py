@@ -1,0 +1,230 @@
+"""Gradient and output guards: NaN/inf zeroing, norm clipping, counters and log messages.
+
+Typical use, in any training loop::
+
+    guard = GradientGuard(model, max_norm=0.5)
+    for batch in data:
+        loss = compute_loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        report = guard.step()        # zero NaN/inf, clip; no host synchronisation
+        optimizer.step()
+    guard.log_events()               # once per update/epoch: one host sync, logs the groups hit
+
+Why logging is separate from ``step()``: deciding whether to log means reading the counts
+on the host, which on a GPU waits for every queued kernel. ``step()`` never does that
+(unless ``log_every`` asks it to, every that many steps); the counts stay device tensors
+and are read once, when :meth:`GradientGuard.log_events` is called. The cumulative
+counters are exact whatever the logging cadence.
+
+Log messages (users grep for them; the text is fixed):
+``NaN/inf gradient detected in <group>`` and ``Model output <name> contains NaN/inf``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pyppo import ops
+
+logger = logging.getLogger("pyppo")
+
+POLICIES = ("zero", "skip")
+
+# The group of parameters that no child module or prefix claims (e.g. a bare nn.Parameter
+# on the root module).
+OTHER_GROUP = "other"
+
+
+@dataclass(frozen=True)
+class GuardReport:
+    """What one :meth:`GradientGuard.step` found. Every field is a tensor on the gradients'
+    device, so building the report costs no host synchronisation; reading a value
+    (``int(...)``, ``.item()``, :meth:`counts_by_group`) does."""
+
+    groups: tuple[str, ...]
+    nonfinite_counts: Tensor  # int64 [num_groups]: NaN/inf elements zeroed, per group
+    group_norms: Tensor  # float32 [num_groups]: L2 norm per group, after zeroing, before clipping
+    total_norm: Tensor  # float32 []: L2 norm of all gradients, after zeroing, before clipping
+    clip_coef: Tensor  # float32 []: min(1, max_norm / (total_norm + 1e-6))
+    skipped: Tensor  # bool []: policy "skip" zeroed every gradient this step
+
+    def counts_by_group(self) -> dict[str, int]:
+        """Non-finite counts by group name (reads them: a host sync)."""
+        return dict(zip(self.groups, self.nonfinite_counts.tolist(), strict=True))
+
+    def norms_by_group(self) -> dict[str, float]:
+        """Gradient norms by group name (reads them: a host sync)."""
+        return dict(zip(self.groups, self.group_norms.tolist(), strict=True))
+
+
+def _group_of(name: str, prefixes: Mapping[str, str]) -> str:
+    """The group of parameter ``name``: the longest matching prefix wins."""
+    best = ""
+    for prefix in prefixes:
+        if name.startswith(prefix) and len(prefix) > len(best):
+            best = prefix
+    return prefixes[best] if best else OTHER_GROUP
+
+
+class GradientGuard:
+    """Zeroes NaN/inf gradients, clips the total gradient norm and counts, per group of
+    parameters, where non-finite values appeared; one fused kernel
+    (:func:`pyppo.ops.guard_gradients_`) does all of it.
+
+    Args:
+        model: the module whose ``.grad`` tensors are guarded.
+        max_norm: clip the total L2 norm to this (``float("inf")`` disables clipping).
+        policy: ``"zero"`` zeroes only the non-finite elements and steps as usual;
+            ``"skip"`` zeroes every gradient when any element was non-finite, so that the
+            optimizer step changes nothing (as ``torch.amp.GradScaler`` skips a step).
+            Note that optimizers with momentum or weight decay may still move parameters
+            on a zero gradient; skip the ``optimizer.step()`` on ``report.skipped`` if that
+            matters (reading it is a host sync).
+        groups: ``None`` groups parameters by the model's top-level child modules
+            (``trunk.0.weight`` -> ``trunk``); or a mapping of parameter-name prefixes to
+            group names (longest prefix wins). Parameters matched by nothing go to the group
+            ``"other"``.
+        log_every: when set, :meth:`step` calls :meth:`log_events` every ``log_every``
+            steps (one host sync each time). Leave it ``None`` when the training loop calls
+            :meth:`log_events` itself, e.g. once per update.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        max_norm: float = 0.5,
+        policy: str = "zero",
+        groups: Mapping[str, str] | None = None,
+        log_every: int | None = None,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"pyppo: policy must be one of {POLICIES}, got {policy!r}")
+        if not max_norm >= 0:  # also rejects NaN
+            raise ValueError(f"pyppo: max_norm must be >= 0, got {max_norm}")
+        if log_every is not None and log_every < 1:
+            raise ValueError(f"pyppo: log_every must be None or >= 1, got {log_every}")
+        self.max_norm = float(max_norm)
+        self.policy = policy
+        self.log_every = log_every
+
+        if groups is None:
+            groups = {f"{child}.": child for child, _ in model.named_children()}
+        names: list[str] = []
+        self._params: list[tuple[nn.Parameter, int]] = []
+        for param_name, param in model.named_parameters():
+            group = _group_of(param_name, groups)
+            if group not in names:
+                names.append(group)
+            self._params.append((param, names.index(group)))
+        # Groups in a stable order: as the mapping / children list them, "other" last.
+        ordered = [g for g in dict.fromkeys(groups.values()) if g in names]
+        ordered += [g for g in names if g not in ordered]
+        remap = {names.index(g): i for i, g in enumerate(ordered)}
+        self._params = [(p, remap[gid]) for p, gid in self._params]
+        self.groups: tuple[str, ...] = tuple(ordered)
+
+        self.steps = 0
+        # Exact running totals, on the gradients' device (created at the first step).
+        self._cumulative_nonfinite: Tensor | None = None
+        self._skipped_steps: Tensor | None = None
+        # Counts not yet logged, and over how many steps.
+        self._pending_nonfinite: Tensor | None = None
+        self._pending_steps = 0
+
+    def step(self) -> GuardReport:
+        """Guard the current gradients in place; call between ``backward()`` and
+        ``optimizer.step()``. Parameters without a gradient are left out."""
+        grads, group_ids = [], []
+        for param, gid in self._params:
+            if param.grad is not None:
+                grads.append(param.grad)
+                group_ids.append(gid)
+        counts, norms, total, coef = ops.guard_gradients_(
+            grads, group_ids, len(self.groups), self.max_norm, self.policy == "skip"
+        )
+        if self.policy == "skip":
+            skipped = counts.sum() > 0
+        else:
+            skipped = torch.zeros((), dtype=torch.bool, device=counts.device)
+
+        self._accumulate(counts, skipped)
+        self.steps += 1
+        if self.log_every is not None and self.steps % self.log_every == 0:
+            self.log_events()
+        return GuardReport(self.groups, counts, norms, total, coef, skipped)
+
+    def _accumulate(self, counts: Tensor, skipped: Tensor) -> None:
+        if self._cumulative_nonfinite is None or self._cumulative_nonfinite.device != counts.device:
+            self._cumulative_nonfinite = torch.zeros_like(counts)
+            self._pending_nonfinite = torch.zeros_like(counts)
+            self._skipped_steps = torch.zeros((), dtype=torch.int64, device=counts.device)
+        self._cumulative_nonfinite += counts
+        self._pending_nonfinite += counts
+        self._skipped_steps += skipped
+        self._pending_steps += 1
+
+    @property
+    def cumulative_nonfinite(self) -> Tensor:
+        """int64 [num_groups]: exact number of NaN/inf gradient elements zeroed per group since
+        the guard was made (a device tensor; reading it is a host sync)."""
+        if self._cumulative_nonfinite is None:
+            return torch.zeros(len(self.groups), dtype=torch.int64)
+        return self._cumulative_nonfinite
+
+    @property
+    def skipped_steps(self) -> Tensor:
+        """int64 []: number of steps zeroed by the ``skip`` policy (a device tensor)."""
+        if self._skipped_steps is None:
+            return torch.zeros((), dtype=torch.int64)
+        return self._skipped_steps
+
+    def cumulative_counts(self) -> dict[str, int]:
+        """:attr:`cumulative_nonfinite` by group name (a host sync)."""
+        return dict(zip(self.groups, self.cumulative_nonfinite.tolist(), strict=True))
+
+    def log_events(self) -> dict[str, int]:
+        """Log ``NaN/inf gradient detected in <group>`` once for every group that had
+        non-finite gradients since the previous call, with the count; return those counts.
+
+        This is the guard's only host synchronisation: call it at the cadence you want the
+        log at (the trainer calls it once per update)."""
+        if self._pending_nonfinite is None:
+            return {}
+        counts = dict(zip(self.groups, self._pending_nonfinite.tolist(), strict=True))
+        steps = self._pending_steps
+        self._pending_nonfinite.zero_()
+        self._pending_steps = 0
+        for group, count in counts.items():
+            if count:
+                logger.warning(
+                    "NaN/inf gradient detected in %s: %d non-finite elements zeroed over %d steps",
+                    group,
+                    count,
+                    steps,
+                )
+        return {group: count for group, count in counts.items() if count}
+
+
+def validate_outputs(outputs: Mapping[str, Tensor], log: bool = True) -> dict[str, Tensor]:
+    """Count the NaN/inf elements of each model output in one fused call.
+
+    Returns the counts by name as int64 0-d device tensors. With ``log=True`` the counts are
+    read (one host sync) and ``Model output <name> contains NaN/inf`` is logged for each
+    output that has any; pass ``log=False`` in a hot loop and add the counts up instead.
+    The outputs are not modified (use :func:`pyppo.ops.guarded_clamp` to repair them).
+    """
+    names = list(outputs)
+    counts = ops.count_nonfinite([outputs[name] for name in names])
+    if log and names:
+        for name, count in zip(names, counts.tolist(), strict=True):
+            if count:
+                logger.warning(
+                    "Model output %s contains NaN/inf (%d non-finite elements)", name, count
+                )
+    return dict(zip(names, counts.unbind(0), strict=True))
