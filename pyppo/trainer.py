@@ -388,7 +388,7 @@ class PPOTrainer:
             self.save("checkpoint.pt")
         finally:
             bar.close()
-            if self._writer is not None:
+            if self._writer:
                 self._writer.flush()
         if self.progress:
             print(nan_events_table(self.history))
