@@ -139,6 +139,9 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         self.fee = float(fee)
         self.allow_short = bool(allow_short)
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            # "cuda" means the current GPU; tensors made there report "cuda:<index>".
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.starts = starts
         self.sanitize = bool(sanitize)
         self.check_actions = self.device.type == "cpu" if check_actions is None else check_actions
