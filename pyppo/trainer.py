@@ -69,6 +69,14 @@ class PPOConfig:
     checkpoint_every: int = 10
 
 
+def _resolve(device: str | torch.device) -> torch.device:
+    """``"cuda"`` as the current GPU's index, so that devices compare equal."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def sample_actions(logits: Tensor, generator: torch.Generator) -> Tensor:
     """Gumbel-max sampling from a categorical: no host sync, reproducible per generator."""
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
@@ -145,8 +153,8 @@ class PPOTrainer:
         env_device = getattr(environment, "device", None)
         if device is None:
             device = env_device if env_device is not None else "cpu"
-        self.device = torch.device(device)
-        if env_device is not None and torch.device(env_device) != self.device:
+        self.device = _resolve(device)
+        if env_device is not None and _resolve(env_device) != self.device:
             raise ValueError(f"the environment is on {env_device} but device={self.device}; "
                              "make them the same")
         torch.manual_seed(seed)
