@@ -86,7 +86,8 @@ def guard_gradients_(
     3. ``coef = min(1, max_norm / (total + 1e-6))``, computed in float64 and rounded to
        float32.
     4. ``skip_nonfinite`` and any element was non-finite: every gradient is zeroed.
-       Otherwise, when ``coef < 1``, every gradient is multiplied by ``coef``.
+       Otherwise, when ``coef < 1``, every gradient is multiplied by ``coef`` in float32
+       (float64 for float64 gradients) and rounded once to its dtype.
 
     Returns ``(counts int64 [num_groups], norms float32 [num_groups], total_norm float32 [],
     clip_coef float32 [])`` on the gradients' device (CPU for an empty list).
@@ -106,8 +107,9 @@ def guard_gradients_(
         for g in grads:
             g.zero_()
     elif coef < 1:
-        for g in grads:
-            g.mul_(coef)
+        for g in grads:  # multiplied in float32 (float64 for float64), rounded once
+            acc_dtype = torch.float64 if g.dtype == torch.float64 else torch.float32
+            g.copy_(g.to(acc_dtype) * coef.to(acc_dtype))
     return counts, sum_sq.sqrt().to(torch.float32), total.to(torch.float32), coef
 
 
