@@ -1,5 +1,6 @@
-# Two entry points for a fresh machine: `make test` and `make train`.
+# Two entry points for a fresh machine: `make train` and `make test`.
 # Each creates .venv (once), installs torch and pyppo into it, then runs.
+#   make train ARGS="--bad-ticks 0.01"              # extra options for train_rl_agent.py
 #   make test TORCH=torch==2.14.1 PYPPO_CUDA=ON   # a CUDA build instead of the CPU one
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,13 +11,14 @@ export PYPPO_CUDA
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pyppo-installed
 
+ARGS ?=
+
 .PHONY: setup test train bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml CMakeLists.txt $(wildcard csrc/*.* csrc/*/*.*)
-	$(BIN)/pip install -q --upgrade pip
+$(STAMP): $(BIN)/python pyproject.toml CMakeLists.txt $(wildcard csrc/*.* csrc/*/*.* csrc/*/*/*.*)
 	$(BIN)/pip install -q "$(TORCH)" numpy pandas tqdm matplotlib scikit-build-core "cmake>=3.27" ninja \
 		pytest hypothesis gymnasium pyarrow
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
@@ -27,8 +29,13 @@ setup: $(STAMP)
 test: setup
 	$(BIN)/python -m pytest -q
 
+train: setup
+	$(BIN)/python scripts/train_rl_agent.py --epochs 10 $(ARGS)
+
 bench: setup
-	$(BIN)/python benchmarks/bench_kernels.py
+	$(BIN)/pip install -q stable-baselines3
+	for b in kernels guard gae env training; do \
+		$(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 lint: setup
 	$(BIN)/pip install -q ruff && $(BIN)/ruff check .

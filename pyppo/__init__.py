@@ -14,6 +14,8 @@ from pyppo.buffer import RolloutBatch, RolloutBuffer
 from pyppo.data import MarketData, MarketDataError, load_market_data, synthetic_market
 from pyppo.env import ObsSpec, TradingEnv
 from pyppo.guard import GradientGuard, validate_outputs
+from pyppo.model import TradingActorCritic
+from pyppo.trainer import NonFiniteParametersError, PPOTrainer
 
 __all__ = [
     "cuda_kernels_available", "ops", "reference", "_C", "torch",
@@ -21,5 +23,6 @@ __all__ = [
     "RolloutBatch", "RolloutBuffer",
     "MarketData", "MarketDataError", "load_market_data", "synthetic_market",
     "TradingEnv", "ObsSpec",
+    "TradingActorCritic", "PPOTrainer", "NonFiniteParametersError",
 ]
 __version__ = "0.1.0"

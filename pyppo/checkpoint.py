@@ -57,8 +57,8 @@ def load_checkpoint(
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # torch raises many types for damaged files
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated and cannot be read ({err.__class__.__name__}: "
-            f"{err}); use another checkpoint or start a new run"
+            f"checkpoint {path} is corrupt or truncated and cannot be read "
+            f"({err.__class__.__name__}: {err}); use another checkpoint or start a new run"
         ) from err
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(

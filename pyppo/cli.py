@@ -58,8 +58,10 @@ def make_env(market, settings: dict[str, Any], device: str, *, num_envs: int | N
 
 
 def make_model(env, settings: dict[str, Any]):
+    """The run's model, initialised from the run's seed (the same weights every time)."""
     from pyppo.model import TradingActorCritic
 
+    torch.manual_seed(settings["seed"])
     return TradingActorCritic(env.obs_spec, num_actions=env.single_action_space.n,
                               hidden_dim=settings["hidden_dim"])
 
@@ -131,7 +133,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: list[str] | None = None) -> int:
     from pyppo.checkpoint import CheckpointError, load_checkpoint
-    from pyppo.trainer import NonFiniteParametersError, PPOTrainer
+    from pyppo.trainer import NonFiniteParametersError, PPOTrainer, nan_events_table
 
     args = train_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -181,8 +183,10 @@ def train_main(argv: list[str] | None = None) -> int:
         else:
             trainer.train(epochs=settings["epochs"])
     except NonFiniteParametersError as err:
+        print(nan_events_table(trainer.history))
         print(f"error: {err}", file=sys.stderr)
         return 2
+    print(nan_events_table(trainer.history))
     print(f"done: {trainer.env_steps:,} env steps; metrics in {run_dir / 'metrics.csv'}; "
           f"evaluate with: python scripts/evaluate_agent.py {run_dir}")
     return 0
@@ -203,29 +207,37 @@ def eval_parser() -> argparse.ArgumentParser:
     return p
 
 
-def eval_main(argv: list[str] | None = None) -> int:
-    from pyppo.checkpoint import CheckpointError, load_checkpoint
+def evaluate_run(run: str | Path, *, data: str | None = None, device: str | None = None
+                 ) -> tuple[dict[str, dict[str, float]], Path]:
+    """Backtest a run's best checkpoint (else its last) on the held-out bars, or on ``data``;
+    write report.md and the plots. Returns ``(metrics by policy, report path)``."""
+    from pyppo.checkpoint import load_checkpoint
     from pyppo.report import write_report
 
-    args = eval_parser().parse_args(argv)
-    path = Path(args.run)
+    path = Path(run)
     if path.is_dir():
         path = path / "best.pt" if (path / "best.pt").exists() else path / "checkpoint.pt"
-    try:
-        state = load_checkpoint(path)
-    except CheckpointError as err:
-        raise SystemExit(f"error: {err}") from None
+    state = load_checkpoint(path)
     settings = state["extra"]["settings"]
-    device = args.device or default_device()
-    if args.data:
-        market = load_data({**settings, "data": args.data, "bad_ticks": 0.0})
-        test = market
+    device = device or default_device()
+    if data:
+        test = load_data({**settings, "data": data, "bad_ticks": 0.0})
     else:
         test = split_data(load_data(settings))[2]
     env = make_env(test, {**settings, "no_guards": False}, device, num_envs=1)
     model = make_model(env, settings).to(device)
     model.load_state_dict(state["model"])
     model.eval()
-    out = write_report(path.parent, model, test, settings, state, device=device)
-    print(out.read_text())
+    return write_report(path.parent, model, test, settings, state, device=device)
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    from pyppo.checkpoint import CheckpointError
+
+    args = eval_parser().parse_args(argv)
+    try:
+        _, report = evaluate_run(args.run, data=args.data, device=args.device)
+    except CheckpointError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(report.read_text())
     return 0

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pyppo import ops
 from pyppo.data import MarketData
 from pyppo.env import TradingEnv
 
@@ -24,7 +25,7 @@ class Backtest:
     policy: str
     log_returns: np.ndarray  # the strategy's net log return per bar (position x return - fee)
     positions: np.ndarray  # position held over each bar (-1, 0, +1)
-    market_returns: np.ndarray  # the market's sanitized log return over each bar
+    market_returns: np.ndarray  # the market's log return over each bar (sanitized, ±1)
     bars_per_year: float
     pred_1h: np.ndarray = field(default_factory=lambda: np.empty(0))
     pred_24h: np.ndarray = field(default_factory=lambda: np.empty(0))
@@ -110,7 +111,7 @@ def backtest(
     long_action = env.single_action_space.n - 1
     gen = torch.Generator(device=env.device).manual_seed(seed)
     obs, info = env.reset(seed=seed)
-    rewards, positions, market_returns = [], [], []
+    rewards, positions, bars = [], [], []
     preds: dict[str, list] = {"pred_1h": [], "pred_24h": []}
     targets: list = []
     name = policy if isinstance(policy, str) else "agent"
@@ -126,15 +127,14 @@ def backtest(
                 if key in out:
                     preds[key].append(out[key].reshape(-1)[:1])
             targets.append(info["aux_targets"][:1])
+        bars.append(env.bar_index[:1] + 1)  # the bar whose return this step realizes
         obs, reward, _, _, info = env.step(action)
         rewards.append(reward[:1])
         positions.append(env.position[:1].clone())
     rewards_np = torch.cat(rewards).double().cpu().numpy()
     positions_np = torch.cat(positions).double().cpu().numpy()
-    fees = env.fee * np.abs(np.diff(np.concatenate([[0.0], positions_np])))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        market_np = np.where(positions_np != 0, (rewards_np + fees) / np.where(
-            positions_np != 0, positions_np, 1.0), 0.0)
+    # The market's own return over each bar, sanitized as the env sanitizes it.
+    market_np = ops.sanitize(market.log_returns[torch.cat(bars).cpu()], 1.0)[0].numpy()
     result = Backtest(name, rewards_np, positions_np, market_np, bars_per_year(market))
     if targets:
         t = torch.cat(targets).double().cpu().numpy()

@@ -28,7 +28,9 @@ from pyppo.features import ObsSpec
 OUTPUT_NAMES = ("action_logits", "value", "pred_1h", "pred_24h")
 
 
-def guard_outputs(raw: dict[str, Tensor], aux_limit: float = 1.0) -> tuple[dict[str, Tensor], Tensor]:
+def guard_outputs(
+    raw: dict[str, Tensor], aux_limit: float = 1.0
+) -> tuple[dict[str, Tensor], Tensor]:
     """Count non-finite elements of each output in one fused call, then repair them.
 
     Returns ``(outputs, counts)``: the outputs through :func:`pyppo.ops.guarded_clamp`

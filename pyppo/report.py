@@ -26,9 +26,10 @@ def run_backtests(model: nn.Module, market, settings: dict[str, Any], device: st
 
 
 def write_report(run_dir: Path, model: nn.Module, market, settings: dict[str, Any],
-                 state: dict[str, Any], *, device: str = "cpu") -> Path:
+                 state: dict[str, Any], *, device: str = "cpu"
+                 ) -> tuple[dict[str, dict[str, float]], Path]:
     """Backtest, then write ``report.md`` and the plots into ``run_dir``; returns the
-    report's path."""
+    metrics by policy and the report's path."""
     results = run_backtests(model, market, settings, device)
     metrics = {name: r.metrics() for name, r in results.items()}
     history = state["trainer"]["history"]
@@ -66,7 +67,7 @@ def write_report(run_dir: Path, model: nn.Module, market, settings: dict[str, An
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
-    return path
+    return metrics, path
 
 
 def _plots(run_dir: Path, market, results: dict[str, Backtest], history: list[dict]

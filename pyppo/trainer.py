@@ -295,8 +295,12 @@ class PPOTrainer:
         return {"outputs": z(len(OUTPUT_NAMES)), "aux_loss_zeroed": z(len(AUX_NAMES)),
                 "grads": z(len(self.guard.groups)), "skipped": z(())}
 
-    def _aux_loss(self, pred: Tensor, target: Tensor, zeroed: Tensor, k: int) -> Tensor:
-        loss = torch.mean((pred.reshape(-1) - target) ** 2)
+    def _aux_loss(self, pred: Tensor, target: Tensor, scale: Tensor, zeroed: Tensor,
+                  k: int) -> Tensor:
+        """MSE of the clamped prediction against the sanitized target, divided by the
+        target's variance over the rollout: returns of ~0.5 % would otherwise give losses
+        of ~1e-5 and heads that never learn. 1.0 = no better than predicting the mean."""
+        loss = torch.mean((pred.reshape(-1) - target) ** 2) / scale[k]
         if not self.guards:
             return loss
         finite = torch.isfinite(loss)
@@ -312,6 +316,7 @@ class PPOTrainer:
         def add(name: str, value: Tensor) -> None:
             sums[name] = sums.get(name, 0) + value.detach()
 
+        aux_scale = self.buffer.aux_targets.reshape(-1, len(AUX_NAMES)).var(0).clamp_min(1e-12)
         for _ in range(cfg.num_epochs):
             epoch_kl = torch.zeros((), device=self.device)
             epoch_batches = 0
@@ -335,8 +340,9 @@ class PPOTrainer:
                 loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy_mean
                 if self.aux_losses_on:
                     zeroed = counters["aux_loss_zeroed"]
-                    aux_1h = self._aux_loss(out["pred_1h"], batch.aux_targets[:, 0], zeroed, 0)
-                    aux_24h = self._aux_loss(out["pred_24h"], batch.aux_targets[:, 1], zeroed, 1)
+                    targets = batch.aux_targets
+                    aux_1h = self._aux_loss(out["pred_1h"], targets[:, 0], aux_scale, zeroed, 0)
+                    aux_24h = self._aux_loss(out["pred_24h"], targets[:, 1], aux_scale, zeroed, 1)
                     loss = loss + cfg.aux_1h_coef * aux_1h + cfg.aux_24h_coef * aux_24h
                     add("aux_1h_loss", aux_1h)
                     add("aux_24h_loss", aux_24h)
@@ -398,8 +404,6 @@ class PPOTrainer:
             bar.close()
             if self._writer:
                 self._writer.flush()
-        if self.progress:
-            print(nan_events_table(self.history))
         return self.history
 
     def _one_update(self, updates_per_epoch: int | None) -> dict[str, float]:
@@ -629,7 +633,8 @@ class _progress:
         if self.bar is not None:
             self.bar.set_description_str(text, refresh=False)
             self.bar.update(1)
-        elif self.enabled and (self.done == self.total or self.done % max(1, self.total // 10) == 0):
+        elif self.enabled and (self.done == self.total
+                               or self.done % max(1, self.total // 10) == 0):
             print(f"update {self.done}/{self.total} | {text}", flush=True)
 
     def close(self) -> None:

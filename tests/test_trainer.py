@@ -37,6 +37,7 @@ class RecordingEnv(TradingEnv):
 
 def small_trainer(market, run_dir=None, env_cls=TradingEnv, num_envs=8, seed=0, **kw):
     env = env_cls(market, num_envs=num_envs, episode_length=100, seed=seed)
+    torch.manual_seed(seed)
     model = TradingActorCritic(env.obs_spec, hidden_dim=32)
     args = dict(num_steps=32, num_epochs=2, batch_size=64, seed=seed, run_dir=run_dir,
                 progress=False, data_fingerprint=market.fingerprint())

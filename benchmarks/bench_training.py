@@ -1,0 +1,187 @@
+"""Training throughput: pyppo's PPOTrainer against Stable-Baselines3's PPO on the same market,
+with the same PPO hyperparameters, and pyppo's own split of where the time goes.
+
+    python benchmarks/bench_training.py [--device cpu|cuda] [--updates 6] [--json out.json]
+
+Both train on the same TradingEnv (the default synthetic market's training split; SB3 sees
+it through a small VecEnv adapter, so both pay the same environment cost) for the same
+number of env steps: num_envs x num_steps per update, num_epochs PPO epochs, minibatches
+of batch_size. SB3 gets an MLP of the same width as pyppo's trunk (net_arch [h, h] for
+both policy and value). Needs `pip install stable-baselines3` (skipped without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+from common import machine, print_table, write_json
+
+from pyppo import TradingEnv, synthetic_market
+from pyppo.model import TradingActorCritic
+from pyppo.trainer import PPOTrainer
+
+
+def make_env(device: str, num_envs: int, seed: int = 0) -> TradingEnv:
+    train, _ = synthetic_market(seed=0).split(0.7)
+    return TradingEnv(train, num_envs=num_envs, device=device, seed=seed)
+
+
+class Timed:
+    """Wraps a method so that its wall time adds up under a name (synchronizing on CUDA)."""
+
+    def __init__(self, totals: dict[str, float], name: str, fn, device: str) -> None:
+        self.totals, self.name, self.fn, self.device = totals, name, fn, device
+
+    def __call__(self, *args, **kwargs):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = self.fn(*args, **kwargs)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        self.totals[self.name] += time.perf_counter() - start
+        return out
+
+
+def bench_pyppo(args: argparse.Namespace) -> dict:
+    env = make_env(args.device, args.num_envs)
+    torch.manual_seed(0)
+    model = TradingActorCritic(env.obs_spec, hidden_dim=args.hidden_dim)
+    trainer = PPOTrainer(model, env, num_steps=args.num_steps, num_epochs=args.num_epochs,
+                         batch_size=args.batch_size, device=args.device, progress=False)
+    per_update = args.num_steps * args.num_envs
+    trainer.train(total_steps=per_update)  # warm-up: allocations, first-call costs
+
+    totals: dict[str, float] = defaultdict(float)
+    env.step = Timed(totals, "env step", env.step, args.device)
+    buf = trainer.buffer
+    buf.add = Timed(totals, "buffer add", buf.add, args.device)
+    buf.compute_returns_and_advantage = Timed(totals, "GAE", buf.compute_returns_and_advantage,
+                                              args.device)
+    trainer.guard.step = Timed(totals, "gradient guard", trainer.guard.step, args.device)
+    trainer.collect_rollout = Timed(totals, "rollout (all)", trainer.collect_rollout, args.device)
+    start = time.perf_counter()
+    trainer.train(total_steps=per_update * (1 + args.updates))
+    seconds = time.perf_counter() - start
+    steps = per_update * args.updates
+    totals["total"] = seconds
+    params = sum(p.numel() for p in model.parameters())
+    return {"steps_per_sec": steps / seconds, "seconds": seconds, "params": params,
+            "split": dict(totals)}
+
+
+def bench_sb3(args: argparse.Namespace) -> dict | None:
+    try:
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.vec_env import VecEnv
+    except ImportError:
+        print("stable-baselines3 is not installed: pip install stable-baselines3")
+        return None
+
+    class TradingVecEnv(VecEnv):
+        """SB3's VecEnv over pyppo's TradingEnv: numpy in and out, SB3's done conventions."""
+
+        def __init__(self, env: TradingEnv) -> None:
+            self.env = env
+            super().__init__(env.num_envs, env.single_observation_space,
+                             env.single_action_space)
+
+        def reset(self):
+            obs, _ = self.env.reset(seed=0)
+            return obs.cpu().numpy()
+
+        def step_async(self, actions):
+            self._actions = torch.as_tensor(actions, device=self.env.device).long()
+
+        def step_wait(self):
+            obs, reward, terminated, truncated, info = self.env.step(self._actions)
+            dones = (terminated | truncated).cpu().numpy()
+            infos = [{} for _ in range(self.num_envs)]
+            if "final_obs" in info:
+                final = info["final_obs"].cpu().numpy()
+                for i in np.flatnonzero(dones):
+                    infos[i] = {"terminal_observation": final[i], "TimeLimit.truncated": True}
+            return obs.cpu().numpy(), reward.cpu().numpy(), dones, infos
+
+        def close(self):
+            pass
+
+        def get_attr(self, name, indices=None):
+            return [getattr(self.env, name)] * self.num_envs
+
+        def set_attr(self, name, value, indices=None):
+            setattr(self.env, name, value)
+
+        def env_method(self, name, *args, indices=None, **kwargs):
+            return [getattr(self.env, name)(*args, **kwargs)] * self.num_envs
+
+        def env_is_wrapped(self, wrapper_class, indices=None):
+            return [False] * self.num_envs
+
+    env = TradingVecEnv(make_env("cpu", args.num_envs))
+    h = args.hidden_dim
+    model = PPO("MlpPolicy", env, n_steps=args.num_steps, batch_size=args.batch_size,
+                n_epochs=args.num_epochs, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95,
+                clip_range=0.2, ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5,
+                policy_kwargs=dict(net_arch=dict(pi=[h, h], vf=[h, h])), device=args.device,
+                seed=0, verbose=0)
+    per_update = args.num_steps * args.num_envs
+    model.learn(per_update)  # warm-up
+    start = time.perf_counter()
+    model.learn(per_update * args.updates, reset_num_timesteps=False)
+    seconds = time.perf_counter() - start
+    params = sum(p.numel() for p in model.policy.parameters())
+    return {"steps_per_sec": per_update * args.updates / seconds, "seconds": seconds,
+            "params": params}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--updates", type=int, default=6)
+    parser.add_argument("--num-envs", type=int, default=32)
+    parser.add_argument("--num-steps", type=int, default=256)
+    parser.add_argument("--num-epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--hidden-dim", type=int, default=128)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    info = machine(args.device)
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    print(f"config: {args.num_envs} envs x {args.num_steps} steps per update, "
+          f"{args.num_epochs} epochs, batch {args.batch_size}, {args.updates} timed updates")
+
+    ours = bench_pyppo(args)
+    sb3 = bench_sb3(args)
+    rows = [["pyppo", ours["params"], ours["steps_per_sec"], 1.0]]
+    if sb3:
+        rows.append(["stable-baselines3", sb3["params"], sb3["steps_per_sec"],
+                     sb3["steps_per_sec"] / ours["steps_per_sec"]])
+    print_table("training throughput (env steps per second, same PPO hyperparameters)",
+                ["trainer", "params", "env steps/s", "vs pyppo"], rows)
+    if sb3:
+        print(f"pyppo is {ours['steps_per_sec'] / sb3['steps_per_sec']:.2f}x SB3's throughput")
+
+    split = ours["split"]
+    total = split["total"]
+    overhead = ("env step", "buffer add", "GAE", "gradient guard")
+    parts = [[name, split.get(name, 0.0), 100 * split.get(name, 0.0) / total]
+             for name in overhead]
+    model_rollout = split["rollout (all)"] - sum(split[n] for n in ("env step", "buffer add",
+                                                                      "GAE"))
+    parts.append(["policy forward in rollout", model_rollout, 100 * model_rollout / total])
+    learn = total - split["rollout (all)"] - split["gradient guard"]
+    parts.append(["PPO update (fwd/bwd/Adam)", learn, 100 * learn / total])
+    print_table("where pyppo's training time goes", ["part", "seconds", "% of total"], parts)
+    share = sum(split.get(n, 0.0) for n in overhead) / total
+    print(f"env + buffer + GAE + guard: {100 * share:.1f} % of training time")
+    write_json(args.json, {"machine": info, "config": vars(args), "pyppo": ours, "sb3": sb3,
+                           "overhead_share": share})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The command lines as users run them: bad ticks, guards off, --no-aux, --resume, --data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pyppo import synthetic_market
+from pyppo.checkpoint import load_checkpoint
+from pyppo.cli import eval_main, train_main
+from pyppo.trainer import iterate_metrics
+
+SMALL = ["--bars", "3000", "--num-envs", "8", "--num-steps", "32", "--batch-size", "64",
+         "--hidden-dim", "32", "--episode-length", "200", "--quiet", "--device", "cpu"]
+TIMING = {"steps_per_sec", "rollout_seconds", "update_seconds"}
+
+
+def train(run, *extra: str) -> int:
+    return train_main([*SMALL, "--run-dir", str(run), *extra])
+
+
+def test_bad_ticks_run_completes_with_finite_parameters(tmp_path, capsys):
+    assert train(tmp_path / "r", "--epochs", "2", "--bad-ticks", "0.01") == 0
+    state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert all(torch.isfinite(p).all() for p in state["model"].values())
+    rows = list(iterate_metrics(tmp_path / "r" / "metrics.csv"))
+    assert sum(r["env_returns_nonfinite"] for r in rows) > 0
+    out = capsys.readouterr().out
+    assert "planted bad ticks" in out  # the data report comes first
+    assert "NaN/inf events per epoch" in out
+
+
+def test_guards_off_fails_loudly(tmp_path, capsys):
+    code = train(tmp_path / "r", "--epochs", "3", "--bad-ticks", "0.01", "--no-guards")
+    assert code == 2
+    assert "parameters became NaN/inf" in capsys.readouterr().err
+
+
+def test_no_aux_still_predicts(tmp_path):
+    assert train(tmp_path / "r", "--epochs", "1", "--no-aux") == 0
+    rows = list(iterate_metrics(tmp_path / "r" / "metrics.csv"))
+    assert all(math.isnan(r["aux_1h_loss"]) for r in rows)
+    assert eval_main([str(tmp_path / "r"), "--device", "cpu"]) == 0
+    assert "| pred_1h |" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_resume_continues_identically(tmp_path):
+    assert train(tmp_path / "straight", "--epochs", "2") == 0
+    assert train(tmp_path / "resumed", "--epochs", "1") == 0
+    assert train_main(["--run-dir", str(tmp_path / "resumed"), "--resume", "--epochs", "2",
+                       "--quiet"]) == 0
+    a = list(iterate_metrics(tmp_path / "straight" / "metrics.csv"))
+    b = list(iterate_metrics(tmp_path / "resumed" / "metrics.csv"))
+    assert len(a) == len(b) > 2
+    for ra, rb in zip(a, b, strict=True):
+        for key in ra:
+            if key not in TIMING:
+                assert ra[key] == rb[key] or (math.isnan(ra[key]) and math.isnan(rb[key])), key
+
+
+def test_resume_errors_are_clear(tmp_path):
+    with pytest.raises(SystemExit, match="needs --run-dir"):
+        train_main(["--resume"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        train_main(["--resume", "--run-dir", str(tmp_path / "nothing")])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="corrupt or truncated"):
+        train_main(["--resume", "--run-dir", str(tmp_path / "bad")])
+
+
+def test_user_csv(tmp_path):
+    frame = synthetic_market(3000, seed=2).frame.reset_index()
+    frame = frame.rename(columns={frame.columns[0]: "Date"})
+    path = tmp_path / "bars.csv"
+    frame.to_csv(path, index=False)
+    assert train(tmp_path / "r", "--epochs", "1", "--data", str(path)) == 0
+    with pytest.raises(SystemExit, match="synthetic market only"):
+        train(tmp_path / "r2", "--epochs", "1", "--data", str(path), "--bad-ticks", "0.01")
