@@ -188,7 +188,8 @@ class PPOTrainer:
         self._starts: Tensor | None = None
         self._aux_available: bool | None = None
         self._episode_return = torch.zeros(self.num_envs, device=self.device)
-        self._last_episode_return = float("nan")
+        self._last_episode_return = torch.tensor(float("nan"), device=self.device)
+        self._env_takes_tensors = True
         self._writer: Any = None
         # Anything else a caller wants in checkpoints (the CLI keeps its settings here).
         self.extra: dict[str, Any] = {}
@@ -225,6 +226,7 @@ class PPOTrainer:
                     "the environment gives no info['aux_targets']: auxiliary losses are off",
                     stacklevel=3,
                 )
+        self._env_takes_tensors = isinstance(obs, Tensor)
         self._obs = self._to_tensor(obs)
         self._aux = self._aux_from(info)
         self._starts = torch.ones(self.num_envs, device=self.device)
@@ -245,21 +247,19 @@ class PPOTrainer:
             counters["outputs"] += bad
             actions = sample_actions(out["action_logits"], self.action_generator)
             logprobs, _ = log_prob_and_entropy(out["action_logits"], actions)
-            env_actions = actions if hasattr(self.env, "obs_spec") else actions.cpu().numpy()
+            env_actions = actions if self._env_takes_tensors else actions.cpu().numpy()
             obs, reward, terminated, truncated, info = self.env.step(env_actions)
             reward = self._to_tensor(reward)
             terminated = self._to_tensor(terminated, torch.bool)
             truncated = self._to_tensor(truncated, torch.bool)
+            done = terminated | truncated
+            self._track_episodes(reward, done, info)
             if "final_obs" in info:  # bootstrap truncated episodes (DESIGN.md, gae)
-                final_obs = self._final_obs(info)
-                final_value = self._forward(final_obs)[0]["value"].reshape(-1)
+                final_value = self._forward(self._final_obs(info))[0]["value"].reshape(-1)
                 bootstrap = truncated & ~terminated
                 reward = reward + cfg.gamma * torch.where(bootstrap, final_value, 0.0)
             self.buffer.add(self._obs, actions, logprobs, reward, out["value"].reshape(-1),
                             self._starts, self._aux)
-            done = terminated | truncated
-            self._track_episodes(reward if "final_obs" not in info else self._to_tensor(
-                info.get("episode_return", reward)), done, info)
             self._obs = self._to_tensor(obs)
             self._aux = self._aux_from(info)
             self._starts = done.to(torch.float32)
@@ -277,16 +277,18 @@ class PPOTrainer:
                 for o in final]
         return self._to_tensor(np.stack(rows))
 
-    def _track_episodes(self, reward_or_return: Tensor, done: Tensor, info: dict) -> None:
-        if "episode_return" in info:  # TradingEnv reports finished episodes itself
-            self._last_episode_return_t = info["episode_return"].float().mean()
+    def _track_episodes(self, reward: Tensor, done: Tensor, info: dict) -> None:
+        """Keep the mean return of the latest finished episodes as a device tensor."""
+        if "episode_return" in info:  # TradingEnv adds up its episodes itself
+            self._last_episode_return = info["episode_return"].float().mean()
             return
-        self._episode_return += reward_or_return
-        if "final_obs" in info or bool(done.any()):
-            finished = self._episode_return[done]
-            if finished.numel():
-                self._last_episode_return_t = finished.mean()
-            self._episode_return[done] = 0.0
+        self._episode_return += reward
+        finished = done.float()
+        count = finished.sum()
+        mean = (self._episode_return * finished).sum() / count.clamp_min(1)
+        # where, not an if on count: no host sync per step.
+        self._last_episode_return = torch.where(count > 0, mean, self._last_episode_return)
+        self._episode_return *= 1 - finished
 
     # -- the PPO update --------------------------------------------------------------------
 
@@ -451,8 +453,7 @@ class PPOTrainer:
             "explained_variance": float(explained),
             "mean_step_reward": float(self.buffer.rewards.mean()),
         }
-        ep = getattr(self, "_last_episode_return_t", None)
-        row["mean_episode_return"] = float(ep) if ep is not None else float("nan")
+        row["mean_episode_return"] = float(self._last_episode_return)
         for name in ("policy_loss", "value_loss", "entropy", "aux_1h_loss", "aux_24h_loss",
                      "approx_kl", "clip_fraction", "grad_norm", "clip_coef"):
             row[name] = float(stats[name]) if name in stats else float("nan")
@@ -557,7 +558,9 @@ class PPOTrainer:
                 "best_sharpe": self.best_sharpe, "history": self.history,
                 "obs": self._obs, "aux": self._aux, "starts": self._starts,
                 "aux_available": self._aux_available,
-                "last_episode_return": getattr(self, "_last_episode_return_t", None),
+                "last_episode_return": self._last_episode_return,
+                "env_takes_tensors": self._env_takes_tensors,
+                "episode_return": self._episode_return,
             },
             "env": env_state,
             "rng": {
@@ -600,8 +603,9 @@ class PPOTrainer:
         self.best_sharpe, self.history = t["best_sharpe"], t["history"]
         self._obs, self._aux, self._starts = t["obs"], t["aux"], t["starts"]
         self._aux_available = t["aux_available"]
-        if t["last_episode_return"] is not None:
-            self._last_episode_return_t = t["last_episode_return"]
+        self._last_episode_return = t["last_episode_return"].to(self.device)
+        self._env_takes_tensors = t["env_takes_tensors"]
+        self._episode_return = t["episode_return"].to(self.device)
         if state["env"] is not None:
             self.env.load_state_dict(state["env"])
         elif self._obs is not None:
@@ -642,12 +646,7 @@ class _progress:
             self.bar.close()
 
 
-NAN_EVENT_KINDS = {
-    "gradients": "nonfinite_grad_",
-    "outputs": "nonfinite_output_",
-    "aux losses": "_loss_zeroed",
-    "rewards/targets": "_nonfinite",
-}
+NAN_EVENT_KINDS = ("gradients", "outputs", "aux losses", "rewards/targets")
 
 
 def _kind_of(column: str) -> str | None:
