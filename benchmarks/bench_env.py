@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import machine, median_seconds, print_table, write_json
+from common import machine, median_seconds, print_machine, print_table, write_json
 
 from pyppo import TradingEnv, synthetic_market
 
@@ -60,7 +60,7 @@ def main() -> None:
     market = synthetic_market()
     rows = [bench(n, args, market) for n in args.num_envs]
     info = machine(args.device)
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    print_machine(info)
     print_table(
         f"TradingEnv.step ({args.device}, window {args.window}, {args.steps} steps x "
         f"median of {args.repeats})",

@@ -1,6 +1,7 @@
 """Benchmarks of pyppo's GAE op and RolloutBuffer against the obvious alternatives.
 
     python benchmarks/bench_gae.py [--device cuda] [--dtype float64] [--json out.json] [--quick]
+    python benchmarks/bench_kernels.py --ops gae ...   # the same, from the kernel suite
 
 Three tables, medians of repeated timings:
 
@@ -21,16 +22,12 @@ Three tables, medians of repeated timings:
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from common import check_device, machine, median_seconds, print_machine, print_table, write_json
 
 import pyppo
 from pyppo import ops
@@ -39,28 +36,21 @@ SHAPES = [(128, 8), (2048, 64), (256, 1024), (2048, 4096)]
 GAMMA, LAMBDA = 0.99, 0.95
 
 
-def measure(
+def adaptive_median(
     fn: Callable[[], object],
     device: torch.device,
     min_time: float = 0.3,
     min_repeats: int = 7,
     max_repeats: int = 500,
 ) -> float:
-    """Median seconds per call of `fn` (after two warm-up calls)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(2):
-        fn()
-    sync()
-    times: list[float] = []
-    start_all = time.perf_counter()
-    while len(times) < max_repeats and (
-        len(times) < min_repeats or time.perf_counter() - start_all < min_time
-    ):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds per call of `fn` over about `min_time` seconds of calls (at least
+    `min_repeats`, at most `max_repeats`). The shapes span four orders of magnitude: a
+    fixed count would be either a handful of microsecond calls, mostly scheduler noise, or
+    far too long at the large ones."""
+    # One call, after the same two warm-up calls, says how many fit in min_time.
+    once = median_seconds(fn, device=device.type, repeats=1, warmup=2)
+    repeats = min(max_repeats, max(min_repeats, round(min_time / max(once, 1e-9))))
+    return median_seconds(fn, device=device.type, repeats=repeats, warmup=0)
 
 
 def sb3_style_gae(rewards, values, episode_starts, last_values, dones, gamma, gae_lambda):
@@ -93,7 +83,7 @@ def bench_gae(device: torch.device, dtype: torch.dtype, shapes) -> list[dict]:
         lv = torch.randn(envs, generator=g, dtype=dtype)
         ls = torch.zeros(envs, dtype=dtype)
         np_args = [x.numpy() for x in (r, v, s, lv, ls)]
-        t_numpy = measure(
+        t_numpy = adaptive_median(
             lambda a=np_args: sb3_style_gae(*a, GAMMA, LAMBDA),
             torch.device("cpu"),
             min_time=0.2,
@@ -103,14 +93,14 @@ def bench_gae(device: torch.device, dtype: torch.dtype, shapes) -> list[dict]:
         adv_np, _ = sb3_style_gae(*np_args, GAMMA, LAMBDA)
 
         dev = [x.to(device) for x in (r, v, s, lv, ls)]
-        t_gae = measure(lambda d=dev: ops.gae(*d, GAMMA, LAMBDA), device)
+        t_gae = adaptive_median(lambda d=dev: ops.gae(*d, GAMMA, LAMBDA), device)
         adv, _ = ops.gae(*dev, GAMMA, LAMBDA)
         np.testing.assert_allclose(adv.cpu().numpy(), adv_np, rtol=1e-3, atol=1e-3)
 
         elems = steps * envs * 5 // 2  # 2.5 T N elements read + 2.5 T N written
         src = torch.randn(elems, dtype=dtype, device=device)
         dst = torch.empty_like(src)
-        t_copy = measure(lambda d=dst, s=src: d.copy_(s), device)
+        t_copy = adaptive_median(lambda d=dst, s=src: d.copy_(s), device)
         traffic = 5 * steps * envs * r.element_size()
         rows.append(
             {
@@ -179,8 +169,8 @@ def bench_add(
             store["aux_targets"][t].copy_(step["aux_targets"])
             counts["aux_targets"] += ops.sanitize_(store["aux_targets"][t], 1.0)
 
-    t_buf = measure(fill_buffer, device, min_repeats=5) / steps
-    t_py = measure(fill_python, device, min_repeats=5) / steps
+    t_buf = adaptive_median(fill_buffer, device, min_repeats=5) / steps
+    t_py = adaptive_median(fill_python, device, min_repeats=5) / steps
     assert torch.equal(buf.rewards, store["rewards"]) and torch.equal(
         buf.sanitize_counts["aux_targets"], counts["aux_targets"]
     )
@@ -236,8 +226,8 @@ def bench_minibatches(
             batch = [f.index_select(0, idx) for f in fields]
         return batch
 
-    t_buf = measure(epoch_buffer, device, min_repeats=5)
-    t_sel = measure(epoch_index_select, device, min_repeats=5)
+    t_buf = adaptive_median(epoch_buffer, device, min_repeats=5)
+    t_sel = adaptive_median(epoch_index_select, device, min_repeats=5)
     return {
         "T": steps,
         "N": envs,
@@ -249,20 +239,52 @@ def bench_minibatches(
     }
 
 
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    desc = (
-        f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads"
-    )
+def run(args: argparse.Namespace) -> dict:
+    """All three benchmarks, each printed as a table; uses args.device, dtype (a name,
+    float32 or float64) and quick."""
+    device = torch.device(args.device)
     if device.type == "cuda":
-        desc += f", GPU {torch.cuda.get_device_name(device)}"
-    return desc
+        # With its index, so that the buffer's device checks see the same device as ours.
+        device = torch.device("cuda", torch.cuda.current_device())
+    dtype = getattr(torch, args.dtype)
+    shapes = SHAPES[:-1] if args.quick else SHAPES
+
+    gae_rows = bench_gae(device, dtype, shapes)
+    print_table(
+        f"gae ({device}, {args.dtype}, medians; copy = one copy_ moving the same 5*T*N "
+        "elements of traffic)",
+        ["T x N", "gae us", "numpy SB3 us", "copy us", "vs numpy", "/ copy", "gae GB/s",
+         "copy GB/s"],
+        [
+            [f"{r['T']} x {r['N']}", r["gae_s"] * 1e6, r["numpy_sb3_s"] * 1e6, r["copy_s"] * 1e6,
+             f"{r['speedup_vs_numpy']:.0f}x", f"{r['gae_over_copy']:.2f}x", r["gae_GBps"],
+             r["copy_GBps"]]
+            for r in gae_rows
+        ],
+    )
+
+    add = bench_add(device, dtype)
+    print_table(
+        f"RolloutBuffer.add per step (N={add['N']}, obs {add['obs_dim']}, medians) vs the same "
+        "writes from Python",
+        ["add us", "Python writes us", "add / Python"],
+        [[add["add_s"] * 1e6, add["python_writes_s"] * 1e6, f"{add['add_over_python']:.2f}x"]],
+    )
+
+    mb = bench_minibatches(device, dtype)
+    print_table(
+        f"one minibatch epoch ({mb['T']}x{mb['N']}, obs {mb['obs_dim']}, batch "
+        f"{mb['batch_size']}, medians) vs randperm + index_select of 7 fields",
+        ["minibatches ms", "index_select ms", "ratio"],
+        [[mb["minibatches_s"] * 1e3, mb["index_select_s"] * 1e3, f"{mb['ratio']:.2f}x"]],
+    )
+    return {"device": str(device), "dtype": args.dtype, "gae": gae_rows, "add": add,
+            "minibatches": mb}
+
+
+def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The options only this benchmark has (bench_kernels.py offers them too)."""
+    parser.add_argument("--quick", action="store_true", help="skip (T, N) = (2048, 4096)")
 
 
 def main() -> None:
@@ -270,56 +292,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--quick", action="store_true", help="skip (2048, 4096)")
+    add_options(parser)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
-    dtype = getattr(torch, args.dtype)
-    shapes = SHAPES[:-1] if args.quick else SHAPES
+    check_device(parser, args.device)
 
-    print(f"machine: {machine(device)}; device {device}, {args.dtype}")
-    gae_rows = bench_gae(device, dtype, shapes)
-    print("\ngae (medians; copy = one copy_ moving the same 5*T*N elements of traffic)")
-    print(
-        f"{'T x N':>12} {'gae':>10} {'numpy SB3':>10} {'copy':>10} {'vs numpy':>9} "
-        f"{'/ copy':>7} {'gae GB/s':>9} {'copy GB/s':>9}"
-    )
-    for r in gae_rows:
-        print(
-            f"{r['T']:>5} x {r['N']:<4} {r['gae_s'] * 1e6:>8.1f}us"
-            f" {r['numpy_sb3_s'] * 1e6:>8.0f}us {r['copy_s'] * 1e6:>8.1f}us"
-            f" {r['speedup_vs_numpy']:>8.0f}x"
-            f" {r['gae_over_copy']:>6.2f}x {r['gae_GBps']:>9.1f} {r['copy_GBps']:>9.1f}"
-        )
-
-    add = bench_add(device, dtype)
-    print(
-        f"\nbuffer add, N={add['N']}, obs {add['obs_dim']}: {add['add_s'] * 1e6:.1f}us per step"
-        f" vs Python writes {add['python_writes_s'] * 1e6:.1f}us ({add['add_over_python']:.2f}x)"
-    )
-
-    mb = bench_minibatches(device, dtype)
-    print(
-        f"minibatch epoch, {mb['T']}x{mb['N']}, obs {mb['obs_dim']}, batch {mb['batch_size']}: "
-        f"{mb['minibatches_s'] * 1e3:.2f}ms vs randperm + index_select of 7 fields "
-        f"{mb['index_select_s'] * 1e3:.2f}ms ({mb['ratio']:.2f}x)"
-    )
-
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "machine": machine(device),
-                    "device": str(device),
-                    "dtype": args.dtype,
-                    "gae": gae_rows,
-                    "add": add,
-                    "minibatches": mb,
-                },
-                f,
-                indent=2,
-            )
+    info = machine(args.device)
+    print_machine(info)
+    write_json(args.json, {"machine": info, **run(args)})
 
 
 if __name__ == "__main__":

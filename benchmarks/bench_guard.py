@@ -14,25 +14,32 @@ in two cases: "clip" (the norm exceeds max_norm: the guard must read and then sc
 buffer, so the floor runs over exactly the bytes the guards touch. Before every timed call
 the buffer is restored from a master copy and the NaN are planted again (untimed), so every
 call sees the same data and the same cache state. Each repeat times all methods in turn
-(interleaved, so that a noisy machine slows them alike); the table shows medians.
+(interleaved, so that a noisy machine slows them alike); the tables show medians.
 
     python benchmarks/bench_guard.py [--device cuda] [--numel 12000000] [--json out.json]
+    python benchmarks/bench_kernels.py --ops guard ...   # the same, from the kernel suite
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from common import (
+    check_device,
+    machine,
+    median_seconds_each,
+    print_machine,
+    print_table,
+    write_json,
+)
 from torch import nn
 
-import pyppo
 from pyppo import ops
+
+# What the fused guard should reach, printed next to what it did (issue targets).
+TARGET_SPEEDUP = 4.0  # at least this much faster than the unfused sequence
+TARGET_OVER_FLOOR = {"clip": 1.5, "noclip": 1.3}  # at most this much slower than the floor
 
 
 def tensor_sizes(total: int, count: int, gen: torch.Generator) -> list[int]:
@@ -94,107 +101,72 @@ def floor_read(s: Setup, max_norm: float) -> None:
     s.flat.sum()
 
 
-def time_call(fn: Callable[[], None], device: str) -> float:
-    """Seconds for one call, synchronised."""
-    if device == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def run_case(s: Setup, case: str, repeats: int, device: str) -> dict[str, float]:
     max_norm = 0.25 * s.norm if case == "clip" else 1e6 * s.norm
+    floor = floor_read_write if case == "clip" else floor_read
     methods = {
-        "fused": fused,
-        "unfused": unfused,
-        "floor": floor_read_write if case == "clip" else floor_read,
+        "fused": lambda: fused(s, max_norm),
+        "unfused": lambda: unfused(s, max_norm),
+        "floor": lambda: floor(s, max_norm),
     }
-    # Check that the case is what it claims to be, then warm up.
+    # Check that the case is what it claims to be before timing it.
     s.reset()
     *_, coef = ops.guard_gradients_(s.grads, s.group_ids, 5, max_norm)
     assert (coef.item() < 1) == (case == "clip"), (case, coef.item())
-    for fn in methods.values():
-        s.reset()
-        fn(s, max_norm)
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, fn in methods.items():
-            s.reset()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time_call(lambda fn=fn: fn(s, max_norm), device))
-    return {name: statistics.median(t) for name, t in times.items()}
+    # reset() before every call (untimed) gives each one the same data and NaN to clean.
+    return median_seconds_each(methods, device=device, repeats=repeats, warmup=1, setup=s.reset)
 
 
-def machine(device: str) -> dict[str, str | int]:
-    info: dict[str, str | int] = {
-        "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+def run(args: argparse.Namespace) -> dict:
+    """Time both cases and print a table for each; uses args.device, numel, tensors and
+    repeats (None: 30 on cpu, 50 on cuda)."""
+    repeats = args.repeats or (30 if args.device == "cpu" else 50)
+    s = Setup(args.numel, args.tensors, args.device)
+    results = {}
+    for case in ("clip", "noclip"):
+        medians = run_case(s, case, repeats, args.device)
+        results[case] = medians
+        print_table(
+            f"guard_gradients_, {case}: {args.numel / 1e6:.1f} M fp32 elements "
+            f"({args.numel * 4 / 1e9:.2f} GB) in {len(s.grads)} tensors, NaN/inf in "
+            f"{len(s.poisoned)} of them, {args.device}, medians of {repeats}",
+            ["method", "median ms", "vs fused"],
+            [[name, t * 1e3, f"{t / medians['fused']:.2f}x"] for name, t in medians.items()],
+        )
+        speedup = medians["unfused"] / medians["fused"]
+        to_floor = medians["fused"] / medians["floor"]
+        floor_name = "read+write floor" if case == "clip" else "read floor"
+        print(
+            f"fused is {speedup:.2f}x faster than unfused (target >= {TARGET_SPEEDUP:g}x) and "
+            f"{to_floor:.2f}x the {floor_name} (target <= {TARGET_OVER_FLOOR[case]}x)"
+        )
+    return {
+        "numel": args.numel,
+        "tensors": len(s.grads),
+        "device": args.device,
+        "repeats": repeats,
+        "median_seconds": results,
     }
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+
+
+def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The options only this benchmark has (bench_kernels.py offers them too)."""
+    parser.add_argument("--numel", type=int, default=12_000_000, help="gradient elements")
+    parser.add_argument("--tensors", type=int, default=40, help="gradient tensors")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--numel", type=int, default=12_000_000, help="gradient elements")
-    parser.add_argument("--tensors", type=int, default=40)
+    add_options(parser)
     parser.add_argument("--repeats", type=int, default=None, help="default: 30 cpu, 50 cuda")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
-    if args.device == "cuda" and not (torch.cuda.is_available() and pyppo.cuda_kernels_available()):
-        raise SystemExit("--device cuda needs a GPU and pyppo built with its CUDA kernels")
-    repeats = args.repeats or (30 if args.device == "cpu" else 50)
+    check_device(parser, args.device)
 
-    s = Setup(args.numel, args.tensors, args.device)
-    gbytes = args.numel * 4 / 1e9
     info = machine(args.device)
-    print(
-        f"guard benchmark: {args.numel / 1e6:.1f} M fp32 elements ({gbytes:.2f} GB) in "
-        f"{len(s.grads)} tensors, NaN/inf in {len(s.poisoned)} of them, {args.device}, "
-        f"median of {repeats}"
-    )
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    results = {}
-    for case in ("clip", "noclip"):
-        medians = run_case(s, case, repeats, args.device)
-        results[case] = medians
-        floor_name = "read+write floor" if case == "clip" else "read floor"
-        print(f"\n{case}:")
-        print(f"  {'method':<10} {'median ms':>10} {'vs fused':>9}")
-        for name, t in medians.items():
-            print(f"  {name:<10} {t * 1e3:>10.3f} {t / medians['fused']:>8.2f}x")
-        speedup = medians["unfused"] / medians["fused"]
-        to_floor = medians["fused"] / medians["floor"]
-        limit = 1.5 if case == "clip" else 1.3
-        print(
-            f"  fused is {speedup:.2f}x faster than unfused (target >= 4x) and "
-            f"{to_floor:.2f}x the {floor_name} (target <= {limit}x)"
-        )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "machine": info,
-                    "numel": args.numel,
-                    "tensors": len(s.grads),
-                    "device": args.device,
-                    "repeats": repeats,
-                    "median_seconds": results,
-                },
-                f,
-                indent=2,
-            )
+    print_machine(info)
+    write_json(args.json, {"machine": info, **run(args)})
 
 
 if __name__ == "__main__":

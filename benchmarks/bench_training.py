@@ -18,7 +18,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from common import machine, print_table, write_json
+from common import machine, print_machine, print_table, write_json
 
 from pyppo import TradingEnv, synthetic_market
 from pyppo.model import TradingActorCritic
@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     info = machine(args.device)
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    print_machine(info)
     print(f"config: {args.num_envs} envs x {args.num_steps} steps per update, "
           f"{args.num_epochs} epochs, batch {args.batch_size}, {args.updates} timed updates")
 

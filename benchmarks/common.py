@@ -7,20 +7,34 @@ medians of several repeats.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 
 import torch
+
+import pyppo
 
 
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """Stop with a clear message, before any work, when ``device`` cannot run pyppo's ops."""
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        parser.error(f"--device {device}: no CUDA GPU is visible")
+    if not pyppo.cuda_kernels_available():
+        parser.error(f"--device {device}: pyppo was built without its CUDA kernels "
+                     "(rebuild with PYPPO_CUDA=ON)")
 
 
 def median_seconds(
@@ -33,17 +47,34 @@ def median_seconds(
 ) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs; ``setup()`` runs untimed before
     each (e.g. to restore dirty input that an in-place kernel cleaned)."""
-    times = []
+    return median_seconds_each(
+        {"fn": fn}, device=device, repeats=repeats, warmup=warmup, setup=setup
+    )["fn"]
+
+
+def median_seconds_each(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    device: str = "cpu",
+    repeats: int = 10,
+    warmup: int = 2,
+    setup: Callable[[], object] | None = None,
+) -> dict[str, float]:
+    """:func:`median_seconds` of several candidates, interleaved: each repeat times every
+    candidate once, in turn, so that a burst of load from a neighbour slows them alike
+    instead of landing on whichever one happened to run then."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(warmup + repeats):
-        if setup is not None:
-            setup()
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            if setup is not None:
+                setup()
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def machine(device: str) -> dict[str, str | int]:
@@ -71,6 +102,10 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def print_machine(info: dict[str, str | int]) -> None:
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
