@@ -7,7 +7,9 @@ Both train on the same TradingEnv (the default synthetic market's training split
 it through a small VecEnv adapter, so both pay the same environment cost) for the same
 number of env steps: num_envs x num_steps per update, num_epochs PPO epochs, minibatches
 of batch_size. SB3 gets an MLP of the same width as pyppo's trunk (net_arch [h, h] for
-both policy and value). Needs `pip install stable-baselines3` (skipped without it).
+both policy and value); pyppo is timed with its default TradingActorCritic and with that
+same MLP (so the second row compares the trainers alone). Needs
+`pip install stable-baselines3` (skipped without it).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 from common import machine, print_machine, print_table, write_json
+from torch import nn
 
 from pyppo import TradingEnv, synthetic_market
 from pyppo.model import TradingActorCritic
@@ -47,12 +50,36 @@ class Timed:
         return out
 
 
-def bench_pyppo(args: argparse.Namespace) -> dict:
+class SB3SizedMLP(nn.Module):
+    """SB3's default MlpPolicy layout (separate [h, h] tanh nets for policy and value) as a
+    pyppo model: the same network on both sides, so only the trainers differ."""
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden: int) -> None:
+        super().__init__()
+
+        def mlp() -> nn.Sequential:
+            return nn.Sequential(nn.Linear(obs_dim, hidden), nn.Tanh(),
+                                 nn.Linear(hidden, hidden), nn.Tanh())
+
+        self.pi_body, self.vf_body = mlp(), mlp()
+        self.actor = nn.Linear(hidden, num_actions)
+        self.critic = nn.Linear(hidden, 1)
+
+    def forward(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"action_logits": self.actor(self.pi_body(obs)),
+                "value": self.critic(self.vf_body(obs)).squeeze(-1)}
+
+
+def bench_pyppo(args: argparse.Namespace, model_kind: str) -> dict:
     env = make_env(args.device, args.num_envs)
     torch.manual_seed(0)
-    model = TradingActorCritic(env.obs_spec, hidden_dim=args.hidden_dim)
+    if model_kind == "TradingActorCritic":
+        model = TradingActorCritic(env.obs_spec, hidden_dim=args.hidden_dim)
+    else:
+        model = SB3SizedMLP(env.obs_spec.size, env.single_action_space.n, args.hidden_dim)
     trainer = PPOTrainer(model, env, num_steps=args.num_steps, num_epochs=args.num_epochs,
-                         batch_size=args.batch_size, device=args.device, progress=False)
+                         batch_size=args.batch_size, device=args.device, progress=False,
+                         enable_auxiliary_losses=model_kind == "TradingActorCritic")
     per_update = args.num_steps * args.num_envs
     trainer.train(total_steps=per_update)  # warm-up: allocations, first-call costs
 
@@ -155,16 +182,18 @@ def main() -> None:
     print(f"config: {args.num_envs} envs x {args.num_steps} steps per update, "
           f"{args.num_epochs} epochs, batch {args.batch_size}, {args.updates} timed updates")
 
-    ours = bench_pyppo(args)
+    ours = bench_pyppo(args, "TradingActorCritic")
+    mlp = bench_pyppo(args, "mlp")
     sb3 = bench_sb3(args)
-    rows = [["pyppo", ours["params"], ours["steps_per_sec"], 1.0]]
+    rows = [["pyppo, TradingActorCritic (conv + aux heads)", ours["params"],
+             ours["steps_per_sec"]],
+            ["pyppo, SB3-sized MLP", mlp["params"], mlp["steps_per_sec"]]]
     if sb3:
-        rows.append(["stable-baselines3", sb3["params"], sb3["steps_per_sec"],
-                     sb3["steps_per_sec"] / ours["steps_per_sec"]])
+        rows.append(["stable-baselines3, MlpPolicy", sb3["params"], sb3["steps_per_sec"]])
+        for row in rows:
+            row.append(row[2] / sb3["steps_per_sec"])
     print_table("training throughput (env steps per second, same PPO hyperparameters)",
-                ["trainer", "params", "env steps/s", "vs pyppo"], rows)
-    if sb3:
-        print(f"pyppo is {ours['steps_per_sec'] / sb3['steps_per_sec']:.2f}x SB3's throughput")
+                ["trainer and model", "params", "env steps/s", "vs SB3"], rows)
 
     split = ours["split"]
     total = split["total"]
@@ -179,8 +208,8 @@ def main() -> None:
     print_table("where pyppo's training time goes", ["part", "seconds", "% of total"], parts)
     share = sum(split.get(n, 0.0) for n in overhead) / total
     print(f"env + buffer + GAE + guard: {100 * share:.1f} % of training time")
-    write_json(args.json, {"machine": info, "config": vars(args), "pyppo": ours, "sb3": sb3,
-                           "overhead_share": share})
+    write_json(args.json, {"machine": info, "config": vars(args), "pyppo": ours,
+                           "pyppo_mlp": mlp, "sb3": sb3, "overhead_share": share})
 
 
 if __name__ == "__main__":
