@@ -225,7 +225,7 @@ class PPOTrainer:
             if self.config.enable_auxiliary_losses and not self._aux_available:
                 warnings.warn(
                     "the environment gives no info['aux_targets']: auxiliary losses are off",
-                    stacklevel=3,
+                    stacklevel=6,  # the caller of train()
                 )
         self._env_takes_tensors = isinstance(obs, Tensor)
         self._obs = self._to_tensor(obs)

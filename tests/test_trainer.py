@@ -221,3 +221,28 @@ def test_any_gymnasium_vector_env_and_dict_model():
     assert history[-1]["mean_step_reward"] > 0.8  # it learned to press 1
     with pytest.raises(ValueError, match="total_steps"):
         trainer.train(epochs=1)
+
+
+def test_gymnasium_sync_vector_env():
+    gym = pytest.importorskip("gymnasium")
+    env = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync",
+                       vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+    class CartPoleModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 64), nn.Tanh())
+            self.pi = nn.Linear(64, 2)
+            self.v = nn.Linear(64, 1)
+
+        def forward(self, obs):
+            h = self.body(obs)
+            return {"action_logits": self.pi(h), "value": self.v(h).squeeze(-1)}
+
+    torch.manual_seed(0)
+    model = CartPoleModel()
+    trainer = PPOTrainer(model, env, num_steps=128, batch_size=128, lr=1e-3, progress=False)
+    with pytest.warns(UserWarning, match="auxiliary losses are off"):
+        history = trainer.train(total_steps=4 * 128 * 12)
+    returns = [r["mean_episode_return"] for r in history]
+    assert all(math.isfinite(r) for r in returns[1:])
+    assert max(returns[-4:]) > returns[0]  # longer episodes than the untrained policy's
