@@ -6,21 +6,9 @@ import math
 
 import pytest
 import torch
+from helpers import DEVICES
 
-import pyppo
 from pyppo import RolloutBuffer, reference
-
-HAS_CUDA = torch.cuda.is_available() and pyppo.cuda_kernels_available()
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.cuda,
-            pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and pyppo's CUDA kernels"),
-        ],
-    ),
-]
 
 T, N, OBS, AUX = 6, 5, (3, 2), 2
 
@@ -318,7 +306,7 @@ def test_constructor_rejects_bad_arguments(kwargs, error, match):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and pyppo's CUDA kernels")
+@pytest.mark.cuda
 def test_device_mismatch_is_named():
     buf = RolloutBuffer(T, N, OBS, device="cuda", num_aux=AUX)
     step = random_steps(steps=1, device="cuda")[0]

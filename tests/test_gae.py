@@ -5,12 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import pyppo
 from pyppo import ops, reference
-
-HAS_CUDA = torch.cuda.is_available() and pyppo.cuda_kernels_available()
-cuda = pytest.mark.cuda
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and pyppo's CUDA kernels")
 
 BOUNDARIES = ["random", "first", "last", "every", "none"]
 
@@ -208,8 +203,7 @@ def test_bad_arguments(changes, error, match):
         ops.gae(**_bad(**changes))
 
 
-@cuda
-@requires_cuda
+@pytest.mark.cuda
 def test_devices_must_match():
     with pytest.raises(RuntimeError, match="last_values is on"):
         ops.gae(
@@ -221,8 +215,7 @@ def test_devices_must_match():
         )
 
 
-@cuda
-@requires_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("boundaries", BOUNDARIES)
 @pytest.mark.parametrize(
     "shape",
@@ -234,8 +227,7 @@ def test_cuda_matches_reference(shape, boundaries):
     check_against_reference(make_rollout(*shape, boundaries, device="cuda"), 0.99, 0.95)
 
 
-@cuda
-@requires_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("start_dtype", [None, torch.bool, torch.uint8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("gamma, lam", [(0.99, 0.95), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)])
@@ -244,8 +236,7 @@ def test_cuda_dtypes_and_extremes(dtype, start_dtype, gamma, lam):
     check_against_reference(args, gamma, lam)
 
 
-@cuda
-@requires_cuda
+@pytest.mark.cuda
 def test_cuda_opcheck():
     torch.library.opcheck(
         torch.ops.pyppo.gae.default, (*make_rollout(300, 7, device="cuda"), 0.99, 0.95)

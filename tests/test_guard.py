@@ -9,18 +9,15 @@ import math
 
 import pytest
 import torch
+from helpers import DEVICES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import pyppo
 from pyppo import ops, reference
 from pyppo.guard import GradientGuard, validate_outputs
 
 CHUNK = 1 << 16  # kGuardChunk in csrc/guard.h: sizes around it cross chunk boundaries
-HAS_CUDA = torch.cuda.is_available() and pyppo.cuda_kernels_available()
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and pyppo's CUDA kernels")
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_cuda])]
 NAN, INF = float("nan"), float("inf")
 # Kernel and reference may differ by an ulp in the clip coefficient (summation order).
 GRAD_TOLERANCE = {
@@ -268,7 +265,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 @pytest.mark.cuda
-@needs_cuda
+@pytest.mark.cuda
 def test_gradients_on_cpu_and_cuda_raise():
     with pytest.raises(ValueError, match="one device"):
         ops.guard_gradients_([torch.randn(4, device="cuda"), torch.randn(3)], [0, 0], 1, 1.0)
@@ -480,7 +477,7 @@ def test_guard_logs_every_n_steps_and_skips_params_without_grad(caplog):
 
 
 @pytest.mark.cuda
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_guard_never_synchronizes_with_the_host():
     model = TinyActorCritic().cuda()
     plant_nan_in_grads(model.aux_1h)
@@ -500,7 +497,7 @@ def test_cuda_guard_never_synchronizes_with_the_host():
 
 
 @pytest.mark.cuda
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_matches_cpu_and_is_bitwise_repeatable():
     sizes = [40 * CHUNK + 17, 3, 0, CHUNK, 123_457]
     dtypes = [torch.float32, torch.float16, torch.bfloat16]
@@ -520,7 +517,7 @@ def test_cuda_matches_cpu_and_is_bitwise_repeatable():
 
 
 @pytest.mark.cuda
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("chunk", [1024, 1 << 20])
 def test_cuda_chunk_sizes(chunk, monkeypatch):
     monkeypatch.setenv("PYPPO_GUARD_CUDA_CHUNK", str(chunk))
@@ -533,7 +530,7 @@ def test_cuda_chunk_sizes(chunk, monkeypatch):
 
 
 @pytest.mark.cuda
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_many_tensors_span_several_launches():
     sizes = [(i * 997) % 5000 + (CHUNK if i % 50 == 0 else 0) for i in range(300)]
     grads = make_grads(sizes, [torch.float32, torch.float16], "cuda", seed=11)
@@ -541,7 +538,7 @@ def test_cuda_many_tensors_span_several_launches():
 
 
 @pytest.mark.cuda
-@needs_cuda
+@pytest.mark.cuda
 def test_opcheck_cuda():
     grads = make_grads([CHUNK + 3, 10, 0], [torch.float32, torch.bfloat16], "cuda")
     torch.library.opcheck(

@@ -198,12 +198,14 @@ class CoinFlipEnv:
         return self._obs(), reward, np.zeros(self.num_envs, bool), truncated, info
 
 
-class DictMLP(nn.Module):
-    def __init__(self) -> None:
+class SmallMLP(nn.Module):
+    """Not a TradingActorCritic: any module returning a dict of logits and value trains."""
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden: int = 64) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(3, 16), nn.Tanh())
-        self.pi = nn.Linear(16, 2)
-        self.v = nn.Linear(16, 1)
+        self.body = nn.Sequential(nn.Linear(obs_dim, hidden), nn.Tanh())
+        self.pi = nn.Linear(hidden, num_actions)
+        self.v = nn.Linear(hidden, 1)
 
     def forward(self, obs):
         h = self.body(obs)
@@ -213,8 +215,8 @@ class DictMLP(nn.Module):
 def test_any_gymnasium_vector_env_and_dict_model():
     pytest.importorskip("gymnasium")
     torch.manual_seed(0)
-    trainer = PPOTrainer(DictMLP(), CoinFlipEnv(), num_steps=20, num_epochs=4, batch_size=20,
-                         lr=3e-3, progress=False)
+    trainer = PPOTrainer(SmallMLP(3, 2, hidden=16), CoinFlipEnv(), num_steps=20, num_epochs=4,
+                         batch_size=20, lr=3e-3, progress=False)
     with pytest.warns(UserWarning, match="auxiliary losses are off"):
         history = trainer.train(total_steps=4 * 20 * 15)
     assert history[-1]["mean_step_reward"] > history[0]["mean_step_reward"]
@@ -227,19 +229,8 @@ def test_gymnasium_sync_vector_env():
     gym = pytest.importorskip("gymnasium")
     env = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync",
                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
-    class CartPoleModel(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.body = nn.Sequential(nn.Linear(4, 64), nn.Tanh())
-            self.pi = nn.Linear(64, 2)
-            self.v = nn.Linear(64, 1)
-
-        def forward(self, obs):
-            h = self.body(obs)
-            return {"action_logits": self.pi(h), "value": self.v(h).squeeze(-1)}
-
     torch.manual_seed(0)
-    model = CartPoleModel()
+    model = SmallMLP(4, 2)  # CartPole: 4 observations, 2 actions
     trainer = PPOTrainer(model, env, num_steps=128, batch_size=128, lr=1e-3, progress=False)
     with pytest.warns(UserWarning, match="auxiliary losses are off"):
         history = trainer.train(total_steps=4 * 128 * 12)
