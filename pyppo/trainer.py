@@ -236,7 +236,7 @@ class PPOTrainer:
     def aux_losses_on(self) -> bool:
         return bool(self.config.enable_auxiliary_losses and self._aux_available)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def collect_rollout(self, counters: dict[str, Tensor]) -> None:
         """Fill the buffer with ``num_steps`` steps of every env, then run GAE."""
         cfg = self.config
