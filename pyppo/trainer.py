@@ -298,28 +298,33 @@ class PPOTrainer:
         return {"outputs": z(len(OUTPUT_NAMES)), "aux_loss_zeroed": z(len(AUX_NAMES)),
                 "grads": z(len(self.guard.groups)), "skipped": z(())}
 
-    def _aux_loss(self, pred: Tensor, target: Tensor, scale: Tensor, zeroed: Tensor,
-                  k: int) -> Tensor:
-        """MSE of the clamped prediction against the sanitized target, divided by the
-        target's variance over the rollout: returns of ~0.5 % would otherwise give losses
-        of ~1e-5 and heads that never learn. 1.0 = no better than predicting the mean."""
-        loss = torch.mean((pred.reshape(-1) - target) ** 2) / scale[k]
+    def _aux_losses(self, out: dict[str, Tensor], targets: Tensor, scale: Tensor,
+                    zeroed: Tensor) -> Tensor:
+        """Both auxiliary losses, ``[aux_1h, aux_24h]``: the MSE of each clamped prediction
+        against its sanitized target, divided by the target's variance over the rollout
+        (returns of ~0.5 % would otherwise give losses of ~1e-5 and heads that never learn;
+        1.0 = no better than predicting the mean). A non-finite loss is counted and set to 0."""
+        preds = torch.stack([out["pred_1h"].reshape(-1), out["pred_24h"].reshape(-1)], dim=1)
+        losses = ((preds - targets) ** 2).mean(0) / scale
         if not self.guards:
-            return loss
-        finite = torch.isfinite(loss)
-        zeroed[k] += (~finite).long()
-        return torch.where(finite, loss, torch.zeros_like(loss))
+            return losses
+        finite = torch.isfinite(losses)
+        zeroed += ~finite
+        return torch.where(finite, losses, torch.zeros_like(losses))
 
     def ppo_update(self, counters: dict[str, Tensor]) -> dict[str, Tensor]:
         """``num_epochs`` passes of minibatch updates over the buffer; returns mean stats."""
         cfg = self.config
-        sums: dict[str, Tensor] = {}
+        names = ["policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"]
+        if self.aux_losses_on:
+            names += ["aux_1h_loss", "aux_24h_loss"]
+            aux_coefs = torch.tensor([cfg.aux_1h_coef, cfg.aux_24h_coef], device=self.device)
+            aux_scale = self.buffer.aux_targets.reshape(-1, len(AUX_NAMES)).var(0).clamp_min(1e-12)
+        if self.guards:
+            names += ["grad_norm", "clip_coef"]
+        # One stacked add per minibatch instead of one per statistic.
+        sums = torch.zeros(len(names), device=self.device)
         n_batches = 0
-
-        def add(name: str, value: Tensor) -> None:
-            sums[name] = sums.get(name, 0) + value.detach()
-
-        aux_scale = self.buffer.aux_targets.reshape(-1, len(AUX_NAMES)).var(0).clamp_min(1e-12)
         for _ in range(cfg.num_epochs):
             epoch_kl = torch.zeros((), device=self.device)
             epoch_batches = 0
@@ -341,39 +346,32 @@ class PPOTrainer:
                 value_loss = 0.5 * ((out["value"].reshape(-1) - batch.returns) ** 2).mean()
                 entropy_mean = entropy.mean()
                 loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy_mean
+                stats = [policy_loss, value_loss, entropy_mean, approx_kl, clip_fraction]
                 if self.aux_losses_on:
-                    zeroed = counters["aux_loss_zeroed"]
-                    targets = batch.aux_targets
-                    aux_1h = self._aux_loss(out["pred_1h"], targets[:, 0], aux_scale, zeroed, 0)
-                    aux_24h = self._aux_loss(out["pred_24h"], targets[:, 1], aux_scale, zeroed, 1)
-                    loss = loss + cfg.aux_1h_coef * aux_1h + cfg.aux_24h_coef * aux_24h
-                    add("aux_1h_loss", aux_1h)
-                    add("aux_24h_loss", aux_24h)
+                    aux = self._aux_losses(out, batch.aux_targets, aux_scale,
+                                           counters["aux_loss_zeroed"])
+                    loss = loss + (aux_coefs * aux).sum()
+                    stats += [aux[0], aux[1]]
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.guards:
                     report = self.guard.step()
                     counters["grads"] += report.nonfinite_counts
-                    counters["skipped"] += report.skipped.long()
-                    add("grad_norm", report.total_norm)
-                    add("clip_coef", report.clip_coef)
+                    counters["skipped"] += report.skipped
                     # "skip" must not let Adam's momentum move the weights: one sync.
                     if cfg.nan_policy == "skip" and bool(report.skipped):
                         continue
+                    stats += [report.total_norm, report.clip_coef]
                 self.optimizer.step()
-                add("policy_loss", policy_loss)
-                add("value_loss", value_loss)
-                add("entropy", entropy_mean)
-                add("approx_kl", approx_kl)
-                add("clip_fraction", clip_fraction)
+                sums += torch.stack(stats).detach()
                 epoch_kl += approx_kl
                 epoch_batches += 1
                 n_batches += 1
             if cfg.target_kl is not None and epoch_batches and \
                     float(epoch_kl / epoch_batches) > cfg.target_kl:
                 break
-        return {k: v / max(n_batches, 1) for k, v in sums.items()}
+        return dict(zip(names, (sums / max(n_batches, 1)).unbind(), strict=True))
 
     # -- training ----------------------------------------------------------------------------
 
