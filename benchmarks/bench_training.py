@@ -16,12 +16,15 @@ TradingActorCritic and with that same MLP (so that row compares the trainers alo
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from common import machine, print_machine, print_table, write_json
+from common import machine, print_machine, print_table, synchronize, write_json
 from torch import nn
 
 from pyppo import TradingEnv, synthetic_market
@@ -71,35 +74,41 @@ class SB3SizedMLP(nn.Module):
                 "value": self.critic(self.vf_body(obs)).squeeze(-1)}
 
 
-def bench_pyppo(args: argparse.Namespace, model_kind: str) -> dict:
+@dataclass
+class Runner:
+    """One trainer ready to run one more PPO update (rollout + epochs) per call."""
+
+    name: str
+    params: int
+    one_update: Callable[[], object]
+    seconds: list[float] = field(default_factory=list)
+
+
+def pyppo_runner(args: argparse.Namespace, model_kind: str, totals: dict[str, float]) -> Runner:
     env = make_env(args.device, args.num_envs)
     torch.manual_seed(0)
     if model_kind == "TradingActorCritic":
         model = TradingActorCritic(env.obs_spec, hidden_dim=args.hidden_dim)
+        name = "pyppo, TradingActorCritic (conv + aux heads)"
     else:
         model = SB3SizedMLP(env.obs_spec.size, env.single_action_space.n, args.hidden_dim)
+        name = "pyppo, SB3-sized MLP"
     trainer = PPOTrainer(model, env, num_steps=args.num_steps, num_epochs=args.num_epochs,
                          batch_size=args.batch_size, device=args.device, progress=False,
                          enable_auxiliary_losses=model_kind == "TradingActorCritic")
     per_update = args.num_steps * args.num_envs
     trainer.train(total_steps=per_update)  # warm-up: allocations, first-call costs
-
-    totals: dict[str, float] = defaultdict(float)
-    env.step = Timed(totals, "env step", env.step, args.device)
-    buf = trainer.buffer
-    buf.add = Timed(totals, "buffer add", buf.add, args.device)
-    buf.compute_returns_and_advantage = Timed(totals, "GAE", buf.compute_returns_and_advantage,
-                                              args.device)
-    trainer.guard.step = Timed(totals, "gradient guard", trainer.guard.step, args.device)
-    trainer.collect_rollout = Timed(totals, "rollout (all)", trainer.collect_rollout, args.device)
-    start = time.perf_counter()
-    trainer.train(total_steps=per_update * (1 + args.updates))
-    seconds = time.perf_counter() - start
-    steps = per_update * args.updates
-    totals["total"] = seconds
-    params = sum(p.numel() for p in model.parameters())
-    return {"steps_per_sec": steps / seconds, "seconds": seconds, "params": params,
-            "split": dict(totals)}
+    if model_kind == "TradingActorCritic":  # where the time goes, for the default model
+        env.step = Timed(totals, "env step", env.step, args.device)
+        buf = trainer.buffer
+        buf.add = Timed(totals, "buffer add", buf.add, args.device)
+        buf.compute_returns_and_advantage = Timed(
+            totals, "GAE", buf.compute_returns_and_advantage, args.device)
+        trainer.guard.step = Timed(totals, "gradient guard", trainer.guard.step, args.device)
+        trainer.collect_rollout = Timed(totals, "rollout (all)", trainer.collect_rollout,
+                                        args.device)
+    return Runner(name, sum(p.numel() for p in model.parameters()),
+                  lambda: trainer.train(total_steps=(trainer.update + 1) * per_update))
 
 
 def sb3_env(kind: str, num_envs: int):
@@ -177,7 +186,7 @@ def sb3_env(kind: str, num_envs: int):
     return TradingVecEnv(make_env("cpu", num_envs))
 
 
-def bench_sb3(args: argparse.Namespace, env_kind: str) -> dict:
+def sb3_runner(args: argparse.Namespace, env_kind: str) -> Runner:
     from stable_baselines3 import PPO
 
     env = sb3_env(env_kind, args.num_envs)
@@ -189,18 +198,16 @@ def bench_sb3(args: argparse.Namespace, env_kind: str) -> dict:
                 seed=0, verbose=0)
     per_update = args.num_steps * args.num_envs
     model.learn(per_update)  # warm-up
-    start = time.perf_counter()
-    model.learn(per_update * args.updates, reset_num_timesteps=False)
-    seconds = time.perf_counter() - start
-    params = sum(p.numel() for p in model.policy.parameters())
-    return {"steps_per_sec": per_update * args.updates / seconds, "seconds": seconds,
-            "params": params}
+    name = {"gymnasium": "SB3 MlpPolicy, market as gymnasium envs",
+            "vecenv": "SB3 MlpPolicy, pyppo's TradingEnv as VecEnv"}[env_kind]
+    return Runner(name, sum(p.numel() for p in model.policy.parameters()),
+                  lambda: model.learn(per_update, reset_num_timesteps=False))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--updates", type=int, default=6)
+    parser.add_argument("--updates", type=int, default=8, help="timed updates per trainer")
     parser.add_argument("--num-envs", type=int, default=32)
     parser.add_argument("--num-steps", type=int, default=256)
     parser.add_argument("--num-epochs", type=int, default=4)
@@ -213,29 +220,34 @@ def main() -> None:
     print(f"config: {args.num_envs} envs x {args.num_steps} steps per update, "
           f"{args.num_epochs} epochs, batch {args.batch_size}, {args.updates} timed updates")
 
-    ours = bench_pyppo(args, "TradingActorCritic")
-    mlp = bench_pyppo(args, "mlp")
+    totals: dict[str, float] = defaultdict(float)
+    runners = [pyppo_runner(args, "TradingActorCritic", totals), pyppo_runner(args, "mlp", totals)]
     try:
         import stable_baselines3  # noqa: F401
     except ImportError:
         print("stable-baselines3 is not installed (pip install stable-baselines3): no comparison")
-        sb3 = {}
     else:
-        sb3 = {kind: bench_sb3(args, kind) for kind in ("gymnasium", "vecenv")}
-    rows = [["pyppo, TradingActorCritic (conv + aux heads)", ours["params"],
-             ours["steps_per_sec"]],
-            ["pyppo, SB3-sized MLP", mlp["params"], mlp["steps_per_sec"]]]
-    if sb3:
-        rows += [["SB3 MlpPolicy, market as gymnasium envs", sb3["gymnasium"]["params"],
-                  sb3["gymnasium"]["steps_per_sec"]],
-                 ["SB3 MlpPolicy, pyppo's TradingEnv as VecEnv", sb3["vecenv"]["params"],
-                  sb3["vecenv"]["steps_per_sec"]]]
-        for row in rows:
-            row.append(row[2] / sb3["gymnasium"]["steps_per_sec"])
-    print_table("training throughput (env steps per second, same PPO hyperparameters)",
-                ["trainer and model", "params", "env steps/s", "vs SB3 (gymnasium envs)"], rows)
+        runners += [sb3_runner(args, "gymnasium"), sb3_runner(args, "vecenv")]
+    # Round robin, one update each, so that the machine's slow and fast moments are shared
+    # by every trainer; each trainer's median update time is what counts.
+    for _ in range(args.updates):
+        for runner in runners:
+            synchronize(args.device)
+            start = time.perf_counter()
+            runner.one_update()
+            synchronize(args.device)
+            runner.seconds.append(time.perf_counter() - start)
+    per_update = args.num_steps * args.num_envs
+    speed = {r.name: per_update / statistics.median(r.seconds) for r in runners}
+    baseline = speed.get("SB3 MlpPolicy, market as gymnasium envs")
+    rows = [[r.name, r.params, speed[r.name]] + ([speed[r.name] / baseline] if baseline else [])
+            for r in runners]
+    print_table("training throughput (env steps per second, median update, same PPO "
+                "hyperparameters)", ["trainer and model", "params", "env steps/s",
+                                     "vs SB3 (gymnasium envs)"][:len(rows[0])], rows)
 
-    split = ours["split"]
+    split = dict(totals)
+    split["total"] = sum(runners[0].seconds)
     total = split["total"]
     overhead = ("env step", "buffer add", "GAE", "gradient guard")
     parts = [[name, split.get(name, 0.0), 100 * split.get(name, 0.0) / total]
@@ -248,8 +260,9 @@ def main() -> None:
     print_table("where pyppo's training time goes", ["part", "seconds", "% of total"], parts)
     share = sum(split.get(n, 0.0) for n in overhead) / total
     print(f"env + buffer + GAE + guard: {100 * share:.1f} % of training time")
-    write_json(args.json, {"machine": info, "config": vars(args), "pyppo": ours,
-                           "pyppo_mlp": mlp, "sb3": sb3, "overhead_share": share})
+    write_json(args.json, {"machine": info, "config": vars(args), "steps_per_sec": speed,
+                           "update_seconds": {r.name: r.seconds for r in runners},
+                           "split_seconds": split, "overhead_share": share})
 
 
 if __name__ == "__main__":

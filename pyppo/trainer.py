@@ -201,12 +201,12 @@ class PPOTrainer:
         return torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x,
                                dtype=dtype, device=self.device)
 
-    def _forward(self, obs: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """Model outputs, repaired, and their non-finite counts (one per OUTPUT_NAMES)."""
+    def _forward(self, obs: Tensor) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Model outputs, repaired, and their non-finite counts (one per OUTPUT_NAMES), or
+        None where the model guards and counts its outputs itself (TradingActorCritic)."""
         out = self.model(obs)
-        own_counts = getattr(self.model, "output_nonfinite", None)
-        if own_counts is not None or not self.guards:
-            return out, torch.zeros(len(OUTPUT_NAMES), dtype=torch.int64, device=self.device)
+        if hasattr(self.model, "output_nonfinite") or not self.guards:
+            return out, None
         present = {name: out[name] for name in OUTPUT_NAMES if name in out}
         guarded, counts = guard_outputs(present)
         full = torch.zeros(len(OUTPUT_NAMES), dtype=torch.int64, device=self.device)
@@ -245,7 +245,8 @@ class PPOTrainer:
             self._reset_env()
         for _ in range(cfg.num_steps):
             out, bad = self._forward(self._obs)
-            counters["outputs"] += bad
+            if bad is not None:
+                counters["outputs"] += bad
             actions = sample_actions(out["action_logits"], self.action_generator)
             logprobs, _ = log_prob_and_entropy(out["action_logits"], actions)
             env_actions = actions if self._env_takes_tensors else actions.cpu().numpy()
@@ -330,7 +331,8 @@ class PPOTrainer:
             epoch_batches = 0
             for batch in self.buffer.minibatches(cfg.batch_size, self.batch_generator):
                 out, bad = self._forward(batch.obs)
-                counters["outputs"] += bad
+                if bad is not None:
+                    counters["outputs"] += bad
                 logprob, entropy = log_prob_and_entropy(out["action_logits"], batch.actions)
                 logratio = logprob - batch.old_logprobs
                 ratio = logratio.exp()
