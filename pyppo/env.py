@@ -150,10 +150,8 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
 
         n_bars = len(market)
         longest = max(self.aux_horizon_bars, default=0)
-        # Decision bars t need window returns behind them (t >= window), a next bar for the
-        # reward and every aux horizon ahead (t + longest <= T - 1).
         self.first_bar = self.window
-        self.bars_per_epoch = n_bars - max(longest, 1) - self.window
+        self.bars_per_epoch = self.decision_bars(market, self.window, self.aux_horizons)
         # An episode from t0 acts on t0 .. t0+L-1, all of which must be decision bars.
         self._max_start = n_bars - self.episode_length - max(longest, 1)
         if self._max_start < self.first_bar:
@@ -300,6 +298,15 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
     def position(self) -> Tensor:
         """(N,) current position of each env (-1, 0, +1)."""
         return self._pos
+
+    @staticmethod
+    def decision_bars(
+        market: MarketData, window: int, aux_horizons: Sequence[int | str | pd.Timedelta]
+    ) -> int:
+        """Bars an agent can act on: each needs ``window`` returns behind it (t >= window),
+        a next bar for the reward and every aux horizon ahead (t + longest <= T - 1)."""
+        longest = max((horizon_to_bars(h, market.bar_interval) for h in aux_horizons), default=0)
+        return len(market) - max(longest, 1) - window
 
     # -- checkpointing -----------------------------------------------------------------------
 

@@ -102,9 +102,7 @@ def backtest(
     and its ``pred_1h``/``pred_24h`` are recorded when present), ``"buy_and_hold"`` or
     ``"random"`` (uniform actions, seeded).
     """
-    probe = TradingEnv(market, num_envs=1, episode_length=1, window=window, fee=fee,
-                       aux_horizons=aux_horizons, allow_short=allow_short, device=device)
-    steps = probe.bars_per_epoch
+    steps = TradingEnv.decision_bars(market, window, aux_horizons)
     env = TradingEnv(market, num_envs=1, episode_length=steps, window=window, fee=fee,
                      aux_horizons=aux_horizons, allow_short=allow_short, device=device,
                      seed=seed, starts="sequential")

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 import pyppo._extension  # noqa: F401  (loads the kernels and registers the op schemas)
+from pyppo import reference
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -218,7 +219,7 @@ def _sanitize_setup_context(ctx, inputs, output) -> None:
 
 def _sanitize_backward(ctx, grad_y: Tensor, grad_counts: Tensor | None):
     (x,) = ctx.saved_tensors
-    lim = torch.tensor(ctx.limit, dtype=x.dtype).item()  # the forward's rounded limit
+    lim = reference.rounded_limit(ctx.limit, x.dtype)  # the limit the forward applied
     passes = torch.isfinite(x) & (x.abs() <= lim)
     # where, not multiply: 0 * NaN would be NaN.
     zero = torch.zeros((), dtype=grad_y.dtype, device=grad_y.device)

@@ -10,13 +10,19 @@ import torch
 from torch import Tensor
 
 
+def rounded_limit(limit: float, dtype: torch.dtype) -> float:
+    """``limit`` rounded to ``dtype``, as ``torch.clamp`` rounds a Python scalar: the limit
+    every sanitize kernel actually applies."""
+    return torch.tensor(limit, dtype=dtype).item()
+
+
 def sanitize(x: Tensor, limit: float = 1.0) -> tuple[Tensor, Tensor]:
     """NaN/+inf/-inf -> 0, finite values outside [-limit, limit] clamped.
 
     ``limit`` is first rounded to ``x``'s dtype, as ``torch.clamp`` does with a Python
     scalar. Returns ``(y, counts)`` with counts = int64 ``[nonfinite, clamped]``.
     """
-    lim = torch.tensor(limit, dtype=x.dtype).item()
+    lim = rounded_limit(limit, x.dtype)
     nonfinite = ~torch.isfinite(x)
     y = torch.where(nonfinite, torch.zeros((), dtype=x.dtype, device=x.device), x)
     clamped = y.abs() > lim
@@ -128,7 +134,7 @@ def guarded_clamp(x: Tensor, limit: float = 1.0) -> tuple[Tensor, Tensor]:
     ``[-limit, limit]``; it is exactly 0 elsewhere, even where the incoming gradient is
     NaN, because ``torch.where`` selects rather than multiplies.
     """
-    lim = torch.tensor(limit, dtype=x.dtype).item()
+    lim = rounded_limit(limit, x.dtype)
     passes = torch.isfinite(x) & (x.abs() <= lim)
     replaced, counts = sanitize(x.detach(), limit)
     return torch.where(passes, x, replaced), counts

@@ -568,7 +568,6 @@ class PPOTrainer:
                 "torch": torch.get_rng_state(),
                 "action": self.action_generator.get_state(),
                 "batch": self.batch_generator.get_state(),
-                "guard": self.guard.state_dict() if hasattr(self.guard, "state_dict") else None,
             },
             "data_fingerprint": self.data_fingerprint,
             "extra": self.extra,
