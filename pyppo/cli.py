@@ -213,7 +213,7 @@ def evaluate_run(run: str | Path, *, data: str | None = None, device: str | None
                  ) -> tuple[dict[str, dict[str, float]], Path]:
     """Backtest a run's best checkpoint (else its last) on the held-out bars, or on ``data``;
     write report.md and the plots. Returns ``(metrics by policy, report path)``."""
-    from pyppo.checkpoint import load_checkpoint
+    from pyppo.checkpoint import CheckpointError, load_checkpoint
     from pyppo.report import write_report
 
     path = Path(run)
@@ -228,7 +228,11 @@ def evaluate_run(run: str | Path, *, data: str | None = None, device: str | None
         test = split_data(load_data(settings))[2]
     env = make_env(test, {**settings, "no_guards": False}, device, num_envs=1)
     model = make_model(env, settings).to(device)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path} does not fit this version's model: {err}"
+                              ) from err
     model.eval()
     return write_report(path.parent, model, test, settings, state, device=device)
 

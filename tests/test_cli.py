@@ -79,3 +79,14 @@ def test_user_csv(tmp_path):
     assert train(tmp_path / "r", "--epochs", "1", "--data", str(path)) == 0
     with pytest.raises(SystemExit, match="synthetic market only"):
         train(tmp_path / "r2", "--epochs", "1", "--data", str(path), "--bad-ticks", "0.01")
+
+
+def test_eval_of_a_checkpoint_that_does_not_fit_the_model(tmp_path):
+    assert train(tmp_path / "r", "--epochs", "1") == 0
+    path = tmp_path / "r" / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    state["model"] = {"not_a_weight": torch.zeros(1)}
+    torch.save(state, path)
+    (tmp_path / "r" / "best.pt").unlink()
+    with pytest.raises(SystemExit, match="does not fit this version's model"):
+        eval_main([str(tmp_path / "r"), "--device", "cpu"])
