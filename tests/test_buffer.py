@@ -306,7 +306,6 @@ def test_constructor_rejects_bad_arguments(kwargs, error, match):
 
 
 @pytest.mark.cuda
-@pytest.mark.cuda
 def test_device_mismatch_is_named():
     buf = RolloutBuffer(T, N, OBS, device="cuda", num_aux=AUX)
     step = random_steps(steps=1, device="cuda")[0]

@@ -1,22 +1,27 @@
-// CUDA gae. The recurrence is backward in t and independent across envs, so the natural
-// kernel is one thread per env walking t = T-1 .. 0; consecutive threads take consecutive
-// envs, so every step is one coalesced row access per warp.
-//
-// That alone cannot fill a GPU when N is small (N = 64 is two warps), so the time axis is
-// also cut into C chunks. Within a chunk the advantage is an affine function of the
-// advantage just after it:
+// CUDA gae. The recurrence runs backward in t and is independent across envs:
 //     adv[t] = delta[t] + c[t] * adv[t+1],   c[t] = gamma * lambda * next_nonterminal[t]
-// so chunk k maps adv[end_k] to adv[start_k] = B_k + A_k * adv[end_k]. Three launches:
-//   1. summary: one thread per (chunk, env) folds its chunk into (A_k, B_k)
-//   2. carry:   one thread per env composes the chunks from the last to the first,
-//               recording the advantage that enters each chunk (adv[T] = 0)
-//   3. final:   one thread per (chunk, env) rescans its chunk from that carry and writes
-//               advantages and returns
-// With C = 1 only the final pass runs (the plain per-env scan). The chunked path reads the
-// inputs twice; pass 1 walks chunks in ascending time and pass 3 in descending time, so the
-// chunks read last by pass 1 are read first by pass 3 while they are still in L2.
+// so a stretch of steps maps the advantage just after it to the advantage at its start by
+// an affine function x -> A x + B, and such maps compose (the scan is associative).
+//
+// A block owns 32 envs (a warp-wide, coalesced row segment: threadIdx.x) and walks its
+// time range backward in tiles of kTile steps. In a tile, each of the 32 rows of threads
+// (threadIdx.y) takes kSteps consecutive steps of its envs:
+//   1. every thread loads its steps into registers and folds them into (A, B);
+//   2. warp w scans the 32 maps of env w across its lanes (shuffles), giving the advantage
+//      that enters every row's steps, and carries the tile's result to the next tile;
+//   3. every thread rescans its steps from that advantage, out of registers, and writes
+//      advantages and returns.
+// The loads of the next tile are issued before steps 2 and 3, so memory stays busy while
+// the block scans. Each input is read once and each output written once.
+//
+// When there are too few envs to give every SM a block, the time axis is also cut into
+// segments: a first launch folds every segment but the first into one map per env
+// (`summary` mode, no writes), and in the second launch each segment's block composes the
+// maps of the segments after it (one warp reduction) to learn the advantage entering it.
+// With enough envs there is one segment and a single launch.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -29,11 +34,13 @@
 namespace pyppo {
 namespace {
 
-constexpr int kThreads = 256;
-// Chunks shorter than this spend more on the summaries than they gain in parallelism.
-constexpr int64_t kMinChunk = 16;
-// Bounds the serial loop of the carry pass (and the workspace).
-constexpr int64_t kMaxChunks = 4096;
+constexpr int kLanes = 32;               // envs per block
+constexpr int kRows = 32;                // rows of threads per block (one warp each)
+constexpr int kSteps = 4;                // consecutive steps per thread in a tile
+constexpr int kTile = kRows * kSteps;    // steps per tile
+constexpr int kThreads = kLanes * kRows;
+constexpr int64_t kMaxSegments = 1024;   // 32 per lane in the carry reduction
+static_assert(kRows == 32 && kLanes == 32, "the scan maps rows onto the 32 lanes of a warp");
 
 template <typename T, typename S>
 __device__ inline T nonterminal(S start) {
@@ -44,123 +51,228 @@ __device__ inline T nonterminal(S start) {
   }
 }
 
-// Where a thread works: env n, time steps [t0, t1) of chunk k.
-struct Chunk {
-  int64_t n, k, t0, t1;
+// x -> a x + b. compose(later, earlier) is the map that applies `later` first: the scan
+// runs backward in time, so the later steps act first.
+template <typename T>
+struct Affine {
+  T a, b;
 };
 
-__device__ inline Chunk chunk_of(int64_t g, int64_t steps, int64_t num_envs, int64_t len,
-                                 int64_t num_chunks, bool reversed) {
-  Chunk c;
-  c.n = g % num_envs;
-  c.k = g / num_envs;
-  if (reversed) c.k = num_chunks - 1 - c.k;
-  c.t0 = c.k * len;
-  c.t1 = min(steps, c.t0 + len);
-  return c;
-}
-
-// The successor of the chunk's last step: the next row, or the bootstrap at t = T-1.
-template <typename T, typename S>
-__device__ inline void successor(const Chunk& c, const T* values, const S* starts,
-                                 const T* last_values, const T* last_nonterminal, int64_t steps,
-                                 int64_t num_envs, T& next_value, T& next_nonterminal) {
-  if (c.t1 == steps) {
-    next_value = last_values[c.n];
-    next_nonterminal = last_nonterminal[c.n];
-  } else {
-    const int64_t i = c.t1 * num_envs + c.n;
-    next_value = values[i];
-    next_nonterminal = nonterminal<T>(starts[i]);
-  }
-}
-
-template <typename T, typename S>
-__global__ void gae_summary_kernel(const T* __restrict__ rewards, const T* __restrict__ values,
-                                   const S* __restrict__ starts, const T* __restrict__ last_values,
-                                   const T* __restrict__ last_nonterminal, T gamma,
-                                   T gamma_lambda, int64_t steps, int64_t num_envs, int64_t len,
-                                   int64_t num_chunks, T* __restrict__ coef,
-                                   T* __restrict__ offset) {
-  const int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (g >= num_envs * num_chunks) return;
-  const Chunk c = chunk_of(g, steps, num_envs, len, num_chunks, /*reversed=*/false);
-  T next_value, next_nonterminal;
-  successor(c, values, starts, last_values, last_nonterminal, steps, num_envs, next_value,
-            next_nonterminal);
-  T a = T(1), b = T(0);
-#pragma unroll 4
-  for (int64_t t = c.t1 - 1; t >= c.t0; --t) {
-    const int64_t i = t * num_envs + c.n;
-    const T v = values[i];
-    const T delta = rewards[i] + gamma * next_value * next_nonterminal - v;
-    const T decay = gamma_lambda * next_nonterminal;
-    b = delta + decay * b;
-    a = decay * a;
-    next_value = v;
-    next_nonterminal = nonterminal<T>(starts[i]);
-  }
-  // Stored chunk-major ([k][n]), the order of g: coalesced.
-  coef[g] = a;
-  offset[g] = b;
-}
-
-// Turns coef[k][n] into the advantage entering chunk k from its end (in place).
 template <typename T>
-__global__ void gae_carry_kernel(T* __restrict__ coef, const T* __restrict__ offset,
-                                 int64_t num_envs, int64_t num_chunks) {
-  const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (n >= num_envs) return;
-  T carry = T(0);  // adv[T]: nothing follows the rollout (the bootstrap is in delta[T-1])
-  for (int64_t k = num_chunks - 1; k >= 0; --k) {
-    const int64_t i = k * num_envs + n;
-    const T a = coef[i];
-    coef[i] = carry;
-    carry = offset[i] + a * carry;
-  }
+__device__ inline Affine<T> compose(const Affine<T>& later, const Affine<T>& earlier) {
+  return {earlier.a * later.a, earlier.a * later.b + earlier.b};
 }
+
+template <typename T>
+__device__ inline Affine<T> shfl_up(const Affine<T>& m, int delta) {
+  return {__shfl_up_sync(0xffffffffu, m.a, delta), __shfl_up_sync(0xffffffffu, m.b, delta)};
+}
+
+template <typename T>
+__device__ inline Affine<T> shfl_down(const Affine<T>& m, int delta) {
+  return {__shfl_down_sync(0xffffffffu, m.a, delta), __shfl_down_sync(0xffffffffu, m.b, delta)};
+}
+
+// One thread's kSteps steps of one env in one tile, newest first: steps t_hi-1, t_hi-2, ...
+// down to t_lo (fewer than kSteps at the start of a segment; none past its start).
+template <typename T, typename S>
+struct Steps {
+  T reward[kSteps], value[kSteps];
+  S start[kSteps];
+  T next_value, next_nonterminal;  // the successor of step t_hi-1
+  int count = 0;
+
+  __device__ void load(const T* rewards, const T* values, const S* starts, const T* last_values,
+                       const T* last_nonterminal, int64_t steps, int64_t num_envs, int64_t n,
+                       int64_t t_lo, int64_t t_hi) {
+    const int64_t span = t_hi - t_lo;
+    count = n >= num_envs || span <= 0 ? 0 : (span < kSteps ? static_cast<int>(span) : kSteps);
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) {
+      if (k < count) {
+        const int64_t i = (t_hi - 1 - k) * num_envs + n;
+        reward[k] = rewards[i];
+        value[k] = values[i];
+        start[k] = starts[i];
+      }
+    }
+    if (count > 0) {
+      if (t_hi == steps) {
+        next_value = last_values[n];
+        next_nonterminal = last_nonterminal[n];
+      } else {
+        next_value = values[t_hi * num_envs + n];
+        next_nonterminal = nonterminal<T>(starts[t_hi * num_envs + n]);
+      }
+    }
+  }
+};
+
+// What the rescan needs of a thread's steps, computed once in the fold.
+template <typename T>
+struct Folded {
+  T delta[kSteps], decay[kSteps], value[kSteps];
+  int count;
+};
 
 template <typename T, typename S>
-__global__ void gae_final_kernel(const T* __restrict__ rewards, const T* __restrict__ values,
-                                 const S* __restrict__ starts, const T* __restrict__ last_values,
-                                 const T* __restrict__ last_nonterminal, T gamma, T gamma_lambda,
-                                 int64_t steps, int64_t num_envs, int64_t len, int64_t num_chunks,
-                                 const T* __restrict__ carry, T* __restrict__ advantages,
-                                 T* __restrict__ returns) {
-  const int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (g >= num_envs * num_chunks) return;
-  const Chunk c = chunk_of(g, steps, num_envs, len, num_chunks, /*reversed=*/true);
-  T next_value, next_nonterminal;
-  successor(c, values, starts, last_values, last_nonterminal, steps, num_envs, next_value,
-            next_nonterminal);
-  T adv = carry == nullptr ? T(0) : carry[c.k * num_envs + c.n];
-#pragma unroll 4
-  for (int64_t t = c.t1 - 1; t >= c.t0; --t) {
-    const int64_t i = t * num_envs + c.n;
-    const T v = values[i];
-    // Same operation order as the reference loop.
-    const T delta = rewards[i] + gamma * next_value * next_nonterminal - v;
-    adv = delta + gamma_lambda * next_nonterminal * adv;
-    advantages[i] = adv;
-    returns[i] = adv + v;
-    next_value = v;
-    next_nonterminal = nonterminal<T>(starts[i]);
+__device__ inline Affine<T> fold(const Steps<T, S>& in, T gamma, T gamma_lambda, Folded<T>& out) {
+  Affine<T> m{T(1), T(0)};
+  T next_value = in.next_value, next_nonterminal = in.next_nonterminal;
+  out.count = in.count;
+#pragma unroll
+  for (int k = 0; k < kSteps; ++k) {
+    if (k < in.count) {
+      const T v = in.value[k];
+      // Same operation order as the reference loop.
+      out.delta[k] = in.reward[k] + gamma * next_value * next_nonterminal - v;
+      out.decay[k] = gamma_lambda * next_nonterminal;
+      out.value[k] = v;
+      m.b = out.delta[k] + out.decay[k] * m.b;
+      m.a = out.decay[k] * m.a;
+      next_value = v;
+      next_nonterminal = nonterminal<T>(in.start[k]);
+    }
+  }
+  return m;
+}
+
+// The advantage entering segment `segment` of env n: the maps of all later segments applied
+// to adv[T] = 0, newest first. Lane l composes a contiguous run of them, then the warp
+// composes the 32 runs in order (a tree over neighbours keeps the order). Valid in lane 0.
+template <typename T>
+__device__ inline T segment_carry(const T* seg_a, const T* seg_b, int64_t num_envs, int64_t n,
+                                  int64_t segment, int64_t num_segments) {
+  const int lane = threadIdx.x & 31;
+  const int64_t first = segment + 1, count = num_segments - first;
+  const int64_t per_lane = (count + 31) / 32;
+  const int64_t lo = first + lane * per_lane;
+  const int64_t hi = lo + per_lane < num_segments ? lo + per_lane : num_segments;
+  Affine<T> run{T(1), T(0)};  // maps of segments [lo, hi): hi-1 acts first
+  if (n < num_envs) {
+    for (int64_t s = hi - 1; s >= lo; --s) {
+      const int64_t i = s * num_envs + n;
+      run = compose(run, Affine<T>{seg_a[i], seg_b[i]});
+    }
+  }
+  // Lane l's run is earlier in time than lane l+1's: fold lane l+delta into lane l.
+  for (int delta = 1; delta < 32; delta <<= 1) {
+    const Affine<T> later = shfl_down(run, delta);
+    if ((lane & (2 * delta - 1)) == 0) run = compose(later, run);
+  }
+  return run.b;  // (A x + B) at x = adv[T] = 0
+}
+
+// grid: (env groups of kLanes, segments); block: (kLanes, kRows).
+// kSummary: fold segment blockIdx.y + 1 into seg_a/seg_b; otherwise write advantages and
+// returns of segment blockIdx.y, starting from the carry of the segments after it.
+template <bool kSummary, typename T, typename S>
+__global__ void __launch_bounds__(kThreads)
+    gae_tile_kernel(const T* __restrict__ rewards, const T* __restrict__ values,
+                    const S* __restrict__ starts, const T* __restrict__ last_values,
+                    const T* __restrict__ last_nonterminal, T gamma, T gamma_lambda,
+                    int64_t steps, int64_t num_envs, int64_t segment_len, int64_t num_segments,
+                    T* __restrict__ seg_a, T* __restrict__ seg_b, T* __restrict__ advantages,
+                    T* __restrict__ returns) {
+  __shared__ T tile_a[kRows][kLanes + 1];  // +1: the scan reads columns without bank conflicts
+  __shared__ T tile_b[kRows][kLanes + 1];
+  __shared__ T enter[kRows][kLanes + 1];   // the advantage entering each thread's steps
+
+  const int lane = threadIdx.x, row = threadIdx.y;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kLanes;
+  const int64_t n = n0 + lane;  // the env this thread loads and writes
+  const int64_t segment = kSummary ? blockIdx.y + 1 : blockIdx.y;
+  const int64_t begin = segment * segment_len;
+  const int64_t end = begin + segment_len < steps ? begin + segment_len : steps;
+
+  // Warp `row` scans env n0 + row; it keeps that env's running state across tiles.
+  const int64_t scan_env = n0 + row;
+  Affine<T> running{T(1), T(0)};  // summary: the map of the tiles done so far
+  T carry = T(0);                 // final: the advantage entering the tile being done
+  if constexpr (!kSummary) {
+    if (segment + 1 < num_segments) {
+      carry = segment_carry(seg_a, seg_b, num_envs, scan_env, segment, num_segments);
+      carry = __shfl_sync(0xffffffffu, carry, 0);
+    }
+  }
+
+  auto rows_of = [&](int64_t tile_end, int64_t& t_lo, int64_t& t_hi) {
+    t_hi = tile_end - static_cast<int64_t>(row) * kSteps;
+    t_lo = t_hi - kSteps > begin ? t_hi - kSteps : begin;
+  };
+  Steps<T, S> in;
+  int64_t t_lo, t_hi;
+  rows_of(end, t_lo, t_hi);
+  in.load(rewards, values, starts, last_values, last_nonterminal, steps, num_envs, n, t_lo, t_hi);
+
+  for (int64_t tile_end = end; tile_end > begin; tile_end -= kTile) {
+    // 1. Fold this thread's steps.
+    Folded<T> folded;
+    const Affine<T> mine = fold(in, gamma, gamma_lambda, folded);
+    tile_a[row][lane] = mine.a;
+    tile_b[row][lane] = mine.b;
+    __syncthreads();
+
+    // The registers of `in` are free: start loading the next tile now.
+    const int64_t next_end = tile_end - kTile;
+    if (next_end > begin) {
+      rows_of(next_end, t_lo, t_hi);
+      in.load(rewards, values, starts, last_values, last_nonterminal, steps, num_envs, n, t_lo,
+              t_hi);
+    }
+
+    // 2. Warp `row` scans env n0 + row over the tile's rows (lane = row of the tile):
+    // prefix[l] = the maps of tile rows 0..l (row 0 holds the newest steps) composed.
+    Affine<T> prefix{tile_a[lane][row], tile_b[lane][row]};
+    for (int delta = 1; delta < 32; delta <<= 1) {
+      const Affine<T> newer = shfl_up(prefix, delta);
+      if (lane >= delta) prefix = compose(newer, prefix);
+    }
+    if constexpr (kSummary) {
+      const Affine<T> whole{__shfl_sync(0xffffffffu, prefix.a, 31),
+                            __shfl_sync(0xffffffffu, prefix.b, 31)};
+      running = compose(running, whole);
+    } else {
+      const T leaving = prefix.a * carry + prefix.b;  // adv at the first step of tile row `lane`
+      const T entering = __shfl_up_sync(0xffffffffu, leaving, 1);
+      enter[lane][row] = lane == 0 ? carry : entering;
+      carry = __shfl_sync(0xffffffffu, leaving, 31);
+    }
+    __syncthreads();
+
+    // 3. Rescan this thread's steps from the advantage entering them.
+    if constexpr (!kSummary) {
+      T adv = enter[row][lane];
+      const int64_t tile_hi = tile_end - static_cast<int64_t>(row) * kSteps;
+#pragma unroll
+      for (int k = 0; k < kSteps; ++k) {
+        if (k < folded.count) {
+          adv = folded.delta[k] + folded.decay[k] * adv;
+          const int64_t i = (tile_hi - 1 - k) * num_envs + n;
+          advantages[i] = adv;
+          returns[i] = adv + folded.value[k];
+        }
+      }
+    }
+    // The next tile's first __syncthreads() orders these reads of `enter` before its writes.
+  }
+
+  if constexpr (kSummary) {
+    if (lane == 0 && scan_env < num_envs) {
+      seg_a[segment * num_envs + scan_env] = running.a;
+      seg_b[segment * num_envs + scan_env] = running.b;
+    }
   }
 }
 
-// Enough (chunk, env) threads to fill the device once, with chunks of at least kMinChunk.
-int64_t choose_num_chunks(int64_t steps, int64_t num_envs) {
-  int device = 0, sms = 0, per_sm = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device));
-  const int64_t resident = static_cast<int64_t>(sms) * per_sm;
-  const int64_t wanted = (resident + num_envs - 1) / num_envs;
-  return std::clamp<int64_t>(std::min(wanted, steps / kMinChunk), 1, kMaxChunks);
-}
-
-unsigned grid_for(int64_t threads) {
-  return static_cast<unsigned>((threads + kThreads - 1) / kThreads);
+// Segments per rollout: one, unless the env groups leave SMs without a block; then enough
+// to give every SM one, each at least one tile long.
+int64_t choose_num_segments(int64_t steps, int64_t num_envs) {
+  const int64_t groups = (num_envs + kLanes - 1) / kLanes;
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  if (2 * groups > sms) return 1;  // a second pass over the data would cost more than idle SMs
+  const int64_t tiles = (steps + kTile - 1) / kTile;
+  return std::clamp<int64_t>((sms + groups - 1) / groups, 1, std::min(tiles, kMaxSegments));
 }
 
 template <typename T, typename S>
@@ -178,27 +290,31 @@ void gae_cuda_typed(const at::Tensor& rewards, const at::Tensor& values,
   // gamma * lambda is formed in double and rounded once, as a Python scalar product would be.
   const T g = static_cast<T>(gamma), gl = static_cast<T>(gamma * gae_lambda);
 
-  const int64_t num_chunks = choose_num_chunks(steps, num_envs);
-  const int64_t len = (steps + num_chunks - 1) / num_chunks;
-  const int64_t chunks = (steps + len - 1) / len;  // after rounding len up, none is empty
-  const int64_t threads = chunks * num_envs;
-  const T* carry = nullptr;
+  int64_t num_segments = choose_num_segments(steps, num_envs);
+  const int64_t tiles = (steps + kTile - 1) / kTile;
+  const int64_t segment_len = (tiles + num_segments - 1) / num_segments * kTile;
+  num_segments = (steps + segment_len - 1) / segment_len;  // none is empty
+
+  const dim3 block(kLanes, kRows);
+  const auto groups = static_cast<unsigned>((num_envs + kLanes - 1) / kLanes);
+  T* seg_a = nullptr;
+  T* seg_b = nullptr;
   at::Tensor workspace;
-  if (chunks > 1) {
-    workspace = at::empty({2, chunks, num_envs}, rewards.options());
-    T* coef = workspace.select(0, 0).mutable_data_ptr<T>();
-    T* offset = workspace.select(0, 1).mutable_data_ptr<T>();
-    gae_summary_kernel<T, S><<<grid_for(threads), kThreads, 0, stream>>>(
-        r, v, s, lv, lnt, g, gl, steps, num_envs, len, chunks, coef, offset);
+  if (num_segments > 1) {
+    workspace = at::empty({2, num_segments, num_envs}, rewards.options());
+    seg_a = workspace.select(0, 0).mutable_data_ptr<T>();
+    seg_b = workspace.select(0, 1).mutable_data_ptr<T>();
+    // Segment 0's map is never needed: nothing comes before it.
+    gae_tile_kernel<true, T, S>
+        <<<dim3(groups, static_cast<unsigned>(num_segments - 1)), block, 0, stream>>>(
+            r, v, s, lv, lnt, g, gl, steps, num_envs, segment_len, num_segments, seg_a, seg_b,
+            nullptr, nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    gae_carry_kernel<T><<<grid_for(num_envs), kThreads, 0, stream>>>(coef, offset, num_envs,
-                                                                     chunks);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    carry = coef;
   }
-  gae_final_kernel<T, S><<<grid_for(threads), kThreads, 0, stream>>>(
-      r, v, s, lv, lnt, g, gl, steps, num_envs, len, chunks, carry,
-      advantages.mutable_data_ptr<T>(), returns.mutable_data_ptr<T>());
+  gae_tile_kernel<false, T, S>
+      <<<dim3(groups, static_cast<unsigned>(num_segments)), block, 0, stream>>>(
+          r, v, s, lv, lnt, g, gl, steps, num_envs, segment_len, num_segments, seg_a, seg_b,
+          advantages.mutable_data_ptr<T>(), returns.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

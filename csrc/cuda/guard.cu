@@ -32,35 +32,41 @@ constexpr int kUnroll = 4;
 template <typename T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-// Calls fn(elements, count) over the chunk: as 16-byte packs (count = VEC) when the chunk
-// is aligned, with kUnroll packs loaded before any is processed, then element by element
-// (count = 1) for what is left. count is a std::integral_constant, so the loops over a
-// pack unroll and the pack stays in registers. fn returns true when it changed the
-// elements, which are then stored.
+// Calls fn(elements, count) over the chunk: as 16-byte packs (count = VEC), with kUnroll
+// packs loaded before any is processed, and element by element (count = 1) for the few
+// elements before the first 16-byte boundary and after the last full pack. Gradients that
+// are views into one flat buffer start anywhere, and moving them one element at a time
+// would cost a third of the bandwidth, so the bulk is always packed. count is a
+// std::integral_constant, so the loops over a pack unroll and the pack stays in registers.
+// fn returns true when it changed the elements of a pack, which is then stored (single
+// elements are changed in place).
 template <typename T, typename Fn>
 __device__ inline void for_each_pack(T* x, int32_t n, Fn fn) {
   constexpr int VEC = cuda::pack_size<T>();
   using Pack = cuda::Pack<T, VEC>;
-  int done = 0;  // a chunk has at most kGuardChunk elements: 32-bit indices suffice
-  if (reinterpret_cast<std::uintptr_t>(x) % sizeof(Pack) == 0) {
-    const int packs = n / VEC;
-    Pack* p = reinterpret_cast<Pack*>(x);
-    for (int base = threadIdx.x; base < packs; base += kApplyThreads * kUnroll) {
-      Pack v[kUnroll];
+  const auto misaligned = static_cast<int>(reinterpret_cast<std::uintptr_t>(x) % sizeof(Pack));
+  // A chunk has at most 1M elements: 32-bit indices suffice.
+  int head = misaligned == 0 ? 0 : static_cast<int>((sizeof(Pack) - misaligned) / sizeof(T));
+  if (misaligned % sizeof(T) != 0) head = n;  // not even element-aligned: no packs at all
+  head = min(head, n);
+  if (static_cast<int>(threadIdx.x) < head) fn(x + threadIdx.x, std::integral_constant<int, 1>{});
+
+  const int packs = (n - head) / VEC;
+  Pack* p = reinterpret_cast<Pack*>(x + head);
+  for (int base = threadIdx.x; base < packs; base += kApplyThreads * kUnroll) {
+    Pack v[kUnroll];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int i = base + u * kApplyThreads;
-        if (i < packs) v[u] = p[i];
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int i = base + u * kApplyThreads;
-        if (i < packs && fn(v[u].v, std::integral_constant<int, VEC>{})) p[i] = v[u];
-      }
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = base + u * kApplyThreads;
+      if (i < packs) v[u] = p[i];
     }
-    done = packs * VEC;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = base + u * kApplyThreads;
+      if (i < packs && fn(v[u].v, std::integral_constant<int, VEC>{})) p[i] = v[u];
+    }
   }
-  for (int i = done + threadIdx.x; i < n; i += kApplyThreads) {
+  for (int i = head + packs * VEC + threadIdx.x; i < n; i += kApplyThreads) {
     fn(x + i, std::integral_constant<int, 1>{});
   }
 }
