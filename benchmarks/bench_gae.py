@@ -3,7 +3,7 @@
     python benchmarks/bench_gae.py [--device cuda] [--dtype float64] [--json out.json] [--quick]
     python benchmarks/bench_kernels.py --ops gae ...   # the same, from the kernel suite
 
-Three tables, medians of repeated timings:
+Three tables (four on CUDA), medians of repeated timings:
 
 1. ``gae`` at (T, N) = (128, 8), (2048, 64), (256, 1024), (2048, 4096) against
    - a NumPy loop over steps written the way Stable-Baselines3's
@@ -11,6 +11,8 @@ Three tables, medians of repeated timings:
    - a plain copy of the same bytes: gae reads rewards, values and episode_starts and writes
      advantages and returns, i.e. 5 x T x N elements of traffic; the baseline is one
      ``dst.copy_(src)`` of 2.5 x T x N elements (2.5 read + 2.5 written), on the same device.
+   Times are wall clock per synchronized call; on CUDA a second table times bursts of
+   back-to-back calls with CUDA events, the device time that bandwidth is computed from.
 2. ``RolloutBuffer.add`` per step against the same writes done from Python
    (``copy_`` into each storage row, ``pyppo.ops.sanitize_`` on rewards and aux targets and
    ``+=`` of their counts).
@@ -27,7 +29,15 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from common import check_device, machine, median_seconds, print_machine, print_table, write_json
+from common import (
+    check_device,
+    device_seconds_each,
+    machine,
+    median_seconds,
+    print_machine,
+    print_table,
+    write_json,
+)
 
 import pyppo
 from pyppo import ops
@@ -102,6 +112,20 @@ def bench_gae(device: torch.device, dtype: torch.dtype, shapes) -> list[dict]:
         dst = torch.empty_like(src)
         t_copy = adaptive_median(lambda d=dst, s=src: d.copy_(s), device)
         traffic = 5 * steps * envs * r.element_size()
+        row = {}
+        if device.type == "cuda":
+            # Bandwidth is a device measure: back-to-back calls timed with CUDA events.
+            dev_t = device_seconds_each(
+                {"gae": lambda d=dev: ops.gae(*d, GAMMA, LAMBDA),
+                 "copy": lambda d=dst, s=src: d.copy_(s)}
+            )
+            row = {
+                "gae_device_s": dev_t["gae"],
+                "copy_device_s": dev_t["copy"],
+                "gae_device_GBps": traffic / dev_t["gae"] / 1e9,
+                "copy_device_GBps": traffic / dev_t["copy"] / 1e9,
+                "bandwidth_vs_copy": dev_t["copy"] / dev_t["gae"],
+            }
         rows.append(
             {
                 "T": steps,
@@ -113,6 +137,7 @@ def bench_gae(device: torch.device, dtype: torch.dtype, shapes) -> list[dict]:
                 "gae_over_copy": t_gae / t_copy,
                 "gae_GBps": traffic / t_gae / 1e9,
                 "copy_GBps": traffic / t_copy / 1e9,
+                **row,
             }
         )
     return rows
@@ -262,6 +287,18 @@ def run(args: argparse.Namespace) -> dict:
             for r in gae_rows
         ],
     )
+
+    if device.type == "cuda":
+        print_table(
+            "gae on the device: back-to-back calls timed with CUDA events (launch overhead "
+            "hidden), medians; bandwidth = the same 5*T*N elements of traffic / time",
+            ["T x N", "gae us", "copy us", "gae GB/s", "copy GB/s", "gae / copy bandwidth"],
+            [
+                [f"{r['T']} x {r['N']}", r["gae_device_s"] * 1e6, r["copy_device_s"] * 1e6,
+                 r["gae_device_GBps"], r["copy_device_GBps"], f"{r['bandwidth_vs_copy']:.0%}"]
+                for r in gae_rows
+            ],
+        )
 
     add = bench_add(device, dtype)
     print_table(

@@ -77,6 +77,29 @@ def median_seconds_each(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def device_seconds_each(
+    fns: Mapping[str, Callable[[], object]], *, repeats: int = 10, burst: int = 20
+) -> dict[str, float]:
+    """CUDA only: the device's time per call of each candidate, as the median over
+    ``repeats`` bursts of ``burst`` back-to-back calls between two CUDA events (candidates
+    interleaved). Queued calls hide the host's launch overhead whenever the device is the
+    slower side, so this is the time that bandwidth is computed from; the wall-clock
+    :func:`median_seconds_each` of a single synchronized call includes that overhead."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(repeats + 1):  # the first burst warms up
+        for name, fn in fns.items():
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            for _ in range(burst):
+                fn()
+            stop.record()
+            stop.synchronize()
+            if i > 0:
+                times[name].append(start.elapsed_time(stop) / 1e3 / burst)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def machine(device: str) -> dict[str, str | int]:
     """What the numbers were measured on."""
     info: dict[str, str | int] = {

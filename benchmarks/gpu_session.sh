@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One GPU session: build pyppo with its CUDA kernels, run the CUDA tests, the kernel
-# benchmarks and a short CUDA training run. Results go to $OUT (default ./bench-out).
+# One GPU session: build pyppo with its CUDA kernels, run the kernel benchmarks, the CUDA
+# tests and CUDA training (a short run of the train script and the training benchmark).
+# Results go to $OUT (default ./bench-out). The issues' measured bars come first, so that a
+# session cut short still brings them back.
 #   bash benchmarks/gpu_session.sh     # on a machine with a GPU, torch, nvcc, cmake, ninja
 set -uo pipefail
 OUT=${OUT:-bench-out}
@@ -20,22 +22,35 @@ $PY -m pip install --no-build-isolation --no-deps -q -C build-dir=build/gpu \
   || { tail -40 "$OUT/build.log"; exit 1; }
 $PY -c "import pyppo; assert pyppo.cuda_kernels_available(); print('CUDA kernels built')" || exit 1
 
-step "cuda tests"
-timeout 120 $PY -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/tests.log"
-
-step "sanitize benchmark"
-timeout 60 $PY benchmarks/bench_kernels.py --device cuda --sizes 1M 16M 64M --repeats 20 \
-  --json "$OUT/sanitize_cuda.json" 2>&1 | tee "$OUT/bench.log"
+step "gae benchmark"
+timeout 90 $PY benchmarks/bench_gae.py --device cuda --json "$OUT/gae_cuda.json" 2>&1 \
+  | tee "$OUT/bench_gae.log"
 step "guard benchmark (1 GB of fp32 gradients)"
 timeout 90 $PY benchmarks/bench_guard.py --device cuda --numel 268435456 --repeats 20 \
-  --json "$OUT/guard_cuda.json" 2>&1 | tee -a "$OUT/bench.log"
-step "gae benchmark"
-timeout 60 $PY benchmarks/bench_gae.py --device cuda --json "$OUT/gae_cuda.json" 2>&1 \
-  | tee -a "$OUT/bench.log"
-step "env benchmark"
-timeout 40 $PY benchmarks/bench_env.py --device cuda --json "$OUT/env_cuda.json" 2>&1 \
-  | tee -a "$OUT/bench.log"
-step "training on cuda"
-timeout 90 $PY scripts/train_rl_agent.py --epochs 2 --device cuda --quiet \
+  --json "$OUT/guard_cuda.json" 2>&1 | tee "$OUT/bench_guard.log"
+# The chunk size is chosen per call; these show what the other choices would give.
+for chunk in 65536 1048576; do
+  step "guard benchmark, chunk $chunk"
+  PYPPO_GUARD_CUDA_CHUNK=$chunk timeout 60 $PY benchmarks/bench_guard.py --device cuda \
+    --numel 268435456 --repeats 10 2>&1 | grep -E "fused is" | sed "s/^/chunk $chunk: /" \
+    | tee -a "$OUT/bench_guard.log"
+done
+
+step "cuda tests"
+timeout 150 $PY -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tail -25 | tee "$OUT/tests.log"
+
+step "training benchmark on cuda"
+timeout 120 $PY benchmarks/bench_training.py --device cuda --updates 4 \
+  --json "$OUT/training_cuda.json" 2>&1 | tee "$OUT/bench_training.log"
+step "train script on cuda"
+timeout 90 $PY scripts/train_rl_agent.py --epochs 1 --device cuda --quiet \
   --run-dir /tmp/pyppo-gpu-run 2>&1 | tail -20 | tee "$OUT/train.log"
+
+if [ "${WITH_SANITIZE:-0}" = 1 ]; then
+  step "sanitize and env benchmarks"
+  timeout 60 $PY benchmarks/bench_kernels.py --device cuda --ops sanitize --sizes 1M 16M 64M \
+    --repeats 20 --json "$OUT/sanitize_cuda.json" 2>&1 | tee "$OUT/bench_sanitize.log"
+  timeout 40 $PY benchmarks/bench_env.py --device cuda --json "$OUT/env_cuda.json" 2>&1 \
+    | tee "$OUT/bench_env.log"
+fi
 step done

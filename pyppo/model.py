@@ -154,11 +154,20 @@ class TradingActorCritic(nn.Module):
 
     def forward(self, obs: Tensor) -> dict[str, Tensor]:
         h = self.trunk(obs)
+        # The four heads read the same h: one matrix multiply over their stacked weights
+        # costs less than four thin ones, and each head keeps its own parameters (and so
+        # its own gradient-guard group).
+        heads = (self.actor, self.critic, self.aux_1h, self.aux_24h)
+        weight = torch.cat([head.weight for head in heads])
+        bias = torch.cat([head.bias for head in heads])
+        logits, value, pred_1h, pred_24h = nn.functional.linear(h, weight, bias).split(
+            [self.num_actions, 1, 1, 1], dim=1
+        )
         raw = {
-            "action_logits": self.actor(h),
-            "value": self.critic(h).squeeze(-1),
-            "pred_1h": self.aux_1h(h).squeeze(-1),
-            "pred_24h": self.aux_24h(h).squeeze(-1),
+            "action_logits": logits,
+            "value": value.squeeze(-1),
+            "pred_1h": pred_1h.squeeze(-1),
+            "pred_24h": pred_24h.squeeze(-1),
         }
         outputs, counts = guard_outputs(raw, self.aux_limit)
         self.output_nonfinite += counts

@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 import pyppo._extension  # noqa: F401  (loads the kernels and registers the op schemas)
-from pyppo import reference
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -206,26 +205,8 @@ def guarded_clamp(x: Tensor, limit: float = 1.0) -> tuple[Tensor, Tensor]:
     ``(y, counts)`` with ``counts = [nonfinite, clamped]`` (int64, on ``x``'s device).
     Backward: the gradient passes unchanged where ``x`` was finite and inside
     ``[-limit, limit]`` and is exactly 0 elsewhere, so a NaN arriving from upstream at a
-    masked place is never propagated.
+    masked place is never propagated. (The gradient is registered in C++,
+    ``csrc/sanitize_autograd.cpp``: the model calls this in every forward pass.)
     """
     return torch.ops.pyppo.sanitize.default(x, float(limit))
 
-
-def _sanitize_setup_context(ctx, inputs, output) -> None:
-    x, limit = inputs
-    ctx.save_for_backward(x)
-    ctx.limit = limit
-
-
-def _sanitize_backward(ctx, grad_y: Tensor, grad_counts: Tensor | None):
-    (x,) = ctx.saved_tensors
-    lim = reference.rounded_limit(ctx.limit, x.dtype)  # the limit the forward applied
-    passes = torch.isfinite(x) & (x.abs() <= lim)
-    # where, not multiply: 0 * NaN would be NaN.
-    zero = torch.zeros((), dtype=grad_y.dtype, device=grad_y.device)
-    return torch.where(passes, grad_y, zero), None
-
-
-torch.library.register_autograd(
-    "pyppo::sanitize", _sanitize_backward, setup_context=_sanitize_setup_context
-)

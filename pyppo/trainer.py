@@ -80,8 +80,12 @@ def _resolve(device: str | torch.device) -> torch.device:
 def sample_actions(logits: Tensor, generator: torch.Generator) -> Tensor:
     """Gumbel-max sampling from a categorical: no host sync, reproducible per generator."""
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0)))
-    return (logits + gumbel).argmax(-1)
+    # logits + Gumbel noise, -log(-log(u)), in place: this runs at every rollout step.
+    return logits.sub(u.clamp_(1e-20, 1.0).log_().neg_().log_()).argmax(-1)
+
+
+def log_prob(logits: Tensor, actions: Tensor) -> Tensor:
+    return torch.log_softmax(logits, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
 
 
 def log_prob_and_entropy(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
@@ -248,7 +252,7 @@ class PPOTrainer:
             if bad is not None:
                 counters["outputs"] += bad
             actions = sample_actions(out["action_logits"], self.action_generator)
-            logprobs, _ = log_prob_and_entropy(out["action_logits"], actions)
+            logprobs = log_prob(out["action_logits"], actions)
             env_actions = actions if self._env_takes_tensors else actions.cpu().numpy()
             obs, reward, terminated, truncated, info = self.env.step(env_actions)
             reward = self._to_tensor(reward)
