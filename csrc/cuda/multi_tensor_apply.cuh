@@ -1,12 +1,13 @@
 // One kernel launch over many tensors: the multi-tensor scheme of PyTorch's
 // MultiTensorApply.cuh and apex's multi_tensor_apply, adapted to pyppo's guards.
 //
-// Every tensor is cut into chunks of `chunk_size` elements (chosen per call, see
-// guard.cu) and every CUDA block processes one chunk. The tensor list travels in the kernel's argument (a TensorTable, < 4 KB, so
-// no host-to-device copy and no sync); a launch covers up to kMaxTensorsPerLaunch tensors
-// and ALL of their chunks. A block finds its tensor by a binary search over the table's
-// first-chunk offsets (instead of PyTorch's per-block lookup arrays, which would cap a
-// launch at a few hundred blocks: a 1 GB gradient list is thousands of 64K chunks, one launch here).
+// Every tensor is cut into chunks of `chunk_size` elements (see guard.cu) and every CUDA
+// block processes one chunk. The tensor list travels in the kernel's argument (a
+// TensorTable, < 4 KB, so no host-to-device copy and no sync); a launch covers up to
+// kMaxTensorsPerLaunch tensors and ALL of their chunks. A block finds its tensor by a
+// binary search over the table's first-chunk offsets (instead of PyTorch's per-block lookup
+// arrays, which would cap a launch at a few hundred blocks: a 1 GB gradient list is
+// thousands of 64K chunks, one launch here).
 //
 // Tensors may have different dtypes within one launch: each block switches on its
 // tensor's dtype, which is uniform across the block, so nothing diverges.
@@ -53,8 +54,10 @@ struct ChunkRef {
 
 template <typename Functor>
 __global__ void __launch_bounds__(kApplyThreads)
-    multi_tensor_kernel(const __grid_constant__ TensorTable table, Functor functor) {
-  const int32_t chunk = blockIdx.x;
+    multi_tensor_kernel(const __grid_constant__ TensorTable table, Functor functor,
+                        bool last_chunk_first) {
+  // Blocks start roughly in index order, so this also orders the chunks in time.
+  const int32_t chunk = last_chunk_first ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   int lo = 0, hi = table.num_tensors - 1;  // the last tensor whose first chunk <= chunk
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
@@ -113,11 +116,13 @@ inline int64_t total_chunks(const std::vector<at::Tensor>& tensors, int32_t chun
 }
 
 // Runs functor.apply<T>(chunk) for every chunk of every (dense) tensor, in as few launches
-// as the table allows, on `stream`. Chunks are numbered in tensor order across launches.
+// as the table allows, on `stream`. Chunks are numbered in tensor order across launches;
+// `last_chunk_first` starts each launch's blocks from its last chunk instead of its first.
 template <typename Functor>
 void multi_tensor_apply(const std::vector<at::Tensor>& tensors,
                         const std::vector<int64_t>& group_ids, int32_t chunk_size,
-                        const Functor& functor, cudaStream_t stream) {
+                        const Functor& functor, cudaStream_t stream,
+                        bool last_chunk_first = false) {
   TensorTable table;
   table.chunk_size = chunk_size;
   table.num_tensors = 0;
@@ -126,7 +131,7 @@ void multi_tensor_apply(const std::vector<at::Tensor>& tensors,
   auto launch = [&] {
     const int32_t chunks = table.first_chunk[table.num_tensors];
     if (chunks == 0) return;
-    multi_tensor_kernel<<<chunks, kApplyThreads, 0, stream>>>(table, functor);
+    multi_tensor_kernel<<<chunks, kApplyThreads, 0, stream>>>(table, functor, last_chunk_first);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     table.chunk_offset += chunks;
     table.num_tensors = 0;
