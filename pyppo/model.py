@@ -111,7 +111,9 @@ class TradingTrunk(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         window = obs[:, self.window]
-        padded = nn.functional.pad(window, (self.padded_len - self.window_len, 0))  # oldest side
+        padded = window
+        if self.padded_len > self.window_len:  # on the oldest side
+            padded = nn.functional.pad(window, (self.padded_len - self.window_len, 0))
         price = self.price(padded.unsqueeze(-1))
         features = torch.cat([obs[:, self.features], window[:, -self.recent :]], dim=1)
         return self.shared(torch.cat([price, self.feature_mlp(features)], dim=1))
