@@ -237,3 +237,23 @@ def test_gymnasium_sync_vector_env():
     returns = [r["mean_episode_return"] for r in history]
     assert all(math.isfinite(r) for r in returns[1:])
     assert max(returns[-4:]) > returns[0]  # longer episodes than the untrained policy's
+
+
+def test_rollout_runs_on_one_cpu_thread_and_restores_the_count():
+    trainer = small_trainer(synthetic_market(800, seed=4))
+    seen = []
+    step = trainer.env.step
+
+    def recording_step(actions):
+        seen.append(torch.get_num_threads())
+        return step(actions)
+
+    trainer.env.step = recording_step
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        trainer.train(total_steps=8 * 32)
+        assert set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
