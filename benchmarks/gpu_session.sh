@@ -29,7 +29,7 @@ step "guard benchmark (1 GB of fp32 gradients)"
 timeout 90 $PY benchmarks/bench_guard.py --device cuda --numel 268435456 --repeats 20 \
   --json "$OUT/guard_cuda.json" 2>&1 | tee "$OUT/bench_guard.log"
 # The chunk size is chosen per call; these show what the other choices would give.
-for chunk in 131072 262144; do
+for chunk in 65536 1048576; do
   step "guard benchmark, chunk $chunk"
   PYPPO_GUARD_CUDA_CHUNK=$chunk timeout 60 $PY benchmarks/bench_guard.py --device cuda \
     --numel 268435456 --repeats 10 2>&1 | grep -E "fused is" | sed "s/^/chunk $chunk: /" \

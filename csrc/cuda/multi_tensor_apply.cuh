@@ -9,9 +9,8 @@
 // arrays, which would cap a launch at a few hundred blocks: a 1 GB gradient list is
 // thousands of 64K chunks, one launch here).
 //
-// Tensors of different dtypes go out in separate launches, one per dtype (as in apex): a
-// kernel compiled for one dtype needs half the registers of one that switches between four
-// (32 against 64 on sm_90), so twice as many threads per SM keep loads in flight.
+// Tensors may have different dtypes within one launch: each block switches on its
+// tensor's dtype, which is uniform across the block, so nothing diverges.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -19,9 +18,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <iterator>
 #include <vector>
 
 #include "guard.h"
@@ -31,12 +28,15 @@ namespace pyppo::cuda {
 constexpr int kMaxTensorsPerLaunch = 110;
 constexpr int kApplyThreads = 512;
 
+enum class GradDType : uint8_t { kFloat, kHalf, kBFloat16, kDouble };
+
 struct TensorTable {
   void* data[kMaxTensorsPerLaunch];
   int64_t numel[kMaxTensorsPerLaunch];
   int32_t group[kMaxTensorsPerLaunch];
   // Launch-local index of each tensor's first chunk; entry num_tensors is the chunk count.
   int32_t first_chunk[kMaxTensorsPerLaunch + 1];
+  GradDType dtype[kMaxTensorsPerLaunch];
   int32_t num_tensors;
   int64_t chunk_offset;  // index of this launch's first chunk among all launches' chunks
   int32_t chunk_size;    // elements per chunk (the last chunk of a tensor may be shorter)
@@ -52,7 +52,7 @@ struct ChunkRef {
   int64_t index;   // global chunk index: where to write a per-chunk partial result
 };
 
-template <typename T, typename Functor>
+template <typename Functor>
 __global__ void __launch_bounds__(kApplyThreads)
     multi_tensor_kernel(const __grid_constant__ TensorTable table, Functor functor,
                         bool last_chunk_first) {
@@ -72,27 +72,36 @@ __global__ void __launch_bounds__(kApplyThreads)
   const ChunkRef ref{table.data[lo], begin,
                      static_cast<int32_t>(remaining < table.chunk_size ? remaining : table.chunk_size),
                      table.group[lo], table.chunk_offset + chunk};
-  functor.template apply<T>(ref);
+  switch (table.dtype[lo]) {
+    case GradDType::kFloat:
+      functor.template apply<float>(ref);
+      break;
+    case GradDType::kHalf:
+      functor.template apply<c10::Half>(ref);
+      break;
+    case GradDType::kBFloat16:
+      functor.template apply<c10::BFloat16>(ref);
+      break;
+    case GradDType::kDouble:
+      functor.template apply<double>(ref);
+      break;
+  }
 }
 
-// The dtypes the guards take, each launched with its own kernel.
-constexpr at::ScalarType kGradDTypes[] = {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble};
-
-// Calls fn(T{}) with the C++ type of `dtype` (one of kGradDTypes).
-template <typename Fn>
-void with_grad_type(at::ScalarType dtype, Fn fn) {
-  switch (dtype) {
+inline GradDType grad_dtype(at::ScalarType t) {
+  switch (t) {
     case at::kFloat:
-      return fn(float{});
+      return GradDType::kFloat;
     case at::kHalf:
-      return fn(c10::Half{});
+      return GradDType::kHalf;
     case at::kBFloat16:
-      return fn(c10::BFloat16{});
+      return GradDType::kBFloat16;
     case at::kDouble:
-      return fn(double{});
+      return GradDType::kDouble;
     default:
-      TORCH_CHECK(false, "pyppo: unsupported gradient dtype ", dtype);
+      break;
   }
+  TORCH_CHECK(false, "pyppo: unsupported gradient dtype ", t);
 }
 
 inline int64_t num_chunks(int64_t numel, int32_t chunk_size) {
@@ -106,55 +115,43 @@ inline int64_t total_chunks(const std::vector<at::Tensor>& tensors, int32_t chun
   return total;
 }
 
-// Runs functor.apply<T>(chunk) for every chunk of every (dense) tensor, on `stream`, in as
-// few launches as the table allows: one or more per dtype present. Chunks are numbered by
-// dtype (in kGradDTypes order), then tensor, across launches; `last_chunk_first` starts
-// each launch's blocks from its last chunk instead of its first.
+// Runs functor.apply<T>(chunk) for every chunk of every (dense) tensor, in as few launches
+// as the table allows, on `stream`. Chunks are numbered in tensor order across launches;
+// `last_chunk_first` starts each launch's blocks from its last chunk instead of its first.
 template <typename Functor>
 void multi_tensor_apply(const std::vector<at::Tensor>& tensors,
                         const std::vector<int64_t>& group_ids, int32_t chunk_size,
                         const Functor& functor, cudaStream_t stream,
                         bool last_chunk_first = false) {
-  for (const auto& t : tensors) {
-    TORCH_CHECK(std::find(std::begin(kGradDTypes), std::end(kGradDTypes), t.scalar_type()) !=
-                    std::end(kGradDTypes),
-                "pyppo: unsupported gradient dtype ", t.scalar_type());
-  }
   TensorTable table;
   table.chunk_size = chunk_size;
   table.num_tensors = 0;
   table.first_chunk[0] = 0;
   table.chunk_offset = 0;
-  for (const at::ScalarType dtype : kGradDTypes) {
-    with_grad_type(dtype, [&](auto type) {
-      using T = decltype(type);
-      auto launch = [&] {
-        const int32_t chunks = table.first_chunk[table.num_tensors];
-        if (chunks == 0) return;
-        multi_tensor_kernel<T><<<chunks, kApplyThreads, 0, stream>>>(table, functor,
-                                                                     last_chunk_first);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        table.chunk_offset += chunks;
-        table.num_tensors = 0;
-      };
-      for (size_t i = 0; i < tensors.size(); ++i) {
-        const int64_t n = tensors[i].numel();
-        if (n == 0 || tensors[i].scalar_type() != dtype) continue;
-        const int k = table.num_tensors;
-        table.data[k] = tensors[i].data_ptr();
-        table.numel[k] = n;
-        table.group[k] = static_cast<int32_t>(group_ids[i]);
-        table.first_chunk[k + 1] =
-            table.first_chunk[k] + static_cast<int32_t>(num_chunks(n, chunk_size));
-        table.num_tensors = k + 1;
-        // A full table, or a grid about to outgrow gridDim.x, goes out now.
-        if (table.num_tensors == kMaxTensorsPerLaunch || table.first_chunk[k + 1] > (1 << 30)) {
-          launch();
-        }
-      }
+  auto launch = [&] {
+    const int32_t chunks = table.first_chunk[table.num_tensors];
+    if (chunks == 0) return;
+    multi_tensor_kernel<<<chunks, kApplyThreads, 0, stream>>>(table, functor, last_chunk_first);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    table.chunk_offset += chunks;
+    table.num_tensors = 0;
+  };
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const int64_t n = tensors[i].numel();
+    if (n == 0) continue;
+    const int k = table.num_tensors;
+    table.data[k] = tensors[i].data_ptr();
+    table.numel[k] = n;
+    table.group[k] = static_cast<int32_t>(group_ids[i]);
+    table.dtype[k] = grad_dtype(tensors[i].scalar_type());
+    table.first_chunk[k + 1] = table.first_chunk[k] + static_cast<int32_t>(num_chunks(n, chunk_size));
+    table.num_tensors = k + 1;
+    // A full table, or a grid about to outgrow gridDim.x, goes out now.
+    if (table.num_tensors == kMaxTensorsPerLaunch || table.first_chunk[k + 1] > (1 << 30)) {
       launch();
-    });
+    }
   }
+  launch();
 }
 
 }  // namespace pyppo::cuda
