@@ -67,11 +67,18 @@ class PatchConv1d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel: int) -> None:
         super().__init__()
         self.kernel = kernel
-        self.linear = _layer(nn.Linear(in_channels * kernel, out_channels))
+        weight = torch.empty(out_channels, in_channels * kernel)
+        nn.init.orthogonal_(weight, math.sqrt(2))
+        # Stored as (inputs, outputs), the transpose of nn.Linear's layout: autograd then
+        # forms the weight gradient as x^T @ grad, which MKL computes ~6x faster than
+        # grad^T @ x when a patch has only a few inputs (2 in the first layer).
+        self.weight = nn.Parameter(weight.t().contiguous())
+        self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
         batch, length, channels = x.shape
-        return self.linear(x.reshape(batch, length // self.kernel, self.kernel * channels))
+        patches = x.reshape(batch * (length // self.kernel), self.kernel * channels)
+        return torch.addmm(self.bias, patches, self.weight).view(batch, length // self.kernel, -1)
 
 
 class TradingTrunk(nn.Module):
