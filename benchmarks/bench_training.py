@@ -246,6 +246,14 @@ def main() -> None:
                 "hyperparameters)", ["trainer and model", "params", "env steps/s",
                                      "vs SB3 (gymnasium envs)"][:len(rows[0])], rows)
 
+    if baseline:
+        # Each round's updates ran back to back, so a round's ratio is barely touched by the
+        # machine's slow and fast phases (which do move the medians above).
+        sb3 = next(r for r in runners if r.name == "SB3 MlpPolicy, market as gymnasium envs")
+        rounds = sorted(b / a for a, b in zip(runners[0].seconds, sb3.seconds, strict=True))
+        print(f"{runners[0].name} / SB3 (gymnasium envs), per round: min {rounds[0]:.2f}, "
+              f"median {statistics.median(rounds):.2f}, max {rounds[-1]:.2f}")
+
     split = dict(totals)
     split["total"] = sum(runners[0].seconds)
     total = split["total"]
