@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session: build pyppo with its CUDA kernels, run the kernel benchmarks, the CUDA
 # tests and CUDA training (a short run of the train script and the training benchmark).
-# Results go to $OUT (default ./bench-out). The issues' measured bars come first, so that a
+# Results go to $OUT (default ./bench-out): gpu.txt, bench.log, tests.log, train.log and one
+# JSON per benchmark (build.log only when the build fails). The issues' measured bars come first, so that a
 # session cut short still brings them back.
 #   bash benchmarks/gpu_session.sh     # on a machine with a GPU, torch, nvcc, cmake, ninja
 set -uo pipefail
@@ -18,22 +19,22 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
 
 step build
 $PY -m pip install --no-build-isolation --no-deps -q -C build-dir=build/gpu \
-  -C cmake.define.CMAKE_CUDA_ARCHITECTURES="$ARCH" -e . > "$OUT/build.log" 2>&1 \
-  || { tail -40 "$OUT/build.log"; exit 1; }
+  -C cmake.define.CMAKE_CUDA_ARCHITECTURES="$ARCH" -e . > /tmp/pyppo-build.log 2>&1 \
+  || { cp /tmp/pyppo-build.log "$OUT/build.log"; tail -40 "$OUT/build.log"; exit 1; }
 $PY -c "import pyppo; assert pyppo.cuda_kernels_available(); print('CUDA kernels built')" || exit 1
 
 step "gae benchmark"
 timeout 90 $PY benchmarks/bench_gae.py --device cuda --json "$OUT/gae_cuda.json" 2>&1 \
-  | tee "$OUT/bench_gae.log"
+  | tee "$OUT/bench.log"
 step "guard benchmark (1 GB of fp32 gradients)"
 timeout 90 $PY benchmarks/bench_guard.py --device cuda --numel 268435456 --repeats 20 \
-  --json "$OUT/guard_cuda.json" 2>&1 | tee "$OUT/bench_guard.log"
+  --json "$OUT/guard_cuda.json" 2>&1 | tee -a "$OUT/bench.log"
 # The chunk size is chosen per call; these show what the other choices would give.
 for chunk in 65536 1048576; do
   step "guard benchmark, chunk $chunk"
   PYPPO_GUARD_CUDA_CHUNK=$chunk timeout 60 $PY benchmarks/bench_guard.py --device cuda \
     --numel 268435456 --repeats 10 2>&1 | grep -E "fused is" | sed "s/^/chunk $chunk: /" \
-    | tee -a "$OUT/bench_guard.log"
+    | tee -a "$OUT/bench.log"
 done
 
 step "cuda tests"
@@ -41,7 +42,7 @@ timeout 150 $PY -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tail -25 |
 
 step "training benchmark on cuda"
 timeout 120 $PY benchmarks/bench_training.py --device cuda --updates 4 \
-  --json "$OUT/training_cuda.json" 2>&1 | tee "$OUT/bench_training.log"
+  --json "$OUT/training_cuda.json" 2>&1 | tee -a "$OUT/bench.log"
 step "train script on cuda"
 timeout 90 $PY scripts/train_rl_agent.py --epochs 1 --device cuda --quiet \
   --run-dir /tmp/pyppo-gpu-run 2>&1 | tail -20 | tee "$OUT/train.log"
@@ -49,8 +50,8 @@ timeout 90 $PY scripts/train_rl_agent.py --epochs 1 --device cuda --quiet \
 if [ "${WITH_SANITIZE:-0}" = 1 ]; then
   step "sanitize and env benchmarks"
   timeout 60 $PY benchmarks/bench_kernels.py --device cuda --ops sanitize --sizes 1M 16M 64M \
-    --repeats 20 --json "$OUT/sanitize_cuda.json" 2>&1 | tee "$OUT/bench_sanitize.log"
+    --repeats 20 --json "$OUT/sanitize_cuda.json" 2>&1 | tee -a "$OUT/bench.log"
   timeout 40 $PY benchmarks/bench_env.py --device cuda --json "$OUT/env_cuda.json" 2>&1 \
-    | tee "$OUT/bench_env.log"
+    | tee -a "$OUT/bench.log"
 fi
 step done
