@@ -101,14 +101,20 @@ def sample_actions(logits: Tensor, generator: torch.Generator) -> Tensor:
     return logits.sub(u.clamp_(1e-20, 1.0).log_().neg_().log_()).argmax(-1)
 
 
+def _pick(log_p: Tensor, actions: Tensor) -> Tensor:
+    return log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+
 def log_prob(logits: Tensor, actions: Tensor) -> Tensor:
-    return torch.log_softmax(logits, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    """Log-probability of ``actions`` under the categorical of ``logits``."""
+    return _pick(torch.log_softmax(logits, dim=-1), actions)
 
 
 def log_prob_and_entropy(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`log_prob` and the distribution's entropy, from one log-softmax."""
     log_p = torch.log_softmax(logits, dim=-1)
     entropy = -(log_p.exp() * log_p).sum(-1)
-    return log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), entropy
+    return _pick(log_p, actions), entropy
 
 
 class PPOTrainer:
