@@ -97,6 +97,21 @@ inline void check_gae_args(const at::Tensor& rewards, const at::Tensor& values,
                     "pyppo.gae: gae_lambda must be in [0, 1], got ", gae_lambda);
 }
 
+// The kernels' type switch, shared by every device: AT_DISPATCH_FLOATING_TYPES picks the
+// value type T, and this calls fn(S{}) with the C++ type S of episode_starts: bool, uint8_t
+// or T itself (the only other dtype check_gae_args lets through).
+template <typename T, typename Fn>
+void dispatch_start_type(at::ScalarType start_dtype, Fn&& fn) {
+  switch (start_dtype) {
+    case at::kBool:
+      return fn(bool{});
+    case at::kByte:
+      return fn(uint8_t{});
+    default:
+      return fn(T{});
+  }
+}
+
 // 1 - last_episode_starts in the value dtype (bool / uint8: nonzero means a start).
 inline at::Tensor last_nonterminal_of(const at::Tensor& last_episode_starts,
                                       at::ScalarType value_dtype) {

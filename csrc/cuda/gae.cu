@@ -326,21 +326,11 @@ void gae_cuda_kernel(const at::Tensor& rewards, const at::Tensor& values,
                      const at::Tensor& advantages, const at::Tensor& returns) {
   const c10::cuda::CUDAGuard guard(rewards.device());
   AT_DISPATCH_FLOATING_TYPES(rewards.scalar_type(), "gae", [&] {
-    switch (episode_starts.scalar_type()) {
-      case at::kBool:
-        gae_cuda_typed<scalar_t, bool>(rewards, values, episode_starts, last_values,
-                                       last_nonterminal, gamma, gae_lambda, advantages, returns);
-        break;
-      case at::kByte:
-        gae_cuda_typed<scalar_t, uint8_t>(rewards, values, episode_starts, last_values,
-                                          last_nonterminal, gamma, gae_lambda, advantages,
-                                          returns);
-        break;
-      default:  // the value dtype (checked by check_gae_args)
-        gae_cuda_typed<scalar_t, scalar_t>(rewards, values, episode_starts, last_values,
-                                           last_nonterminal, gamma, gae_lambda, advantages,
-                                           returns);
-    }
+    dispatch_start_type<scalar_t>(episode_starts.scalar_type(), [&](auto start) {
+      gae_cuda_typed<scalar_t, decltype(start)>(rewards, values, episode_starts, last_values,
+                                                last_nonterminal, gamma, gae_lambda, advantages,
+                                                returns);
+    });
   });
 }
 

@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "gae.h"
+
 
 namespace pyppo::cpu::CPU_CAPABILITY {
 namespace {
@@ -127,21 +129,11 @@ void gae_contiguous(const at::Tensor& rewards, const at::Tensor& values,
                     const at::Tensor& last_nonterminal, double gamma, double gae_lambda,
                     const at::Tensor& advantages, const at::Tensor& returns) {
   AT_DISPATCH_FLOATING_TYPES(rewards.scalar_type(), "gae", [&] {
-    switch (episode_starts.scalar_type()) {
-      case at::kBool:
-        gae_cpu_typed<scalar_t, bool>(rewards, values, episode_starts, last_values,
-                                      last_nonterminal, gamma, gae_lambda, advantages, returns);
-        break;
-      case at::kByte:
-        gae_cpu_typed<scalar_t, uint8_t>(rewards, values, episode_starts, last_values,
-                                         last_nonterminal, gamma, gae_lambda, advantages,
-                                         returns);
-        break;
-      default:  // the value dtype (checked by check_gae_args)
-        gae_cpu_typed<scalar_t, scalar_t>(rewards, values, episode_starts, last_values,
-                                          last_nonterminal, gamma, gae_lambda, advantages,
-                                          returns);
-    }
+    dispatch_start_type<scalar_t>(episode_starts.scalar_type(), [&](auto start) {
+      gae_cpu_typed<scalar_t, decltype(start)>(rewards, values, episode_starts, last_values,
+                                               last_nonterminal, gamma, gae_lambda, advantages,
+                                               returns);
+    });
   });
 }
 
