@@ -9,7 +9,7 @@ device (drawing actions is the policy's cost, not the env's), over the default s
 market (20,000 hourly bars) with the default observation (window 60: 75 floats), fee and
 aux horizons (1h, 24h), random episode starts and auto-reset (episode_length 720, so
 resets are part of the timing). Reported: the median of ``--repeats`` timings.
-Acceptance on CPU (issue 5): >= 1,000,000 env-steps/s at 1024 envs, >= 200,000 at 64.
+Targets on the CPU: >= 1,000,000 env-steps/s at 1024 envs, >= 200,000 at 64.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from common import machine, median_seconds, print_machine, print_table, write_js
 
 from pyppo import TradingEnv, synthetic_market
 
-TARGETS = {64: 200_000, 1024: 1_000_000}  # CPU acceptance, env-steps per second
+TARGETS = {64: 200_000, 1024: 1_000_000}  # CPU targets, env-steps per second
 
 
 def bench(num_envs: int, args: argparse.Namespace, market) -> dict:

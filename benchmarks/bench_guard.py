@@ -37,7 +37,7 @@ from torch import nn
 
 from pyppo import ops
 
-# What the fused guard should reach, printed next to what it did (issue targets).
+# What the fused guard should reach, printed next to what it did (its targets).
 TARGET_SPEEDUP = 4.0  # at least this much faster than the unfused sequence
 TARGET_OVER_FLOOR = {"clip": 1.5, "noclip": 1.3}  # at most this much slower than the floor
 

@@ -5,12 +5,12 @@ with the same PPO hyperparameters, and pyppo's own split of where the time goes.
 
 Both train on the default synthetic market's training split for the same number of env
 steps: num_envs x num_steps per update, num_epochs PPO epochs, minibatches of batch_size.
-SB3 sees the market as one gymnasium env per episode stream in its DummyVecEnv (as the
-issue asks, and as SB3 users write it), and also through a VecEnv adapter over pyppo's
-vectorized TradingEnv (SB3 with pyppo's env speed). SB3 gets an MLP of the same width as
-pyppo's trunk (net_arch [h, h] for both policy and value); pyppo is timed with its default
-TradingActorCritic and with that same MLP (so that row compares the trainers alone). Needs
-`pip install stable-baselines3` (skipped without it).
+SB3 sees the market as one gymnasium env per episode stream in its DummyVecEnv (as SB3
+users write it), and also through a VecEnv adapter over pyppo's vectorized TradingEnv (SB3
+with pyppo's env speed). SB3 gets an MLP of the same width as pyppo's trunk (net_arch
+[h, h] for both policy and value); pyppo is timed with its default TradingActorCritic and
+with that same MLP (so that row compares the trainers alone). Needs `pip install
+stable-baselines3` (skipped without it).
 """
 
 from __future__ import annotations

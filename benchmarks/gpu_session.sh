@@ -2,8 +2,8 @@
 # One GPU session: build pyppo with its CUDA kernels, run the kernel benchmarks, the CUDA
 # tests and CUDA training (a short run of the train script and the training benchmark).
 # Results go to $OUT (default ./bench-out): gpu.txt, bench.log, tests.log, train.log and one
-# JSON per benchmark (build.log only when the build fails). The issues' measured bars come first, so that a
-# session cut short still brings them back.
+# JSON per benchmark (build.log only when the build fails). The gae and guard benchmarks
+# come first, so that a session cut short still brings their numbers back.
 #   bash benchmarks/gpu_session.sh     # on a machine with a GPU, torch, nvcc, cmake, ninja
 set -uo pipefail
 OUT=${OUT:-bench-out}

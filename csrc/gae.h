@@ -1,4 +1,5 @@
-// gae: generalized advantage estimation over a (T, N) rollout (DESIGN.md, `gae` contract).
+// gae: generalized advantage estimation over a (T, N) rollout; the contract is in
+// docs/design.md, "Kernel contracts" (gae).
 //
 //   next_nonterminal = 1 - episode_starts[t+1]   (1 - last_episode_starts at t = T-1)
 //   next_value       = values[t+1]               (last_values at t = T-1)

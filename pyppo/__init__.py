@@ -6,23 +6,26 @@ torch libraries resolve to the ones already loaded.
 
 from __future__ import annotations
 
-import torch
+import torch  # noqa: F401  (before the extension, see above)
 
 from pyppo import ops, reference
-from pyppo._extension import _C, cuda_kernels_available
+from pyppo._extension import cuda_kernels_available
 from pyppo.buffer import RolloutBatch, RolloutBuffer
+from pyppo.config import DataConfig, EnvConfig, ModelConfig, PPOConfig, RunConfig
 from pyppo.data import MarketData, MarketDataError, load_market_data, synthetic_market
 from pyppo.env import ObsSpec, TradingEnv
-from pyppo.guard import GradientGuard, validate_outputs
+from pyppo.guard import GradientGuard, guard_outputs, validate_outputs
+from pyppo.loss import PPOLossTerms, ppo_loss
 from pyppo.model import TradingActorCritic
 from pyppo.trainer import NonFiniteParametersError, PPOTrainer
 
 __all__ = [
-    "cuda_kernels_available", "ops", "reference", "_C", "torch",
-    "GradientGuard", "validate_outputs",
+    "cuda_kernels_available", "ops", "reference",
+    "RunConfig", "DataConfig", "EnvConfig", "ModelConfig", "PPOConfig",
+    "GradientGuard", "guard_outputs", "validate_outputs",
     "RolloutBatch", "RolloutBuffer",
     "MarketData", "MarketDataError", "load_market_data", "synthetic_market",
     "TradingEnv", "ObsSpec",
-    "TradingActorCritic", "PPOTrainer", "NonFiniteParametersError",
+    "TradingActorCritic", "PPOTrainer", "NonFiniteParametersError", "ppo_loss", "PPOLossTerms",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -3,7 +3,8 @@
 A checkpoint is one ``torch.save`` file written to a temporary name beside its target and
 renamed over it (``os.replace`` is atomic on POSIX), so a crash mid-write leaves the last
 good checkpoint in place. Loading checks the format version and, when asked, that the
-run's config and data fingerprint match.
+run's data fingerprint matches. A checkpoint holds only tensors and plain data (dicts,
+lists, strings, numbers, booleans, None): the trainer's :meth:`~pyppo.PPOTrainer.state_dict`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 import torch
 
-FORMAT_VERSION = 1
+# 2: plain data only (the config as dicts, the agent's description); 1 pickled settings.
+FORMAT_VERSION = 2
 
 
 class CheckpointError(RuntimeError):
@@ -60,9 +62,12 @@ def load_checkpoint(
             f"checkpoint {path} is corrupt or truncated and cannot be read "
             f"({err.__class__.__name__}: {err}); use another checkpoint or start a new run"
         ) from err
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise CheckpointError(f"{path} is not a pyppo checkpoint")
+    if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} is not a pyppo checkpoint (format version {FORMAT_VERSION} expected)"
+            f"checkpoint {path} has format version {state['format_version']}, this pyppo "
+            f"reads version {FORMAT_VERSION}; retrain, or use the pyppo version that wrote it"
         )
     found = state.get("data_fingerprint")
     if expect_fingerprint is not None and found != expect_fingerprint:

@@ -29,12 +29,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
 from pyppo import ops
-from pyppo.data import MarketData, MarketDataError, horizon_to_bars
+from pyppo.config import EnvConfig
+from pyppo.device import resolve_device
+from pyppo.data import MarketData, MarketDataError
 from pyppo.features import FEATURE_CLIP, ObsSpec, compute_features
 
 try:  # gymnasium is optional: the env follows its VectorEnv API either way.
@@ -81,8 +82,6 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         episode_length: steps per episode; episodes are then truncated and auto-reset.
         window: length of the normalized return window in the observation.
         fee: cost per unit of position change (1e-4 = 1 basis point), charged on the step.
-        aux_horizons: horizons of the auxiliary targets, as durations (converted with the bar
-            interval; must be whole multiples of it) or as ints in bars.
         allow_short: Discrete(3) actions short/flat/long (-1, 0, +1) if True, else
             Discrete(2) flat/long (0, +1).
         device: where every tensor lives; ``step()`` takes and returns tensors there.
@@ -95,9 +94,15 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         sanitize: ``False`` passes realized returns and auxiliary targets through raw, NaN
             and all (only to demonstrate what the guards prevent; observations stay clean).
 
-    Epochs: ``bars_per_epoch`` is the number of bars an agent can act on (``len(market) -
-    window - longest horizon``); one epoch covers the series once, i.e. ``steps_per_epoch =
-    ceil(bars_per_epoch / num_envs)`` calls to ``step()``.
+    Auxiliary horizons are the market's (``synthetic_market(horizons=...)``,
+    ``load_market_data(horizons=...)``): :attr:`aux_horizon_bars` is ``market.horizons`` (in
+    bars) and :attr:`aux_labels` is ``market.horizon_labels`` (``("1h", "24h")`` by default);
+    column j of ``info["aux_targets"]`` is the forward return over ``aux_horizon_bars[j]``.
+
+    Epochs: ``bars_per_epoch`` is the number of bars an agent can act on
+    (``market.decision_bars(window)``: ``len(market) - window - longest horizon``); one epoch
+    covers the series once, i.e. ``steps_per_epoch = ceil(bars_per_epoch / num_envs)`` calls
+    to ``step()``.
 
     Gymnasium: the vector-env API with ``metadata["autoreset_mode"] = SAME_STEP``; rewards,
     terminated and truncated are (N,) tensors on ``device`` instead of numpy arrays;
@@ -109,12 +114,11 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
     def __init__(
         self,
         market: MarketData,
-        num_envs: int = 64,
-        episode_length: int = 720,
-        window: int = 60,
-        fee: float = 1e-4,
-        aux_horizons: Sequence[int | str | pd.Timedelta] = ("1h", "24h"),
-        allow_short: bool = True,
+        num_envs: int = EnvConfig.num_envs,
+        episode_length: int = EnvConfig.episode_length,
+        window: int = EnvConfig.window,
+        fee: float = EnvConfig.fee,
+        allow_short: bool = EnvConfig.allow_short,
         device: str | torch.device = "cpu",
         seed: int = 0,
         *,
@@ -138,20 +142,17 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         self.window = int(window)
         self.fee = float(fee)
         self.allow_short = bool(allow_short)
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:
-            # "cuda" means the current GPU; tensors made there report "cuda:<index>".
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = resolve_device(device)
         self.starts = starts
         self.sanitize = bool(sanitize)
         self.check_actions = self.device.type == "cpu" if check_actions is None else check_actions
-        self.aux_horizons = tuple(aux_horizons)
-        self.aux_horizon_bars = tuple(horizon_to_bars(h, market.bar_interval) for h in aux_horizons)
+        self.aux_horizon_bars: tuple[int, ...] = tuple(market.horizons)
+        self.aux_labels: tuple[str, ...] = tuple(market.horizon_labels)
 
         n_bars = len(market)
         longest = max(self.aux_horizon_bars, default=0)
         self.first_bar = self.window
-        self.bars_per_epoch = self.decision_bars(market, self.window, self.aux_horizons)
+        self.bars_per_epoch = market.decision_bars(self.window)
         # An episode from t0 acts on t0 .. t0+L-1, all of which must be decision bars.
         self._max_start = n_bars - self.episode_length - max(longest, 1)
         if self._max_start < self.first_bar:
@@ -231,9 +232,9 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         """Apply one action per env; returns ``(obs, reward, terminated, truncated, info)``.
 
         ``actions``: (N,) integers (0 = short, 1 = flat, 2 = long; or 0 = flat, 1 = long).
-        ``info["aux_targets"]``: (N, len(aux_horizons)) sanitized forward returns from the
-        bar of the returned ``obs``. On the truncating step ``info["final_obs"]``,
-        ``info["_final_obs"]`` and ``info["episode_return"]`` are added.
+        ``info["aux_targets"]``: (N, len(aux_labels)) sanitized forward returns from the
+        bar of the returned ``obs``, one column per auxiliary horizon. On the truncating step
+        ``info["final_obs"]``, ``info["_final_obs"]`` and ``info["episode_return"]`` are added.
         """
         if self._needs_reset:
             raise RuntimeError("TradingEnv.step() called before reset()")
@@ -271,6 +272,22 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
 
     # -- counters --------------------------------------------------------------------------
 
+    def sanitize_counts(self) -> dict[str, Tensor]:
+        """Running ``[nonfinite, clamped]`` int64 counts on the env's device of the realized
+        returns and the auxiliary targets it sanitized (see :mod:`pyppo.protocols`)."""
+        return {"returns": self.return_counts, "aux_targets": self.aux_target_counts}
+
+    def describe(self) -> dict[str, Any]:
+        """What it takes to rebuild this env's observations without its market, as plain
+        data (stored in checkpoints)."""
+        return {
+            "window": self.window, "fee": self.fee, "allow_short": self.allow_short,
+            "episode_length": self.episode_length, "aux_labels": list(self.aux_labels),
+            "aux_horizon_bars": list(self.aux_horizon_bars),
+            "bar_interval_seconds": self.market.bar_interval.total_seconds(),
+            "observation_size": self.obs_spec.size, "observation_names": list(self.obs_spec.names),
+        }
+
     def counters(self) -> dict[str, int]:
         """Host copies of the sanitizer counts (reading them synchronizes once)."""
         r = self.return_counts.tolist()
@@ -298,15 +315,6 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
     def position(self) -> Tensor:
         """(N,) current position of each env (-1, 0, +1)."""
         return self._pos
-
-    @staticmethod
-    def decision_bars(
-        market: MarketData, window: int, aux_horizons: Sequence[int | str | pd.Timedelta]
-    ) -> int:
-        """Bars an agent can act on: each needs ``window`` returns behind it (t >= window),
-        a next bar for the reward and every aux horizon ahead (t + longest <= T - 1)."""
-        longest = max((horizon_to_bars(h, market.bar_interval) for h in aux_horizons), default=0)
-        return len(market) - max(longest, 1) - window
 
     # -- checkpointing -----------------------------------------------------------------------
 

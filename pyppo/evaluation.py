@@ -20,17 +20,22 @@ from pyppo.env import TradingEnv
 
 @dataclass
 class Backtest:
-    """Per-bar record of one policy over a market (all numpy arrays of equal length)."""
+    """Per-bar record of one policy over a market (all numpy arrays of equal length).
+
+    ``preds`` holds the model's auxiliary predictions per bar, keyed by output name
+    (``"pred_" + label`` for each of the market's horizon labels, e.g. ``"pred_1h"``), and
+    ``targets`` the realized forward returns they predict, keyed by label (``"1h"``): a label
+    is in ``targets`` exactly when ``"pred_" + label`` is in ``preds``. Both are empty for
+    ``"buy_and_hold"`` and ``"random"``.
+    """
 
     policy: str
     log_returns: np.ndarray  # the strategy's net log return per bar (position x return - fee)
     positions: np.ndarray  # position held over each bar (-1, 0, +1)
     market_returns: np.ndarray  # the market's log return over each bar (sanitized, ±1)
     bars_per_year: float
-    pred_1h: np.ndarray = field(default_factory=lambda: np.empty(0))
-    pred_24h: np.ndarray = field(default_factory=lambda: np.empty(0))
-    target_1h: np.ndarray = field(default_factory=lambda: np.empty(0))
-    target_24h: np.ndarray = field(default_factory=lambda: np.empty(0))
+    preds: dict[str, np.ndarray] = field(default_factory=dict)  # "pred_<label>" -> (bars,)
+    targets: dict[str, np.ndarray] = field(default_factory=dict)  # "<label>" -> (bars,)
 
     @property
     def equity(self) -> np.ndarray:
@@ -51,11 +56,11 @@ class Backtest:
             "hit_rate": float(hits.mean()) if hits.size else float("nan"),
             "bars": float(len(r)),
         }
-        for name, pred, target in (("1h", self.pred_1h, self.target_1h),
-                                   ("24h", self.pred_24h, self.target_24h)):
+        for label, target in self.targets.items():
+            pred = self.preds[f"pred_{label}"]
             if pred.size:
-                out[f"pred_{name}_corr"] = correlation(pred, target)
-                out[f"pred_{name}_direction_acc"] = float(
+                out[f"pred_{label}_corr"] = correlation(pred, target)
+                out[f"pred_{label}_direction_acc"] = float(
                     np.mean(np.sign(pred[target != 0]) == np.sign(target[target != 0]))
                 ) if np.any(target != 0) else float("nan")
         return out
@@ -92,25 +97,24 @@ def backtest(
     window: int = 60,
     fee: float = 1e-4,
     allow_short: bool = True,
-    aux_horizons: tuple = ("1h", "24h"),
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> Backtest:
     """Run ``policy`` over every decision bar of ``market`` in order.
 
     ``policy``: a model whose ``forward(obs)`` returns ``action_logits`` (acts greedily,
-    and its ``pred_1h``/``pred_24h`` are recorded when present), ``"buy_and_hold"`` or
-    ``"random"`` (uniform actions, seeded).
+    and its ``pred_<label>`` outputs, one per label in ``market.horizon_labels``, are
+    recorded when present), ``"buy_and_hold"`` or ``"random"`` (uniform actions, seeded).
+    The auxiliary horizons are the market's (``market.horizons``).
     """
-    steps = TradingEnv.decision_bars(market, window, aux_horizons)
+    steps = market.decision_bars(window)
     env = TradingEnv(market, num_envs=1, episode_length=steps, window=window, fee=fee,
-                     aux_horizons=aux_horizons, allow_short=allow_short, device=device,
-                     seed=seed, starts="sequential")
+                     allow_short=allow_short, device=device, seed=seed, starts="sequential")
     long_action = env.single_action_space.n - 1
     gen = torch.Generator(device=env.device).manual_seed(seed)
     obs, info = env.reset(seed=seed)
     rewards, positions, bars = [], [], []
-    preds: dict[str, list] = {"pred_1h": [], "pred_24h": []}
+    preds: dict[str, list] = {f"pred_{label}": [] for label in env.aux_labels}
     targets: list = []
     name = policy if isinstance(policy, str) else "agent"
     for _ in range(steps):
@@ -136,10 +140,9 @@ def backtest(
     result = Backtest(name, rewards_np, positions_np, market_np, bars_per_year(market))
     if targets:
         t = torch.cat(targets).double().cpu().numpy()
-        if preds["pred_1h"]:
-            result.pred_1h = torch.cat(preds["pred_1h"]).double().cpu().numpy()
-            result.target_1h = t[:, 0]
-        if preds["pred_24h"] and t.shape[1] > 1:
-            result.pred_24h = torch.cat(preds["pred_24h"]).double().cpu().numpy()
-            result.target_24h = t[:, 1]
+        for j, label in enumerate(env.aux_labels):
+            key = f"pred_{label}"
+            if preds[key]:
+                result.preds[key] = torch.cat(preds[key]).double().cpu().numpy()
+                result.targets[label] = t[:, j]
     return result

@@ -17,6 +17,10 @@ on the host, which on a GPU waits for every queued kernel. ``step()`` never does
 and are read once, when :meth:`GradientGuard.log_events` is called. The cumulative
 counters are exact whatever the logging cadence.
 
+Model outputs have two helpers: :func:`guard_outputs` counts and repairs them (what
+:class:`pyppo.TradingActorCritic` does in every forward pass), :func:`validate_outputs` only
+counts them and logs (for checking a model's outputs without changing them).
+
 Log messages (users grep for them; the text is fixed):
 ``NaN/inf gradient detected in <group>`` and ``Model output <name> contains NaN/inf``.
 """
@@ -24,6 +28,7 @@ Log messages (users grep for them; the text is fixed):
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -217,7 +222,7 @@ def validate_outputs(outputs: Mapping[str, Tensor], log: bool = True) -> dict[st
     Returns the counts by name as int64 0-d device tensors. With ``log=True`` the counts are
     read (one host sync) and ``Model output <name> contains NaN/inf`` is logged for each
     output that has any; pass ``log=False`` in a hot loop and add the counts up instead.
-    The outputs are not modified (use :func:`pyppo.ops.guarded_clamp` to repair them).
+    The outputs are not modified (:func:`guard_outputs` repairs them).
     """
     names = list(outputs)
     counts = ops.count_nonfinite([outputs[name] for name in names])
@@ -228,3 +233,28 @@ def validate_outputs(outputs: Mapping[str, Tensor], log: bool = True) -> dict[st
                     "Model output %s contains NaN/inf (%d non-finite elements)", name, count
                 )
     return dict(zip(names, counts.unbind(0), strict=True))
+
+
+def guard_outputs(
+    raw: Mapping[str, Tensor], aux_limit: float = 1.0
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Count the non-finite elements of each output in one fused call, then repair them.
+
+    Returns ``(outputs, counts)``: the outputs through the differentiable
+    :func:`pyppo.ops.sanitize` (``pred_*`` outputs clamped to ``±aux_limit``, the others only
+    NaN/inf -> 0, with a zero gradient where a value was repaired) and the int64 counts in
+    the order of ``raw``'s keys. No host synchronisation. Outputs that share a limit are
+    repaired in one call (all outputs share the batch dimension).
+    """
+    names = list(raw)
+    counts = ops.count_nonfinite([raw[name] for name in names])
+    guarded: dict[str, Tensor] = {}
+    for limit in (math.inf, aux_limit):
+        group = [n for n in names if (limit == aux_limit) == n.startswith("pred_")]
+        if not group:
+            continue
+        flat = [raw[n].reshape(raw[n].shape[0], -1) for n in group]
+        clean = ops.sanitize(torch.cat(flat, dim=1), limit)[0]
+        for n, part in zip(group, clean.split([f.shape[1] for f in flat], dim=1), strict=True):
+            guarded[n] = part.reshape(raw[n].shape)
+    return {n: guarded[n] for n in names}, counts

@@ -3,16 +3,18 @@
     obs ──► trunk ─┬─► actor    ──► action_logits (B, num_actions)
                    ├─► critic   ──► value         (B,)
                    ├─► aux_1h   ──► pred_1h       (B,)  clamped to ±aux_limit (±100 %)
-                   └─► aux_24h  ──► pred_24h      (B,)
+                   └─► aux_24h  ──► pred_24h      (B,)  (names follow the horizon labels)
 
 The trunk holds both input branches (1-D convolutions over the normalized return window,
 an MLP over the indicator/time/position features) and the shared layers, so the model's
 top-level children are exactly the guard groups: trunk, actor, critic, aux_1h, aux_24h.
 
-Every output passes :func:`guard_outputs`: one fused count of non-finite elements over all
-outputs, then the guarded clamp (NaN/inf -> 0 with a zero gradient there; the auxiliary
-predictions are also clamped to ±aux_limit). The counts add up on the device in
-``output_nonfinite`` until the trainer reads them, once per update.
+The two auxiliary heads are named after their horizons' labels (``aux_1h`` and ``aux_24h``
+for the default horizons), and so are their outputs (``pred_1h``, ``pred_24h``) and guard
+groups. Every output passes :func:`pyppo.guard.guard_outputs`: one fused count of non-finite
+elements over all outputs, then the differentiable sanitize (NaN/inf -> 0 with a zero
+gradient there; the auxiliary predictions are also clamped to ±aux_limit). The counts add up
+on the device until the trainer takes them, once per update (:meth:`take_output_counts`).
 """
 
 from __future__ import annotations
@@ -22,35 +24,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from pyppo import ops
+from pyppo.config import ModelConfig
 from pyppo.features import ObsSpec
-
-OUTPUT_NAMES = ("action_logits", "value", "pred_1h", "pred_24h")
-
-
-def guard_outputs(
-    raw: dict[str, Tensor], aux_limit: float = 1.0
-) -> tuple[dict[str, Tensor], Tensor]:
-    """Count non-finite elements of each output in one fused call, then repair them.
-
-    Returns ``(outputs, counts)``: the outputs through :func:`pyppo.ops.guarded_clamp`
-    (``pred_*`` clamped to ``±aux_limit``, the others only NaN/inf -> 0) and the int64
-    counts in the order of ``raw``'s keys. No host synchronisation. Outputs that share a
-    limit are guarded in one call (all outputs share the batch dimension).
-    """
-    names = list(raw)
-    counts = ops.count_nonfinite([raw[name] for name in names])
-    guarded: dict[str, Tensor] = {}
-    for limit in (math.inf, aux_limit):
-        group = [n for n in names if (limit == aux_limit) == n.startswith("pred_")]
-        if not group:
-            continue
-        flat = [raw[n].reshape(raw[n].shape[0], -1) for n in group]
-        clean = ops.guarded_clamp(torch.cat(flat, dim=1), limit)[0]
-        for n, part in zip(group, clean.split([f.shape[1] for f in flat], dim=1), strict=True):
-            guarded[n] = part.reshape(raw[n].shape)
-    return {n: guarded[n] for n in names}, counts
-
+from pyppo.guard import guard_outputs
 
 def _layer(layer: nn.Module, std: float = math.sqrt(2)) -> nn.Module:
     # Orthogonal weights and zero biases: the PPO initialisation CleanRL and SB3 use.
@@ -129,54 +105,76 @@ class TradingTrunk(nn.Module):
 class TradingActorCritic(nn.Module):
     """Actor-critic for :class:`pyppo.TradingEnv` observations.
 
-    Args:
-        obs_spec: the env's :class:`pyppo.ObsSpec` (``env.obs_spec``).
-        num_actions: 3 (short, flat, long) or 2 (flat, long).
-        hidden_dim: width of the trunk.
-        aux_limit: the auxiliary predictions are clamped to ``±aux_limit`` (1.0 = ±100 %).
+    :param obs_spec: the env's :class:`pyppo.ObsSpec` (``env.obs_spec``).
+    :param num_actions: 3 (short, flat, long) or 2 (flat, long).
+    :param hidden_dim: width of the trunk.
+    :param aux_limit: the auxiliary predictions are clamped to ``±aux_limit`` (1.0 = ±100 %).
+    :param aux_labels: the labels of the short and long horizon (``env.aux_labels``); the
+        heads are ``aux_<label>`` and their outputs ``pred_<label>``.
 
-    ``forward(obs)`` returns ``{"action_logits", "value", "pred_1h", "pred_24h"}``; the
-    predictions are produced whether or not the trainer uses auxiliary losses.
+    ``forward(obs)`` returns ``{"action_logits", "value", "pred_<short>", "pred_<long>"}``;
+    the predictions are produced whether or not the trainer uses auxiliary losses.
     """
 
     def __init__(
         self,
         obs_spec: ObsSpec,
         num_actions: int = 3,
-        hidden_dim: int = 256,
-        aux_limit: float = 1.0,
+        hidden_dim: int = ModelConfig.hidden_dim,
+        aux_limit: float = ModelConfig.aux_limit,
+        aux_labels: tuple[str, str] = ("1h", "24h"),
     ) -> None:
         super().__init__()
+        if len(aux_labels) != 2:
+            raise ValueError(f"the model has two auxiliary heads, got labels {aux_labels}")
         self.obs_spec = obs_spec
         self.num_actions = num_actions
         self.hidden_dim = hidden_dim
         self.aux_limit = aux_limit
+        self.aux_labels = tuple(aux_labels)
+        self.aux_names = tuple(f"aux_{label}" for label in aux_labels)
+        self.output_names = ("action_logits", "value", *(f"pred_{lab}" for lab in aux_labels))
         self.trunk = TradingTrunk(obs_spec, hidden_dim)
         self.actor = _layer(nn.Linear(hidden_dim, num_actions), std=0.01)
         self.critic = _layer(nn.Linear(hidden_dim, 1), std=1.0)
-        self.aux_1h = _layer(nn.Linear(hidden_dim, 1), std=0.01)
-        self.aux_24h = _layer(nn.Linear(hidden_dim, 1), std=0.01)
-        # Non-finite elements seen per output since the last reset (device tensor).
+        for name in self.aux_names:
+            self.add_module(name, _layer(nn.Linear(hidden_dim, 1), std=0.01))
+        # Non-finite elements seen per output since they were last taken (device tensor).
         self.register_buffer(
-            "output_nonfinite", torch.zeros(len(OUTPUT_NAMES), dtype=torch.int64), persistent=False
+            "output_nonfinite",
+            torch.zeros(len(self.output_names), dtype=torch.int64),
+            persistent=False,
         )
+
+    def describe(self) -> dict[str, object]:
+        """What it takes to rebuild this model, as plain data (stored in checkpoints)."""
+        return {"num_actions": self.num_actions, "hidden_dim": self.hidden_dim,
+                "aux_limit": self.aux_limit, "aux_labels": list(self.aux_labels),
+                "window": self.obs_spec.window_len}
+
+    def take_output_counts(self) -> Tensor:
+        """Non-finite elements per output (``output_names``) since the previous call."""
+        counts = self.output_nonfinite.clone()
+        self.output_nonfinite.zero_()
+        return counts
 
     def forward(self, obs: Tensor) -> dict[str, Tensor]:
         h = self.trunk(obs)
         # The four heads read the same h: one matrix multiply over their stacked weights
         # costs less than four thin ones, and each head keeps its own parameters (and so
         # its own gradient-guard group).
-        heads = (self.actor, self.critic, self.aux_1h, self.aux_24h)
+        heads = [self.actor, self.critic, *(getattr(self, n) for n in self.aux_names)]
         weight = torch.cat([head.weight for head in heads])
         bias = torch.cat([head.bias for head in heads])
-        logits, value, pred_1h, pred_24h = nn.functional.linear(h, weight, bias).split(
+        logits, value, pred_short, pred_long = nn.functional.linear(h, weight, bias).split(
             [self.num_actions, 1, 1, 1], dim=1
         )
+        names = self.output_names
         raw = {
-            "action_logits": logits,
-            "value": value.squeeze(-1),
-            "pred_1h": pred_1h.squeeze(-1),
-            "pred_24h": pred_24h.squeeze(-1),
+            names[0]: logits,
+            names[1]: value.squeeze(-1),
+            names[2]: pred_short.squeeze(-1),
+            names[3]: pred_long.squeeze(-1),
         }
         outputs, counts = guard_outputs(raw, self.aux_limit)
         self.output_nonfinite += counts

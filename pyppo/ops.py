@@ -28,7 +28,13 @@ def sanitize_(x: Tensor, limit: float = 1.0) -> Tensor:
 
 def sanitize(x: Tensor, limit: float = 1.0) -> tuple[Tensor, Tensor]:
     """Out-of-place :func:`sanitize_`: returns ``(y, counts)`` and leaves ``x`` untouched.
-    ``y`` is contiguous."""
+    ``y`` is contiguous.
+
+    Differentiable, so it also guards model outputs (:func:`pyppo.guard.guard_outputs`): the
+    gradient passes unchanged where ``x`` was finite and inside ``[-limit, limit]`` and is
+    exactly 0 elsewhere, so a NaN arriving from upstream at a repaired place is never
+    propagated. (The gradient is registered in C++, ``csrc/sanitize_autograd.cpp``: models
+    call this in every forward pass.)"""
     return torch.ops.pyppo.sanitize.default(x, float(limit))
 
 
@@ -193,20 +199,3 @@ def _count_nonfinite_fake(tensors: list[Tensor]) -> Tensor:
     _check_tensor_list(tensors, "tensors")
     device = tensors[0].device if tensors else torch.device("cpu")
     return torch.empty(len(tensors), dtype=torch.int64, device=device)
-
-
-# ---- output guard: sanitize with a gradient ----------------------------------------------
-
-
-def guarded_clamp(x: Tensor, limit: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Differentiable :func:`sanitize` for model outputs such as the auxiliary heads.
-
-    Forward: NaN/+inf/-inf -> 0, finite values clamped to ``[-limit, limit]``; returns
-    ``(y, counts)`` with ``counts = [nonfinite, clamped]`` (int64, on ``x``'s device).
-    Backward: the gradient passes unchanged where ``x`` was finite and inside
-    ``[-limit, limit]`` and is exactly 0 elsewhere, so a NaN arriving from upstream at a
-    masked place is never propagated. (The gradient is registered in C++,
-    ``csrc/sanitize_autograd.cpp``: the model calls this in every forward pass.)
-    """
-    return torch.ops.pyppo.sanitize.default(x, float(limit))
-

@@ -21,12 +21,17 @@ def sanitize(x: Tensor, limit: float = 1.0) -> tuple[Tensor, Tensor]:
 
     ``limit`` is first rounded to ``x``'s dtype, as ``torch.clamp`` does with a Python
     scalar. Returns ``(y, counts)`` with counts = int64 ``[nonfinite, clamped]``.
+
+    The gradient flows (unchanged) only where ``x`` was finite and inside
+    ``[-limit, limit]``; it is exactly 0 elsewhere, even where the incoming gradient is
+    NaN, because ``torch.where`` selects rather than multiplies.
     """
     lim = rounded_limit(limit, x.dtype)
     nonfinite = ~torch.isfinite(x)
-    y = torch.where(nonfinite, torch.zeros((), dtype=x.dtype, device=x.device), x)
-    clamped = y.abs() > lim
-    y = y.clamp(-lim, lim)
+    zeroed = torch.where(nonfinite, torch.zeros((), dtype=x.dtype, device=x.device), x.detach())
+    clamped = zeroed.abs() > lim
+    passes = ~nonfinite & ~clamped
+    y = torch.where(passes, x, zeroed.clamp(-lim, lim))
     counts = torch.stack([nonfinite.sum(), clamped.sum()]).to(torch.int64)
     return y, counts
 
@@ -125,16 +130,3 @@ def count_nonfinite(tensors: list[Tensor]) -> Tensor:
     return torch.tensor(
         [int((~torch.isfinite(t)).sum()) for t in tensors], dtype=torch.int64, device=device
     )
-
-
-def guarded_clamp(x: Tensor, limit: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Reference of ``pyppo.ops.guarded_clamp``: :func:`sanitize` with its gradient.
-
-    The gradient flows (unchanged) only where ``x`` was finite and inside
-    ``[-limit, limit]``; it is exactly 0 elsewhere, even where the incoming gradient is
-    NaN, because ``torch.where`` selects rather than multiplies.
-    """
-    lim = rounded_limit(limit, x.dtype)
-    passes = torch.isfinite(x) & (x.abs() <= lim)
-    replaced, counts = sanitize(x.detach(), limit)
-    return torch.where(passes, x, replaced), counts

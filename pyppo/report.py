@@ -8,16 +8,17 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from pyppo.config import RunConfig
 from pyppo.evaluation import Backtest, backtest
-from pyppo.trainer import nan_events_by_epoch, nan_events_table
+from pyppo.metrics import nan_events_by_epoch, nan_events_table
 
 POLICIES = ("agent", "buy_and_hold", "random")
 
 
-def run_backtests(model: nn.Module, market, settings: dict[str, Any], device: str
+def run_backtests(model: nn.Module, market, config: RunConfig, device: Any
                   ) -> dict[str, Backtest]:
-    common = dict(window=settings["window"], fee=settings["fee"],
-                  allow_short=not settings["long_only"], device=device, seed=settings["seed"])
+    common = dict(window=config.env.window, fee=config.env.fee,
+                  allow_short=config.env.allow_short, device=device, seed=config.ppo.seed)
     return {
         "agent": backtest(market, model, **common),
         "buy_and_hold": backtest(market, "buy_and_hold", **common),
@@ -25,12 +26,12 @@ def run_backtests(model: nn.Module, market, settings: dict[str, Any], device: st
     }
 
 
-def write_report(run_dir: Path, model: nn.Module, market, settings: dict[str, Any],
-                 state: dict[str, Any], *, device: str = "cpu"
+def write_report(run_dir: Path, model: nn.Module, market, config: RunConfig,
+                 state: dict[str, Any], *, device: Any = "cpu"
                  ) -> tuple[dict[str, dict[str, float]], Path]:
     """Backtest, then write ``report.md`` and the plots into ``run_dir``; returns the
     metrics by policy and the report's path."""
-    results = run_backtests(model, market, settings, device)
+    results = run_backtests(model, market, config, device)
     metrics = {name: r.metrics() for name, r in results.items()}
     history = state["trainer"]["history"]
     plots = _plots(run_dir, market, results, history)
@@ -43,7 +44,7 @@ def write_report(run_dir: Path, model: nn.Module, market, settings: dict[str, An
         f"{state['trainer']['env_steps']:,} env steps",
         f"- held-out bars: {len(market):,} ({index[0]} to {index[-1]}, "
         f"bar {market.bar_interval})",
-        f"- fee: {settings['fee']} per unit of position change",
+        f"- fee: {config.env.fee} per unit of position change",
         "",
         "## Backtest",
         "",
@@ -58,10 +59,9 @@ def write_report(run_dir: Path, model: nn.Module, market, settings: dict[str, An
     lines += ["", "## Auxiliary heads (held-out)", "",
               "| head | correlation with realized | directional accuracy |",
               "| --- | ---: | ---: |"]
-    for h in ("1h", "24h"):
-        if f"pred_{h}_corr" in agent:
-            lines.append(f"| pred_{h} | {agent[f'pred_{h}_corr']:+.3f} | "
-                         f"{agent[f'pred_{h}_direction_acc']:.2%} |")
+    for name in results["agent"].preds:
+        lines.append(f"| {name} | {agent[f'{name}_corr']:+.3f} | "
+                     f"{agent[f'{name}_direction_acc']:.2%} |")
     lines += ["", "## NaN/inf events during training", "", "```", nan_events_table(history),
               "```", "", "## Plots", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
@@ -91,21 +91,19 @@ def _plots(run_dir: Path, market, results: dict[str, Backtest], history: list[di
 
     agent = results["agent"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (name, pred, target) in zip(
-            axes, (("1h", agent.pred_1h, agent.target_1h), ("24h", agent.pred_24h,
-                                                           agent.target_24h)), strict=True):
-        if pred.size:
-            ax.scatter(target, pred, s=2, alpha=0.3)
-            ax.set(title=f"pred_{name} vs realized", xlabel="realized return",
-                   ylabel="predicted return")
+    for ax, (name, pred) in zip(axes, agent.preds.items(), strict=False):
+        ax.scatter(agent.targets[name.removeprefix("pred_")], pred, s=2, alpha=0.3)
+        ax.set(title=f"{name} vs realized", xlabel="realized return",
+               ylabel="predicted return")
     paths.append(_save(fig, run_dir / "predictions.png"))
 
     if history:
         fig, axes = plt.subplots(1, 3, figsize=(14, 4))
         steps = [r["env_steps"] for r in history]
-        axes[0].plot(steps, [r["mean_episode_return"] for r in history])
+        axes[0].plot(steps, [r["rollout/mean_episode_return"] for r in history])
         axes[0].set(title="mean episode return", xlabel="env steps")
-        for key in ("policy_loss", "value_loss", "aux_1h_loss", "aux_24h_loss"):
+        losses = [k for k in history[0] if k.startswith("loss/") and k != "loss/entropy"]
+        for key in losses:
             axes[1].plot(steps, [r.get(key, np.nan) for r in history], label=key)
         axes[1].set(title="losses", xlabel="env steps", yscale="symlog")
         axes[1].legend(fontsize=7)

@@ -4,10 +4,10 @@ One *update* is one rollout of ``num_steps`` steps in every env followed by ``nu
 passes of clipped-PPO minibatch updates over it (CleanRL's and SB3's PPO). One training
 *epoch* covers the training bars once (``env.steps_per_epoch`` env steps per env).
 
-NaN protection, in the order data flows (the seed note's fixes, each counted):
+NaN protection, in the order data flows (each counted; docs/design.md has the picture):
 1. rewards and auxiliary targets are sanitized by the env and again by the buffer on insert
    (NaN/inf -> 0; targets clamped to ±100 %);
-2. model outputs are counted and repaired by the guarded clamp (``pyppo.model.guard_outputs``);
+2. model outputs are counted and repaired (:func:`pyppo.guard.guard_outputs`);
 3. a non-finite auxiliary loss is set to 0 (``aux_1h_loss was NaN/inf, setting to 0``);
 4. gradients pass the fused guard (NaN/inf zeroed per group, total norm clipped);
 5. after each update the parameters are checked; non-finite parameters stop training with
@@ -18,13 +18,12 @@ Counters stay on the device during an update and are read once at its end.
 from __future__ import annotations
 
 import contextlib
-import csv
+import dataclasses
 import logging
 import math
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,49 +32,29 @@ import torch
 from torch import Tensor, nn
 
 from pyppo import ops
-from pyppo.buffer import RolloutBuffer
+from pyppo.buffer import RolloutBatch, RolloutBuffer
 from pyppo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pyppo.guard import GradientGuard
-from pyppo.model import OUTPUT_NAMES, guard_outputs
+from pyppo.config import PPOConfig, ppo_config, same_value
+from pyppo.device import resolve_device
+from pyppo.guard import GradientGuard, guard_outputs
+from pyppo.loss import log_prob, ppo_loss
+from pyppo.metrics import VALIDATION_SHARPE, MetricSchema, MetricsWriter, ProgressBar
+from pyppo.protocols import (
+    AuxTargetEnv,
+    Describable,
+    EpochEnv,
+    OutputGuardedModel,
+    SanitizingEnv,
+    StatefulEnv,
+)
 
 logger = logging.getLogger("pyppo")
 
-AUX_NAMES = ("aux_1h", "aux_24h")
+DEFAULT_AUX_LABELS = ("1h", "24h")
 
 
 class NonFiniteParametersError(RuntimeError):
     """The model's parameters contain NaN/inf: training cannot continue."""
-
-
-@dataclass
-class PPOConfig:
-    """Every hyperparameter of a run; stored in checkpoints."""
-
-    lr: float = 3e-4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_epsilon: float = 0.2
-    value_coef: float = 0.5
-    entropy_coef: float = 0.01
-    aux_1h_coef: float = 0.1
-    aux_24h_coef: float = 0.1
-    enable_auxiliary_losses: bool = True
-    max_grad_norm: float = 0.5
-    nan_policy: str = "zero"
-    num_steps: int = 256
-    num_epochs: int = 4
-    batch_size: int = 256
-    target_kl: float | None = None
-    seed: int = 0
-    checkpoint_every: int = 10
-
-
-def _resolve(device: str | torch.device) -> torch.device:
-    """``"cuda"`` as the current GPU's index, so that devices compare equal."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 @contextlib.contextmanager
@@ -101,109 +80,76 @@ def sample_actions(logits: Tensor, generator: torch.Generator) -> Tensor:
     return logits.sub(u.clamp_(1e-20, 1.0).log_().neg_().log_()).argmax(-1)
 
 
-def _pick(log_p: Tensor, actions: Tensor) -> Tensor:
-    return log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
-
-
-def log_prob(logits: Tensor, actions: Tensor) -> Tensor:
-    """Log-probability of ``actions`` under the categorical of ``logits``."""
-    return _pick(torch.log_softmax(logits, dim=-1), actions)
-
-
-def log_prob_and_entropy(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`log_prob` and the distribution's entropy, from one log-softmax."""
-    log_p = torch.log_softmax(logits, dim=-1)
-    entropy = -(log_p.exp() * log_p).sum(-1)
-    return _pick(log_p, actions), entropy
-
-
 class PPOTrainer:
     """Clipped PPO with auxiliary return heads and pyppo's NaN guards.
 
-    Args:
-        model: a :class:`pyppo.TradingActorCritic`, or any module whose ``forward(obs)``
-            returns a dict with ``action_logits`` and ``value`` (and ``pred_1h``,
-            ``pred_24h`` when auxiliary losses are on).
-        environment: a :class:`pyppo.TradingEnv`, or a gymnasium vector env with discrete
-            actions and ``autoreset_mode=SAME_STEP``; auxiliary targets come from
-            ``info["aux_targets"]`` (without them auxiliary losses are turned off, with
-            one warning).
-        run_dir: where ``metrics.csv``, checkpoints and TensorBoard logs go (none if None).
-        validation: held-out :class:`pyppo.MarketData`; when given, the greedy policy is
-            backtested on it after every epoch and the best Sharpe is saved as ``best.pt``.
-        guards: ``False`` turns off every guard this trainer owns (output repair, loss
-            zeroing, gradient zeroing and clipping) to show what happens without them;
-            the parameter check still stops a dead run.
-        The other arguments are PPO hyperparameters (see :class:`PPOConfig`).
+    :param model: a :class:`pyppo.TradingActorCritic`, or any module whose ``forward(obs)``
+        returns a dict with ``action_logits`` and ``value`` (and ``pred_<label>`` for the
+        two auxiliary horizons when auxiliary losses are on).
+    :param environment: a :class:`pyppo.TradingEnv`, or a gymnasium vector env with discrete
+        actions and ``autoreset_mode=SAME_STEP``; auxiliary targets come from
+        ``info["aux_targets"]`` (without them auxiliary losses are turned off, with one
+        warning). What else the trainer uses of it is declared in :mod:`pyppo.protocols`.
+    :param config: the PPO settings (:class:`pyppo.config.PPOConfig`, whose defaults are the
+        command line's); keyword ``overrides`` replace single fields, e.g.
+        ``PPOTrainer(model, env, enable_auxiliary_losses=False, aux_1h_coef=0.01)``.
+    :param device: where training runs (default: the environment's device, else the CPU).
+    :param run_dir: where ``metrics.csv``, checkpoints and TensorBoard logs go (none if None).
+    :param validation: held-out :class:`pyppo.MarketData`; when given, the greedy policy is
+        backtested on it after every epoch and the best Sharpe is saved as ``best.pt``.
+    :param data_fingerprint: the training data's fingerprint, stored in checkpoints so that
+        resuming on other data is refused.
+    :param progress: show a progress bar.
     """
 
     def __init__(
         self,
         model: nn.Module,
         environment: Any,
+        config: PPOConfig | None = None,
         *,
-        lr: float = 3e-4,
-        gamma: float = 0.99,
-        gae_lambda: float = 0.95,
-        clip_epsilon: float = 0.2,
-        value_coef: float = 0.5,
-        entropy_coef: float = 0.01,
-        aux_1h_coef: float = 0.1,
-        aux_24h_coef: float = 0.1,
-        enable_auxiliary_losses: bool = True,
-        max_grad_norm: float = 0.5,
-        nan_policy: str = "zero",
-        num_steps: int = 256,
-        num_epochs: int = 4,
-        batch_size: int = 256,
-        target_kl: float | None = None,
         device: str | torch.device | None = None,
-        seed: int = 0,
         run_dir: str | Path | None = None,
         validation: Any = None,
-        checkpoint_every: int = 10,
-        guards: bool = True,
         data_fingerprint: str | None = None,
         progress: bool = True,
+        **overrides: Any,
     ) -> None:
-        self.config = PPOConfig(
-            lr, gamma, gae_lambda, clip_epsilon, value_coef, entropy_coef, aux_1h_coef,
-            aux_24h_coef, enable_auxiliary_losses, max_grad_norm, nan_policy, num_steps,
-            num_epochs, batch_size, target_kl, seed, checkpoint_every,
-        )
-        if nan_policy not in ("zero", "skip"):
-            raise ValueError(f"nan_policy must be 'zero' or 'skip', got {nan_policy!r}")
-        if batch_size < 1 or num_steps < 1 or num_epochs < 1:
-            raise ValueError("num_steps, num_epochs and batch_size must be >= 1")
+        self.config = cfg = ppo_config(config, **overrides)
         self.env = environment
         self.num_envs = int(environment.num_envs)
-        env_device = getattr(environment, "device", None)
-        if device is None:
-            device = env_device if env_device is not None else "cpu"
-        self.device = _resolve(device)
-        if env_device is not None and _resolve(env_device) != self.device:
+        env_device = getattr(environment, "device", None)  # gymnasium envs have none
+        self.device = resolve_device(device or env_device or "cpu")
+        if env_device is not None and resolve_device(env_device) != self.device:
             raise ValueError(f"the environment is on {env_device} but device={self.device}; "
                              "make them the same")
-        torch.manual_seed(seed)
+        torch.manual_seed(cfg.seed)
         self.model = model.to(self.device)
         # fused: one kernel per step instead of ~10 small ops per parameter tensor.
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, eps=1e-5, fused=True)
-        self.guards = guards
-        self.guard = GradientGuard(
-            self.model, max_grad_norm if guards else math.inf, policy=nan_policy
-        )
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5,
+                                          fused=True)
+        self.guard = GradientGuard(self.model, cfg.max_grad_norm if cfg.guards else math.inf,
+                                   policy=cfg.nan_policy)
         self.validation = validation
         self.data_fingerprint = data_fingerprint
         self.progress = progress
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        # The run's whole configuration as plain data, when a caller has one (the CLI does).
+        self.run_config: dict[str, Any] | None = None
 
+        labels = environment.aux_labels if isinstance(environment, AuxTargetEnv) \
+            else DEFAULT_AUX_LABELS
+        self.aux_names = tuple(f"aux_{label}" for label in labels)
+        self.pred_names = tuple(f"pred_{label}" for label in labels)
+        if isinstance(model, OutputGuardedModel):
+            self.output_names = tuple(model.output_names)
+        else:
+            self.output_names = ("action_logits", "value", *self.pred_names)
         obs_shape = tuple(environment.single_observation_space.shape)
-        self.buffer = RolloutBuffer(
-            num_steps, self.num_envs, obs_shape, device=self.device, num_aux=len(AUX_NAMES),
-            sanitize=guards,
-        )
-        self.action_generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.batch_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self.buffer = RolloutBuffer(cfg.num_steps, self.num_envs, obs_shape, device=self.device,
+                                    num_aux=len(self.aux_names), sanitize=cfg.guards)
+        self.action_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.batch_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
 
         # Training state (saved in checkpoints).
         self.update = 0
@@ -218,9 +164,6 @@ class PPOTrainer:
         self._episode_return = torch.zeros(self.num_envs, device=self.device)
         self._last_episode_return = torch.tensor(float("nan"), device=self.device)
         self._env_takes_tensors = True
-        self._writer: Any = None
-        # Anything else a caller wants in checkpoints (the CLI keeps its settings here).
-        self.extra: dict[str, Any] = {}
 
     # -- the environment loop ------------------------------------------------------------
 
@@ -229,21 +172,21 @@ class PPOTrainer:
                                dtype=dtype, device=self.device)
 
     def _forward(self, obs: Tensor) -> tuple[dict[str, Tensor], Tensor | None]:
-        """Model outputs, repaired, and their non-finite counts (one per OUTPUT_NAMES), or
-        None where the model guards and counts its outputs itself (TradingActorCritic)."""
+        """Model outputs, repaired, and their non-finite counts (one per ``output_names``),
+        or None where the model guards and counts its outputs itself."""
         out = self.model(obs)
-        if hasattr(self.model, "output_nonfinite") or not self.guards:
+        if isinstance(self.model, OutputGuardedModel) or not self.config.guards:
             return out, None
-        present = {name: out[name] for name in OUTPUT_NAMES if name in out}
+        present = {name: out[name] for name in self.output_names if name in out}
         guarded, counts = guard_outputs(present)
-        full = torch.zeros(len(OUTPUT_NAMES), dtype=torch.int64, device=self.device)
-        full[[OUTPUT_NAMES.index(n) for n in present]] = counts
+        full = torch.zeros(len(self.output_names), dtype=torch.int64, device=self.device)
+        full[[self.output_names.index(n) for n in present]] = counts
         return {**out, **guarded}, full
 
     def _aux_from(self, info: dict) -> Tensor:
         if "aux_targets" in info:
             return self._to_tensor(info["aux_targets"])
-        return torch.zeros(self.num_envs, len(AUX_NAMES), device=self.device)
+        return torch.zeros(self.num_envs, len(self.aux_names), device=self.device)
 
     def _reset_env(self) -> None:
         obs, info = self.env.reset(seed=self.config.seed)
@@ -287,7 +230,7 @@ class PPOTrainer:
             truncated = self._to_tensor(truncated, torch.bool)
             done = terminated | truncated
             self._track_episodes(reward, done, info)
-            if "final_obs" in info:  # bootstrap truncated episodes (DESIGN.md, gae)
+            if "final_obs" in info:  # bootstrap truncated episodes (docs/design.md, gae)
                 final_value = self._forward(self._final_obs(info))[0]["value"].reshape(-1)
                 bootstrap = truncated & ~terminated
                 reward = reward + cfg.gamma * torch.where(bootstrap, final_value, 0.0)
@@ -327,33 +270,72 @@ class PPOTrainer:
 
     def _new_counters(self) -> dict[str, Tensor]:
         z = lambda n: torch.zeros(n, dtype=torch.int64, device=self.device)  # noqa: E731
-        return {"outputs": z(len(OUTPUT_NAMES)), "aux_loss_zeroed": z(len(AUX_NAMES)),
+        return {"outputs": z(len(self.output_names)), "aux_loss_zeroed": z(len(self.aux_names)),
                 "grads": z(len(self.guard.groups)), "skipped": z(())}
 
-    def _aux_losses(self, out: dict[str, Tensor], targets: Tensor, scale: Tensor,
-                    zeroed: Tensor) -> Tensor:
-        """Both auxiliary losses, ``[aux_1h, aux_24h]``: the MSE of each clamped prediction
-        against its sanitized target, divided by the target's variance over the rollout
-        (returns of ~0.5 % would otherwise give losses of ~1e-5 and heads that never learn;
-        1.0 = no better than predicting the mean). A non-finite loss is counted and set to 0."""
-        preds = torch.stack([out["pred_1h"].reshape(-1), out["pred_24h"].reshape(-1)], dim=1)
-        losses = ((preds - targets) ** 2).mean(0) / scale
-        if not self.guards:
-            return losses
-        finite = torch.isfinite(losses)
-        zeroed += ~finite
-        return torch.where(finite, losses, torch.zeros_like(losses))
+    def _stat_names(self) -> list[str]:
+        """The metric names of the statistics one minibatch step returns, in order."""
+        names = ["loss/policy", "loss/value", "loss/entropy", "train/approx_kl",
+                 "train/clip_fraction"]
+        if self.aux_losses_on:
+            names += [f"loss/{name}" for name in self.aux_names]
+        if self.config.guards:
+            names += ["train/grad_norm", "train/clip_coef"]
+        return names
+
+    def update_step(self, batch: RolloutBatch, aux_scale: Tensor | None,
+                    counters: dict[str, Tensor]) -> Tensor | None:
+        """One minibatch: forward, loss, backward, gradient guard, optimizer step.
+
+        Returns the step's statistics (as :meth:`_stat_names` orders them) as one device
+        tensor, or None when the ``skip`` policy skipped the step. This is the seam where
+        gradient synchronisation (after ``backward``) and a captured step can plug in.
+        """
+        cfg = self.config
+        out, bad = self._forward(batch.obs)
+        if bad is not None:
+            counters["outputs"] += bad
+        aux = {}
+        if aux_scale is not None:
+            aux = dict(
+                aux_predictions=torch.stack([out[n].reshape(-1) for n in self.pred_names], 1),
+                aux_targets=batch.aux_targets, aux_scale=aux_scale,
+                aux_coefs=torch.tensor(cfg.aux_coefs, device=self.device),
+                guard_aux=cfg.guards,
+            )
+        terms = ppo_loss(out["action_logits"], out["value"].reshape(-1), batch.actions,
+                         batch.old_logprobs, batch.advantages, batch.returns,
+                         clip_epsilon=cfg.clip_epsilon, value_coef=cfg.value_coef,
+                         entropy_coef=cfg.entropy_coef, **aux)
+        stats = [terms.policy, terms.value, terms.entropy, terms.approx_kl, terms.clip_fraction]
+        if aux_scale is not None:
+            stats += list(terms.aux.unbind())
+            if cfg.guards:
+                counters["aux_loss_zeroed"] += terms.aux_zeroed
+
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        if cfg.guards:
+            report = self.guard.step()
+            counters["grads"] += report.nonfinite_counts
+            counters["skipped"] += report.skipped
+            # "skip" must not let Adam's momentum move the weights: one sync.
+            if cfg.nan_policy == "skip" and bool(report.skipped):
+                return None
+            stats += [report.total_norm, report.clip_coef]
+        self.optimizer.step()
+        return torch.stack(stats).detach()
 
     def ppo_update(self, counters: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``num_epochs`` passes of minibatch updates over the buffer; returns mean stats."""
+        """``num_epochs`` passes of minibatch updates over the buffer; returns the mean
+        statistics by metric name."""
         cfg = self.config
-        names = ["policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"]
+        names = self._stat_names()
+        aux_scale = None
         if self.aux_losses_on:
-            names += ["aux_1h_loss", "aux_24h_loss"]
-            aux_coefs = torch.tensor([cfg.aux_1h_coef, cfg.aux_24h_coef], device=self.device)
-            aux_scale = self.buffer.aux_targets.reshape(-1, len(AUX_NAMES)).var(0).clamp_min(1e-12)
-        if self.guards:
-            names += ["grad_norm", "clip_coef"]
+            targets = self.buffer.aux_targets.reshape(-1, len(self.aux_names))
+            aux_scale = targets.var(0).clamp_min(1e-12)
+        kl_index = names.index("train/approx_kl")
         # One stacked add per minibatch instead of one per statistic.
         sums = torch.zeros(len(names), device=self.device)
         n_batches = 0
@@ -361,44 +343,11 @@ class PPOTrainer:
             epoch_kl = torch.zeros((), device=self.device)
             epoch_batches = 0
             for batch in self.buffer.minibatches(cfg.batch_size, self.batch_generator):
-                out, bad = self._forward(batch.obs)
-                if bad is not None:
-                    counters["outputs"] += bad
-                logprob, entropy = log_prob_and_entropy(out["action_logits"], batch.actions)
-                logratio = logprob - batch.old_logprobs
-                ratio = logratio.exp()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - logratio).mean()
-                    clip_fraction = ((ratio - 1.0).abs() > cfg.clip_epsilon).float().mean()
-                adv = batch.advantages
-                adv = (adv - adv.mean()) / (adv.std(unbiased=False) + 1e-8)
-                policy_loss = torch.max(
-                    -adv * ratio,
-                    -adv * ratio.clamp(1 - cfg.clip_epsilon, 1 + cfg.clip_epsilon),
-                ).mean()
-                value_loss = 0.5 * ((out["value"].reshape(-1) - batch.returns) ** 2).mean()
-                entropy_mean = entropy.mean()
-                loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy_mean
-                stats = [policy_loss, value_loss, entropy_mean, approx_kl, clip_fraction]
-                if self.aux_losses_on:
-                    aux = self._aux_losses(out, batch.aux_targets, aux_scale,
-                                           counters["aux_loss_zeroed"])
-                    loss = loss + (aux_coefs * aux).sum()
-                    stats += [aux[0], aux[1]]
-
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.guards:
-                    report = self.guard.step()
-                    counters["grads"] += report.nonfinite_counts
-                    counters["skipped"] += report.skipped
-                    # "skip" must not let Adam's momentum move the weights: one sync.
-                    if cfg.nan_policy == "skip" and bool(report.skipped):
-                        continue
-                    stats += [report.total_norm, report.clip_coef]
-                self.optimizer.step()
-                sums += torch.stack(stats).detach()
-                epoch_kl += approx_kl
+                stats = self.update_step(batch, aux_scale, counters)
+                if stats is None:
+                    continue
+                sums += stats
+                epoch_kl += stats[kl_index]
                 epoch_batches += 1
                 n_batches += 1
             if cfg.target_kl is not None and epoch_batches and \
@@ -410,10 +359,16 @@ class PPOTrainer:
 
     def steps_per_epoch(self) -> int:
         """Env steps (per env) that cover the training bars once."""
-        steps = getattr(self.env, "steps_per_epoch", None)
-        if steps is None:
+        if not isinstance(self.env, EpochEnv):
             raise ValueError("this environment has no steps_per_epoch: use train(total_steps=...)")
-        return int(steps)
+        return int(self.env.steps_per_epoch)
+
+    def metric_schema(self) -> MetricSchema:
+        """The columns this trainer's metrics rows have."""
+        sanitizers = [("env", name) for name in self.env.sanitize_counts()] \
+            if isinstance(self.env, SanitizingEnv) else []
+        sanitizers += [("buffer", name) for name in self.buffer.sanitize_counts]
+        return MetricSchema(self.guard.groups, self.output_names, self.aux_names, sanitizers)
 
     def train(self, epochs: int | None = None, *, total_steps: int | None = None) -> list[dict]:
         """Train for ``epochs`` passes over the training bars or ``total_steps`` env steps
@@ -428,89 +383,94 @@ class PPOTrainer:
         else:
             updates_per_epoch = None
             target_updates = math.ceil(total_steps / per_update)
-        bar = _progress(target_updates, self.update, enabled=self.progress)
+        writer = MetricsWriter(self.run_dir, self.metric_schema().columns,
+                               append=self.update > 0)
+        bar = ProgressBar(target_updates, self.update, enabled=self.progress)
         try:
             while self.update < target_updates:
                 row = self._one_update(updates_per_epoch)
+                writer.write(row)
                 bar.update(row)
             self.save("checkpoint.pt")
         finally:
             bar.close()
-            if self._writer:
-                self._writer.flush()
+            writer.flush()
         return self.history
 
     def _one_update(self, updates_per_epoch: int | None) -> dict[str, float]:
         start = time.perf_counter()
         counters = self._new_counters()
-        buffer_before = {k: v.clone() for k, v in self._env_counts().items()}
+        env_before = self._env_counts()
         self.model.train()
-        t0 = time.perf_counter()
         self.collect_rollout(counters)
-        t_rollout = time.perf_counter() - t0
+        t_rollout = time.perf_counter() - start
         stats = self.ppo_update(counters)
         self.update += 1
         if updates_per_epoch is not None:
             self.epoch = math.ceil(self.update / updates_per_epoch)
-        row = self._metrics_row(stats, counters, buffer_before, time.perf_counter() - start,
+        row = self._metrics_row(stats, counters, env_before, time.perf_counter() - start,
                                 t_rollout)
         self._check_parameters()
-        self.history.append(row)
-        self._write_metrics(row)
-        self._log_nan_events(row)
         epoch_done = updates_per_epoch is not None and self.update % updates_per_epoch == 0
         if epoch_done and self.validation is not None:
-            self._validate()
+            row[VALIDATION_SHARPE] = self._validate()
+        self.history.append(row)
+        self._log_nan_events(row)
+        if epoch_done and self.validation is not None and row[VALIDATION_SHARPE] > \
+                self.best_sharpe:
+            self.best_sharpe = row[VALIDATION_SHARPE]
+            self.save("best.pt")
         if self.config.checkpoint_every and self.update % self.config.checkpoint_every == 0:
             self.save("checkpoint.pt")
         return row
 
     def _env_counts(self) -> dict[str, Tensor]:
-        counts = {f"buffer_{k}": v for k, v in self.buffer.sanitize_counts.items()}
-        for name in ("return_counts", "aux_target_counts"):
-            if hasattr(self.env, name):
-                counts[f"env_{name}"] = getattr(self.env, name)
-        return counts
+        """Running sanitizer counts of the env, cloned (their change is what an update saw)."""
+        if not isinstance(self.env, SanitizingEnv):
+            return {}
+        return {name: counts.clone() for name, counts in self.env.sanitize_counts().items()}
 
-    def _metrics_row(self, stats, counters, env_before, seconds, t_rollout) -> dict[str, float]:
+    def _metrics_row(self, stats: dict[str, Tensor], counters: dict[str, Tensor],
+                     env_before: dict[str, Tensor], seconds: float, t_rollout: float
+                     ) -> dict[str, float]:
         values = self.buffer.values.reshape(-1)
         returns = self.buffer.returns.reshape(-1)
         var = returns.var()
         explained = 1 - (returns - values).var() / var if float(var) > 0 else torch.tensor(0.0)
         row: dict[str, float] = {
             "update": self.update, "epoch": self.epoch, "env_steps": self.env_steps,
-            "steps_per_sec": self.config.num_steps * self.num_envs / seconds,
-            "rollout_seconds": t_rollout, "update_seconds": seconds - t_rollout,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "explained_variance": float(explained),
-            "mean_step_reward": float(self.buffer.rewards.mean()),
+            "perf/steps_per_sec": self.config.num_steps * self.num_envs / seconds,
+            "perf/rollout_seconds": t_rollout, "perf/update_seconds": seconds - t_rollout,
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+            "train/explained_variance": float(explained),
+            "rollout/mean_step_reward": float(self.buffer.rewards.mean()),
+            "rollout/mean_episode_return": float(self._last_episode_return),
         }
-        row["mean_episode_return"] = float(self._last_episode_return)
-        for name in ("policy_loss", "value_loss", "entropy", "aux_1h_loss", "aux_24h_loss",
-                     "approx_kl", "clip_fraction", "grad_norm", "clip_coef"):
-            row[name] = float(stats[name]) if name in stats else float("nan")
-        for group, count in zip(self.guard.groups, counters["grads"].tolist(), strict=True):
-            row[f"nonfinite_grad_{group}"] = count
-        for name, count in zip(OUTPUT_NAMES, self._output_counts(counters).tolist(),
-                               strict=True):
-            row[f"nonfinite_output_{name}"] = count
-        for name, count in zip(AUX_NAMES, counters["aux_loss_zeroed"].tolist(), strict=True):
-            row[f"{name}_loss_zeroed"] = count
-        row["skipped_steps"] = int(counters["skipped"])
-        after = self._env_counts()
-        for key, value in after.items():
-            delta = value - env_before[key] if key.startswith("env_") else value
-            label = key.replace("_counts", "").replace("env_return", "env_returns")
-            row[f"{label}_nonfinite"], row[f"{label}_clamped"] = delta.tolist()
+        for name in ("loss/policy", "loss/value", "loss/entropy",
+                     *(f"loss/{aux}" for aux in self.aux_names), "train/approx_kl",
+                     "train/clip_fraction", "train/grad_norm", "train/clip_coef"):
+            row[name] = float(stats[name]) if name in stats else math.nan
+        row[VALIDATION_SHARPE] = math.nan
+        counts = {
+            "nonfinite/grad/": (self.guard.groups, counters["grads"]),
+            "nonfinite/output/": (self.output_names, self._output_counts(counters)),
+            "nonfinite/loss/": (self.aux_names, counters["aux_loss_zeroed"]),
+        }
+        for prefix, (names, values) in counts.items():
+            row.update(zip([prefix + n for n in names], values.tolist(), strict=True))
+        row["guard/skipped_steps"] = int(counters["skipped"])
+        sanitized = {("env", k): v - env_before[k] for k, v in self._env_counts().items()}
+        sanitized.update({("buffer", k): v for k, v in self.buffer.sanitize_counts.items()})
+        for (source, what), delta in sanitized.items():
+            nonfinite, clamped = delta.tolist()
+            row[f"sanitized/{source}/{what}/nonfinite"] = nonfinite
+            row[f"sanitized/{source}/{what}/clamped"] = clamped
         return row
 
     def _output_counts(self, counters: dict[str, Tensor]) -> Tensor:
-        own = getattr(self.model, "output_nonfinite", None)
-        if own is None:
-            return counters["outputs"]
-        counts = own.clone()
-        own.zero_()
-        return counts
+        if isinstance(self.model, OutputGuardedModel):
+            return self.model.take_output_counts()
+        return counters["outputs"]
 
     def _check_parameters(self) -> None:
         bad = int(ops.count_nonfinite([p.detach() for p in self.model.parameters()]).sum())
@@ -523,68 +483,43 @@ class PPOTrainer:
             )
 
     def _log_nan_events(self, row: dict[str, float]) -> None:
-        if not self.guards:
+        if not self.config.guards:
             return
         self.guard.log_events()
-        for name in OUTPUT_NAMES:
-            if row[f"nonfinite_output_{name}"]:
+        for name in self.output_names:
+            if row[f"nonfinite/output/{name}"]:
                 logger.warning("Model output %s contains NaN/inf (%d elements this update)",
                                name.replace("action_logits", "logits"),
-                               row[f"nonfinite_output_{name}"])
-        for name in AUX_NAMES:
-            if row[f"{name}_loss_zeroed"]:
+                               row[f"nonfinite/output/{name}"])
+        for name in self.aux_names:
+            if row[f"nonfinite/loss/{name}"]:
                 logger.warning("%s_loss was NaN/inf, setting to 0 (%d minibatches this update)",
-                               name, row[f"{name}_loss_zeroed"])
+                               name, row[f"nonfinite/loss/{name}"])
 
-    # -- validation, metrics, checkpoints ------------------------------------------------
+    # -- validation and checkpoints ------------------------------------------------------
 
-    def _validate(self) -> None:
+    def _validate(self) -> float:
+        """The greedy policy's Sharpe ratio on the validation bars."""
         from pyppo.evaluation import backtest  # evaluation imports the env; keep it lazy
 
         env = self.env
         self.model.eval()
         result = backtest(self.validation, self.model, window=env.window, fee=env.fee,
-                          allow_short=env.allow_short, aux_horizons=env.aux_horizons,
-                          device=self.device)
+                          allow_short=env.allow_short, device=self.device)
         self.model.train()
-        sharpe = result.metrics()["sharpe"]
-        self.history[-1]["validation_sharpe"] = sharpe
-        if sharpe > self.best_sharpe:
-            self.best_sharpe = sharpe
-            self.save("best.pt")
-
-    def _write_metrics(self, row: dict[str, float]) -> None:
-        if self.run_dir is None:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / "metrics.csv"
-        new = not path.exists() or self.update == 1
-        with open(path, "w" if new else "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        writer = self._tensorboard()
-        if writer is not None:
-            for key, value in row.items():
-                writer.add_scalar(key, value, self.env_steps)
-
-    def _tensorboard(self) -> Any:
-        if self._writer is None and self.run_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                self._writer = False
-            else:
-                self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-        return self._writer or None
+        return result.metrics()["sharpe"]
 
     def state_dict(self) -> dict[str, Any]:
-        env_state = self.env.state_dict() if hasattr(self.env, "state_dict") else None
+        """Everything a resumed run needs, as tensors and plain data (no pickled objects)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "config": asdict(self.config),
+            "config": dataclasses.asdict(self.config),
+            "run_config": self.run_config,
+            "agent": {
+                "model": self.model.describe() if isinstance(self.model, Describable) else None,
+                "env": self.env.describe() if isinstance(self.env, Describable) else None,
+            },
             "trainer": {
                 "update": self.update, "env_steps": self.env_steps, "epoch": self.epoch,
                 "best_sharpe": self.best_sharpe, "history": self.history,
@@ -594,14 +529,13 @@ class PPOTrainer:
                 "env_takes_tensors": self._env_takes_tensors,
                 "episode_return": self._episode_return,
             },
-            "env": env_state,
+            "env": self.env.state_dict() if isinstance(self.env, StatefulEnv) else None,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "action": self.action_generator.get_state(),
                 "batch": self.batch_generator.get_state(),
             },
             "data_fingerprint": self.data_fingerprint,
-            "extra": self.extra,
         }
 
     def save(self, name: str) -> Path | None:
@@ -620,10 +554,9 @@ class PPOTrainer:
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, KeyError, ValueError) as err:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {err}") from err
-        saved = state["config"]
-        mine = asdict(self.config)
+        saved, mine = state["config"], dataclasses.asdict(self.config)
         differ = {k: (saved.get(k), v) for k, v in mine.items()
-                  if k != "checkpoint_every" and saved.get(k) != v}
+                  if k != "checkpoint_every" and not same_value(saved.get(k), v)}
         if differ:
             raise CheckpointError(
                 f"checkpoint {path} was made with other settings: "
@@ -637,90 +570,10 @@ class PPOTrainer:
         self._last_episode_return = t["last_episode_return"].to(self.device)
         self._env_takes_tensors = t["env_takes_tensors"]
         self._episode_return = t["episode_return"].to(self.device)
-        if state["env"] is not None:
+        if state["env"] is not None and isinstance(self.env, StatefulEnv):
             self.env.load_state_dict(state["env"])
         elif self._obs is not None:
             self._obs = None  # a foreign env cannot be restored: start fresh episodes
         torch.set_rng_state(state["rng"]["torch"].cpu())
         self.action_generator.set_state(state["rng"]["action"].cpu())
         self.batch_generator.set_state(state["rng"]["batch"].cpu())
-
-
-class _progress:
-    """A tqdm bar when tqdm is installed and wanted; otherwise a line every 10 %."""
-
-    def __init__(self, total: int, done: int, enabled: bool) -> None:
-        self.total, self.done, self.enabled = total, done, enabled
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                pass
-            else:
-                self.bar = tqdm(total=total, initial=done, unit="update", dynamic_ncols=True)
-
-    def update(self, row: dict[str, float]) -> None:
-        self.done += 1
-        nan_events = nan_event_count(row)
-        text = (f"epoch {row['epoch']} | {row['steps_per_sec']:,.0f} steps/s | return "
-                f"{row['mean_episode_return']:+.3f} | NaN events {nan_events}")
-        if self.bar is not None:
-            self.bar.set_description_str(text, refresh=False)
-            self.bar.update(1)
-        elif self.enabled and (self.done == self.total
-                               or self.done % max(1, self.total // 10) == 0):
-            print(f"update {self.done}/{self.total} | {text}", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-NAN_EVENT_KINDS = ("gradients", "outputs", "aux losses", "rewards/targets")
-
-
-def _kind_of(column: str) -> str | None:
-    if column.startswith("nonfinite_grad_"):
-        return "gradients"
-    if column.startswith("nonfinite_output_"):
-        return "outputs"
-    if column.endswith("_loss_zeroed"):
-        return "aux losses"
-    if column.endswith("_nonfinite") and column.startswith(("buffer_", "env_")):
-        return "rewards/targets"
-    return None
-
-
-def nan_event_count(row: dict[str, float]) -> int:
-    return int(sum(v for k, v in row.items() if _kind_of(k) and v == v))
-
-
-def nan_events_by_epoch(history: list[dict[str, float]]) -> dict[int, dict[str, int]]:
-    table: dict[int, dict[str, int]] = {}
-    for row in history:
-        per_kind = table.setdefault(int(row["epoch"]), {k: 0 for k in NAN_EVENT_KINDS})
-        for key, value in row.items():
-            kind = _kind_of(key)
-            if kind is not None and value == value:
-                per_kind[kind] += int(value)
-    return table
-
-
-def nan_events_table(history: list[dict[str, float]]) -> str:
-    """The end-of-training table: NaN/inf events per epoch, to see whether they decrease."""
-    table = nan_events_by_epoch(history)
-    kinds = list(NAN_EVENT_KINDS)
-    lines = ["NaN/inf events per epoch (all zeroed or repaired; counts are exact)",
-             "epoch  " + "  ".join(f"{k:>15}" for k in kinds) + "            total"]
-    for epoch, counts in sorted(table.items()):
-        lines.append(f"{epoch:>5}  " + "  ".join(f"{counts[k]:>15,}" for k in kinds)
-                     + f"  {sum(counts.values()):>15,}")
-    return "\n".join(lines)
-
-
-def iterate_metrics(path: str | Path) -> Iterator[dict[str, float]]:
-    """Rows of a metrics.csv as dicts of floats."""
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            yield {k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()}

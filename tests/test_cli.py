@@ -10,11 +10,11 @@ import torch
 from pyppo import synthetic_market
 from pyppo.checkpoint import load_checkpoint
 from pyppo.cli import eval_main, train_main
-from pyppo.trainer import iterate_metrics
+from pyppo.metrics import read_metrics
 
 SMALL = ["--bars", "3000", "--num-envs", "8", "--num-steps", "32", "--batch-size", "64",
          "--hidden-dim", "32", "--episode-length", "200", "--quiet", "--device", "cpu"]
-TIMING = {"steps_per_sec", "rollout_seconds", "update_seconds"}
+TIMING = {"perf/steps_per_sec", "perf/rollout_seconds", "perf/update_seconds"}
 
 
 def train(run, *extra: str) -> int:
@@ -25,8 +25,8 @@ def test_bad_ticks_run_completes_with_finite_parameters(tmp_path, capsys):
     assert train(tmp_path / "r", "--epochs", "2", "--bad-ticks", "0.01") == 0
     state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
     assert all(torch.isfinite(p).all() for p in state["model"].values())
-    rows = list(iterate_metrics(tmp_path / "r" / "metrics.csv"))
-    assert sum(r["env_returns_nonfinite"] for r in rows) > 0
+    rows = list(read_metrics(tmp_path / "r" / "metrics.csv"))
+    assert sum(r["sanitized/env/returns/nonfinite"] for r in rows) > 0
     out = capsys.readouterr().out
     assert "planted bad ticks" in out  # the data report comes first
     assert "NaN/inf events per epoch" in out
@@ -40,8 +40,8 @@ def test_guards_off_fails_loudly(tmp_path, capsys):
 
 def test_no_aux_still_predicts(tmp_path):
     assert train(tmp_path / "r", "--epochs", "1", "--no-aux") == 0
-    rows = list(iterate_metrics(tmp_path / "r" / "metrics.csv"))
-    assert all(math.isnan(r["aux_1h_loss"]) for r in rows)
+    rows = list(read_metrics(tmp_path / "r" / "metrics.csv"))
+    assert all(math.isnan(r["loss/aux_1h"]) for r in rows)
     assert eval_main([str(tmp_path / "r"), "--device", "cpu"]) == 0
     assert "| pred_1h |" in (tmp_path / "r" / "report.md").read_text()
 
@@ -51,8 +51,8 @@ def test_resume_continues_identically(tmp_path):
     assert train(tmp_path / "resumed", "--epochs", "1") == 0
     assert train_main(["--run-dir", str(tmp_path / "resumed"), "--resume", "--epochs", "2",
                        "--quiet"]) == 0
-    a = list(iterate_metrics(tmp_path / "straight" / "metrics.csv"))
-    b = list(iterate_metrics(tmp_path / "resumed" / "metrics.csv"))
+    a = list(read_metrics(tmp_path / "straight" / "metrics.csv"))
+    b = list(read_metrics(tmp_path / "resumed" / "metrics.csv"))
     assert len(a) == len(b) > 2
     for ra, rb in zip(a, b, strict=True):
         for key in ra:

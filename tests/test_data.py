@@ -13,7 +13,7 @@ import torch
 
 import pyppo
 from pyppo import MarketData, MarketDataError, load_market_data, synthetic_market
-from pyppo.data import horizon_to_bars
+from pyppo.data import horizon_label, horizon_to_bars
 
 SMALL = {"window": 3, "horizons": (1, 2)}  # tiny series: 3-bar window, horizons in bars
 
@@ -358,6 +358,44 @@ def test_horizon_conversion_errors():
         load_market_data(pd.DataFrame({"close": np.arange(1.0, 301.0)}, index=idx))
 
 
+def test_horizon_label_is_the_name_users_read_and_an_identifier_fragment():
+    assert horizon_label("1h") == "1h" and horizon_label("24h") == "24h"
+    assert horizon_label(" 4h ") == "4h" and horizon_label("1d") == "1d"  # as typed, stripped
+    assert horizon_label(pd.Timedelta("15min")) == "15min"
+    assert horizon_label(pd.Timedelta("1D")) == "1D"
+    assert horizon_label(pd.Timedelta("2h").to_pytimedelta()) == "2h"
+    assert horizon_label(3) == "3bars" and horizon_label(np.int64(24)) == "24bars"
+    assert horizon_label("1.5h") == "1_5h" and horizon_label("1 h") == "1_h"
+    for h in ("1h", "90 min", pd.Timedelta("1D"), 7, "2.5d"):
+        assert f"aux_{horizon_label(h)}".isidentifier()
+    with pytest.raises(MarketDataError, match="not a duration or a number of bars"):
+        horizon_label(True)
+
+
+def test_market_keeps_horizons_in_bars_and_labels():
+    md = synthetic_market(500)
+    assert md.horizons == (1, 24) and md.horizon_labels == ("1h", "24h")
+    assert "horizons:  1h = 1 bar, 24h = 24 bars" in md.report()
+    md = synthetic_market(500, interval="15min", horizons=("1h", 3, pd.Timedelta("1D")))
+    assert md.horizons == (4, 3, 96) and md.horizon_labels == ("1h", "3bars", "1D")
+    assert "horizons:  1h = 4 bars, 3bars = 3 bars, 1D = 96 bars" in md.report()
+    # split() keeps the horizons as they were given, so the parts have the same labels.
+    train, test = md.split(0.5)
+    assert train.horizons == test.horizons == (4, 3, 96)
+    assert train.horizon_labels == test.horizon_labels == ("1h", "3bars", "1D")
+    with pytest.raises(MarketDataError, match="each horizon needs its own label"):
+        synthetic_market(500, horizons=("1h", "1h"))
+
+
+def test_decision_bars_leave_room_for_the_window_and_the_longest_horizon():
+    md = tiny()  # 8 bars, horizons (1, 2)
+    assert md.decision_bars(3) == 8 - 2 - 3
+    assert md.decision_bars(5) == 8 - 2 - 5
+    # The reward needs a next bar even without horizons.
+    assert synthetic_market(500, horizons=()).decision_bars(60) == 500 - 1 - 60
+    assert synthetic_market(500).decision_bars(60) == 500 - 24 - 60
+
+
 # ----------------------------------------------------------------------------- MarketData
 
 
@@ -485,3 +523,16 @@ def test_public_api_is_exported():
         "ObsSpec",
     ):
         assert hasattr(pyppo, name)
+    for name in (
+        "MarketData",
+        "MarketDataError",
+        "RepairSummary",
+        "SyntheticParams",
+        "load_market_data",
+        "synthetic_market",
+        "horizon_to_bars",
+        "horizon_label",
+        "infer_bar_interval",
+    ):
+        assert name in pyppo.data.__all__ and hasattr(pyppo.data, name)
+    assert pyppo.data.MarketData is pyppo.MarketData

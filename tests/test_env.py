@@ -31,9 +31,8 @@ def tiny_market():
 
 
 def tiny_env(**kw):
-    args = dict(
-        num_envs=2, episode_length=3, window=2, fee=FEE, aux_horizons=(1, 2), starts="sequential"
-    )
+    # The aux horizons are the market's: (1, 2) bars.
+    args = dict(num_envs=2, episode_length=3, window=2, fee=FEE, starts="sequential")
     args.update(kw)
     return TradingEnv(tiny_market(), **args)
 
@@ -50,7 +49,9 @@ def test_epoch_bookkeeping_on_tiny_series():
     env = tiny_env()
     # Decision bars need 2 returns behind them and 2 bars ahead: bars 2..9.
     assert env.first_bar == 2 and env.bars_per_epoch == 8
+    assert env.bars_per_epoch == env.market.decision_bars(2)
     assert env.steps_per_epoch == 4  # ceil(8 / 2 envs)
+    assert env.aux_horizon_bars == (1, 2) and env.aux_labels == ("1bars", "2bars")
     assert env.obs_spec == ObsSpec.for_window(2)
 
 
@@ -164,15 +165,23 @@ def test_invalid_actions_and_misuse():
 
 
 def test_horizon_and_length_errors():
-    md = synthetic_market(2000)
+    # The aux horizons are the market's; bad ones are refused when the market is built.
     with pytest.raises(MarketDataError, match="shorter than the bar interval"):
-        TradingEnv(md, aux_horizons=("30min", "24h"))
+        synthetic_market(2000, horizons=("30min", "24h"))
     with pytest.raises(MarketDataError, match="not a whole multiple"):
-        TradingEnv(md, aux_horizons=("90min",))
+        synthetic_market(2000, horizons=("90min",))
+    md = synthetic_market(2000)
     with pytest.raises(MarketDataError, match="too few for episode_length=5000"):
         TradingEnv(md, episode_length=5000)
-    env = TradingEnv(md, aux_horizons=("2h", 5), episode_length=100)
-    assert env.aux_horizon_bars == (2, 5)
+    env = TradingEnv(md, episode_length=100)
+    assert env.aux_horizon_bars == (1, 24) and env.aux_labels == ("1h", "24h")
+    md = synthetic_market(2000, horizons=("2h", 5))
+    env = TradingEnv(md, episode_length=100)
+    assert env.aux_horizon_bars == (2, 5) and env.aux_labels == ("2h", "5bars")
+    # The targets follow the market's horizons, column by column.
+    _, info = env.reset()
+    expected = torch.stack([md.forward_returns(2), md.forward_returns(5)], 1).float()
+    torch.testing.assert_close(info["aux_targets"], expected[env.bar_index])
 
 
 def test_random_starts_are_seeded_and_in_range():

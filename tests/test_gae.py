@@ -1,4 +1,5 @@
-"""pyppo.ops.gae against pyppo.reference.gae (the plain loop of DESIGN.md)."""
+"""pyppo.ops.gae against pyppo.reference.gae (the plain loop; the contract is in
+docs/design.md, "Kernel contracts")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Tests of the gradient guard (guard_gradients_, GradientGuard) and the output guard
-(count_nonfinite, validate_outputs, guarded_clamp): kernels against pyppo.reference and
+(count_nonfinite, validate_outputs, the gradient of sanitize): kernels against pyppo.reference and
 torch's clip_grad_norm_, exact counts, policies, a NaN-poisoned training run, bad inputs."""
 
 from __future__ import annotations
@@ -299,7 +299,7 @@ def test_empty_list_returns_neutral_result():
     assert total.item() == 0.0 and coef.item() == 1.0
 
 
-# ---- count_nonfinite, validate_outputs, guarded_clamp -----------------------------------
+# ---- count_nonfinite, validate_outputs, sanitize's gradient--------------------------------
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -334,7 +334,7 @@ def test_validate_outputs_logs_the_exact_message(device, caplog):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_guarded_clamp_forward_and_backward_match_reference(device, dtype):
+def test_sanitize_forward_and_backward_match_reference(device, dtype):
     gen = torch.Generator().manual_seed(5)
     x = adversarial(3000, dtype, device, gen) * 10
     x[:4] = torch.tensor([1.0, -1.0, 1.5, -0.0])  # the limit itself passes the gradient
@@ -342,8 +342,8 @@ def test_guarded_clamp_forward_and_backward_match_reference(device, dtype):
     upstream[::7] = NAN  # NaN from upstream must not leak through masked places
     x_kernel = x.clone().requires_grad_()
     x_ref = x.clone().requires_grad_()
-    y, counts = ops.guarded_clamp(x_kernel, 1.0)
-    y_ref, counts_ref = reference.guarded_clamp(x_ref, 1.0)
+    y, counts = ops.sanitize(x_kernel, 1.0)
+    y_ref, counts_ref = reference.sanitize(x_ref, 1.0)
     torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
     torch.testing.assert_close(counts, counts_ref, rtol=0, atol=0)
     y.backward(upstream)
@@ -356,9 +356,9 @@ def test_guarded_clamp_forward_and_backward_match_reference(device, dtype):
     assert torch.equal(x_kernel.grad[passes], upstream[passes])
 
 
-def test_guarded_clamp_gradcheck_and_opcheck():
+def test_sanitize_gradcheck_and_opcheck():
     x = torch.tensor([0.3, -0.7, 2.5, -3.0, 0.0], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: ops.guarded_clamp(t, 1.0)[0], (x,))
+    assert torch.autograd.gradcheck(lambda t: ops.sanitize(t, 1.0)[0], (x,))
     torch.library.opcheck(torch.ops.pyppo.sanitize.default, (x, 1.0))
 
 

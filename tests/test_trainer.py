@@ -13,9 +13,10 @@ from torch import nn
 from pyppo import TradingEnv, reference, synthetic_market
 from pyppo.checkpoint import CheckpointError
 from pyppo.model import TradingActorCritic
-from pyppo.trainer import NonFiniteParametersError, PPOTrainer, iterate_metrics
+from pyppo.metrics import read_metrics
+from pyppo.trainer import NonFiniteParametersError, PPOTrainer
 
-TIMING = {"steps_per_sec", "rollout_seconds", "update_seconds"}
+TIMING = {"perf/steps_per_sec", "perf/rollout_seconds", "perf/update_seconds"}
 
 
 class RecordingEnv(TradingEnv):
@@ -62,14 +63,14 @@ def test_bad_ticks_train_with_every_event_counted(tmp_path):
     want_aux = sum(reference.sanitize(aux[b])[1] for b in env.aux_bars)
     assert want_returns[0] > 0 and want_aux[0] > 0  # the run really met bad ticks
 
-    rows = list(iterate_metrics(tmp_path / "metrics.csv"))
+    rows = list(read_metrics(tmp_path / "metrics.csv"))
     total = lambda key: int(sum(r[key] for r in rows))  # noqa: E731
-    assert [total("env_returns_nonfinite"), total("env_returns_clamped")] == want_returns.tolist()
-    assert [total("env_aux_target_nonfinite"), total("env_aux_target_clamped")] \
+    assert [total("sanitized/env/returns/nonfinite"), total("sanitized/env/returns/clamped")] == want_returns.tolist()
+    assert [total("sanitized/env/aux_targets/nonfinite"), total("sanitized/env/aux_targets/clamped")] \
         == want_aux.tolist()
     # The env cleaned everything, so nothing bad reached the buffer, the model or the grads.
     for key in rows[0]:
-        if key.startswith(("buffer_", "nonfinite_")) or key.endswith("_loss_zeroed"):
+        if key.startswith(("sanitized/buffer/", "nonfinite/")):
             assert total(key) == 0, key
 
 
@@ -98,8 +99,8 @@ def test_nan_planted_in_aux_1h_gradient_is_reported_under_aux_1h_only(tmp_path):
     trainer.model.aux_1h.weight.register_hook(plant)
     trainer.train(total_steps=8 * 32 * 3)
     assert all_finite(trainer.model)
-    rows = list(iterate_metrics(tmp_path / "metrics.csv"))
-    by_group = {g: int(sum(r[f"nonfinite_grad_{g}"] for r in rows)) for g in trainer.guard.groups}
+    rows = list(read_metrics(tmp_path / "metrics.csv"))
+    by_group = {g: int(sum(r[f"nonfinite/grad/{g}"] for r in rows)) for g in trainer.guard.groups}
     assert by_group["aux_1h"] == sum(planted) > 0
     assert all(v == 0 for g, v in by_group.items() if g != "aux_1h")
     assert set(trainer.guard.groups) == {"trunk", "actor", "critic", "aux_1h", "aux_24h"}
@@ -219,8 +220,8 @@ def test_any_gymnasium_vector_env_and_dict_model():
                          batch_size=20, lr=3e-3, progress=False)
     with pytest.warns(UserWarning, match="auxiliary losses are off"):
         history = trainer.train(total_steps=4 * 20 * 15)
-    assert history[-1]["mean_step_reward"] > history[0]["mean_step_reward"]
-    assert history[-1]["mean_step_reward"] > 0.8  # it learned to press 1
+    assert history[-1]["rollout/mean_step_reward"] > history[0]["rollout/mean_step_reward"]
+    assert history[-1]["rollout/mean_step_reward"] > 0.8  # it learned to press 1
     with pytest.raises(ValueError, match="total_steps"):
         trainer.train(epochs=1)
 
@@ -234,7 +235,7 @@ def test_gymnasium_sync_vector_env():
     trainer = PPOTrainer(model, env, num_steps=128, batch_size=128, lr=1e-3, progress=False)
     with pytest.warns(UserWarning, match="auxiliary losses are off"):
         history = trainer.train(total_steps=4 * 128 * 12)
-    returns = [r["mean_episode_return"] for r in history]
+    returns = [r["rollout/mean_episode_return"] for r in history]
     assert all(math.isfinite(r) for r in returns[1:])
     assert max(returns[-4:]) > returns[0]  # longer episodes than the untrained policy's
 

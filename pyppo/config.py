@@ -1,0 +1,386 @@
+"""One typed configuration: every setting of a run, its default and its help, in one place.
+
+:class:`RunConfig` holds the four sections a run is made of (:class:`DataConfig`,
+:class:`EnvConfig`, :class:`ModelConfig`, :class:`PPOConfig`) plus how long and where to
+train. The command line (:func:`parse_run_config`), TOML files (``--config``), ``config.json``
+in each run dir, checkpoints, :class:`pyppo.TradingEnv`, :class:`pyppo.TradingActorCritic`
+and :class:`pyppo.PPOTrainer` all read their defaults from these dataclasses, so the command
+line and the Python API train the same run.
+
+A field's ``metadata`` says how it appears on the command line: ``help``; ``flag`` when the
+flag is not ``--field-name`` (``--no-aux`` for ``enable_auxiliary_losses``: a boolean whose
+flag turns it off); ``aliases`` for older flag spellings that keep working; ``choices``.
+
+The auxiliary heads: the model has exactly two, for a short and a long horizon
+(:attr:`DataConfig.horizons`, ``("1h", "24h")`` by default). Their coefficients are
+:attr:`PPOConfig.aux_short_coef` and :attr:`PPOConfig.aux_long_coef`; the names users of the
+1h/24h model know, ``aux_1h_coef`` and ``aux_24h_coef``, are accepted for them everywhere
+(keyword arguments, flags, TOML). Everything users read (metric names, log messages, report
+columns, prediction fields) is named after the horizon labels: ``aux_1h``, ``pred_24h``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+def _opt(default: Any, help: str, **cli: Any) -> Any:
+    """A dataclass field with its command-line help (and flag name, aliases, choices)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+# Older keyword/flag names of settings, accepted everywhere: old name -> field name.
+ALIASES = {"aux_1h_coef": "aux_short_coef", "aux_24h_coef": "aux_long_coef"}
+
+
+@dataclass
+class DataConfig:
+    """Which bars to train on: a CSV/Parquet file, or the embedded synthetic market."""
+
+    path: str | None = _opt(
+        None, "CSV or Parquet file of OHLCV bars (default: the embedded synthetic market)",
+        flag="--data",
+    )
+    timestamp_col: str | None = _opt(None, "the timestamp column, when pyppo cannot find it")
+    timestamp_format: str | None = _opt(None, "strftime format, e.g. %%d/%%m/%%Y %%H:%%M")
+    price_col: str | None = _opt(None, "the price column, when not close/price/last/adj close")
+    repair: str | None = _opt(
+        None, "fix NaN/zero/negative price rows instead of refusing them",
+        choices=("drop", "ffill"),
+    )
+    horizons: tuple[str, str] = _opt(
+        ("1h", "24h"), "the auxiliary heads' short and long horizons: durations or bar counts",
+    )
+    bars: int = _opt(20_000, "synthetic market length")
+    data_seed: int = _opt(0, "synthetic market seed")
+    bad_ticks: float = _opt(
+        0.0, "plant zero prices, NaN bars and +1000%% spikes at this rate "
+        "(synthetic market only)",
+    )
+
+
+@dataclass
+class EnvConfig:
+    """The trading environment: episodes, observation window, fees, actions."""
+
+    num_envs: int = _opt(32, "episodes stepped together")
+    episode_length: int = _opt(720, "steps per training episode")
+    window: int = _opt(60, "bars of normalized returns in each observation")
+    fee: float = _opt(1e-4, "cost per unit of position change (1e-4 = 1 basis point)")
+    allow_short: bool = _opt(True, "flat/long actions only", flag="--long-only")
+
+
+@dataclass
+class ModelConfig:
+    """The actor-critic with two auxiliary return heads."""
+
+    hidden_dim: int = _opt(128, "width of the model's trunk")
+    aux_limit: float = _opt(1.0, "auxiliary predictions are clamped to +-this (1 = +-100%%)")
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyperparameters and the NaN protection of the update (stored in checkpoints)."""
+
+    lr: float = _opt(1e-4, "Adam learning rate")
+    gamma: float = _opt(0.99, "discount factor")
+    gae_lambda: float = _opt(0.95, "GAE lambda")
+    clip_epsilon: float = _opt(0.2, "PPO ratio clip")
+    value_coef: float = _opt(0.5, "value loss coefficient")
+    entropy_coef: float = _opt(0.01, "entropy bonus coefficient")
+    aux_short_coef: float = _opt(
+        0.1, "short-horizon auxiliary loss coefficient", aliases=("--aux-1h-coef",)
+    )
+    aux_long_coef: float = _opt(
+        0.1, "long-horizon auxiliary loss coefficient", aliases=("--aux-24h-coef",)
+    )
+    enable_auxiliary_losses: bool = _opt(
+        True, "no auxiliary losses: the heads still predict, only policy and value train",
+        flag="--no-aux",
+    )
+    max_grad_norm: float = _opt(0.5, "clip the total gradient norm to this")
+    nan_policy: str = _opt(
+        "zero", "zero: zero NaN/inf gradient elements; skip: skip the whole step",
+        choices=("zero", "skip"),
+    )
+    guards: bool = _opt(
+        True, "turn every guard off (to see a run die loudly; not for real use)",
+        flag="--no-guards",
+    )
+    num_steps: int = _opt(256, "rollout steps per env per update")
+    num_epochs: int = _opt(4, "PPO epochs per update")
+    batch_size: int = _opt(256, "minibatch size")
+    target_kl: float | None = _opt(None, "stop an update's epochs when the mean KL exceeds this")
+    seed: int = _opt(0, "seeds the model, the environment and the trainer")
+    checkpoint_every: int = _opt(10, "save checkpoint.pt every this many updates (0: at the end)")
+
+    def __post_init__(self) -> None:
+        if self.nan_policy not in ("zero", "skip"):
+            raise ValueError(f"nan_policy must be 'zero' or 'skip', got {self.nan_policy!r}")
+        if min(self.batch_size, self.num_steps, self.num_epochs) < 1:
+            raise ValueError("num_steps, num_epochs and batch_size must be >= 1")
+
+    @property
+    def aux_coefs(self) -> tuple[float, float]:
+        """(short, long) auxiliary loss coefficients."""
+        return (self.aux_short_coef, self.aux_long_coef)
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run is: its data, env, model, PPO settings, and how long and
+    where it trains."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    epochs: int = _opt(10, "passes over the training bars")
+    total_steps: int | None = _opt(None, "train for this many env steps instead of --epochs")
+    run_dir: str | None = _opt(
+        None, "where metrics.csv and checkpoints go (default runs/<date-time>)"
+    )
+    resume: bool = _opt(False, "continue the run in --run-dir from its checkpoint.pt")
+    device: str | None = _opt(None, "cpu or cuda (default: cuda if present)")
+    quiet: bool = _opt(False, "no progress bar")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (dicts, lists, numbers, strings, None): for JSON and checkpoints."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """The inverse of :meth:`to_dict`; missing keys keep their defaults."""
+        return apply(cls(), values)
+
+    def to_toml(self) -> str:
+        """The settings as TOML (unset optional values are left out: TOML has no null)."""
+        import tomli_w
+
+        return tomli_w.dumps(_drop_none(self.to_dict()))
+
+
+SECTIONS = {"data": DataConfig, "env": EnvConfig, "model": ModelConfig, "ppo": PPOConfig}
+
+
+# -- reading values into a config --------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: _drop_none(v) if isinstance(v, dict) else v for k, v in values.items() if v is not None
+    }
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert(value: Any, hint: Any, name: str) -> Any:
+    """``value`` as the type a field declares; a clear ``ValueError`` otherwise."""
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ValueError(f"{name} cannot be empty")
+    if type(None) in args:  # X | None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        if len(args) == 2 and args[1] is not Ellipsis and len(items) != 2:
+            raise ValueError(f"{name} needs exactly two values, got {len(items)}: {value!r}")
+        return tuple(str(v).strip() for v in items)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if hint is str:
+        return str(value)
+    raise TypeError(f"{name}: unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _setting(obj: Any, name: str, value: Any, where: str) -> Any:
+    """``obj`` with field ``name`` set to ``value`` (converted and checked)."""
+    name = ALIASES.get(name, name)
+    hints = _field_types(type(obj))
+    if name not in hints or name in SECTIONS:
+        known = ", ".join(f.name for f in dataclasses.fields(obj) if f.name not in SECTIONS)
+        raise ValueError(f"unknown setting {where}{name!r} (known: {known})")
+    converted = _convert(value, hints[name], f"{where}{name}")
+    choices = _metadata(obj, name).get("choices")
+    if choices and converted is not None and converted not in choices:
+        raise ValueError(f"{where}{name} must be one of {', '.join(choices)}, got {converted!r}")
+    return converted
+
+
+def _metadata(obj: Any, name: str) -> dict[str, Any]:
+    return next(f.metadata for f in dataclasses.fields(obj) if f.name == name)
+
+
+def apply(config: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """``config`` with ``values`` (nested like :meth:`RunConfig.to_dict`) applied.
+    Raises ``ValueError`` naming an unknown or ill-typed setting."""
+    top: dict[str, Any] = {}
+    sections = {name: getattr(config, name) for name in SECTIONS}
+    for key, value in values.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ValueError(f"[{key}] must be a table of settings")
+            section = sections[key]
+            updates = {ALIASES.get(k, k): _setting(section, k, v, f"{key}.") for k, v in
+                       value.items()}
+            sections[key] = dataclasses.replace(section, **updates)
+        else:
+            top[key] = _setting(config, key, value, "")
+    return dataclasses.replace(config, **sections, **top)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """The settings in a TOML file (any subset of :meth:`RunConfig.to_dict`'s layout)."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as err:
+        raise ValueError(f"cannot read config file {path}: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"config file {path} is not valid TOML: {err}") from None
+
+
+def ppo_config(config: PPOConfig | None = None, **overrides: Any) -> PPOConfig:
+    """``config`` (default :class:`PPOConfig`) with keyword ``overrides``, old names
+    (``aux_1h_coef``) included. Raises ``TypeError`` for an unknown setting."""
+    config = config or PPOConfig()
+    updates = {}
+    for name, value in overrides.items():
+        key = ALIASES.get(name, name)
+        if key not in {f.name for f in dataclasses.fields(PPOConfig)}:
+            raise TypeError(f"unknown PPO setting {name!r}")
+        updates[key] = value
+    return dataclasses.replace(config, **updates)
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def _cli_fields() -> list[tuple[str | None, dataclasses.Field, Any]]:
+    """(section or None, field, type hint) for every setting, in --help order."""
+    rows: list[tuple[str | None, dataclasses.Field, Any]] = []
+    run_hints = _field_types(RunConfig)
+    rows += [(None, f, run_hints[f.name]) for f in dataclasses.fields(RunConfig)
+             if f.name not in SECTIONS]
+    for section, cls in SECTIONS.items():
+        hints = _field_types(cls)
+        rows += [(section, f, hints[f.name]) for f in dataclasses.fields(cls)]
+    return rows
+
+
+def _dest(section: str | None, name: str) -> str:
+    return f"{section}.{name}" if section else name
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting to ``parser``; flags not given stay absent from the parsed
+    namespace (``argparse.SUPPRESS``), so that explicit values can be told from defaults."""
+    titles = {None: "run", "data": "data", "env": "environment", "model": "model",
+              "ppo": "PPO and NaN protection"}
+    groups = {key: parser.add_argument_group(title) for key, title in titles.items()}
+    for section, f, hint in _cli_fields():
+        default = f.default
+        names = [_flag(f), *f.metadata.get("aliases", ())]
+        kwargs: dict[str, Any] = {"dest": _dest(section, f.name), "default": argparse.SUPPRESS}
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        help_text = f.metadata["help"]
+        if hint is bool:
+            # The flag flips the default: --no-aux sets enable_auxiliary_losses=False.
+            kwargs.update(action="store_const", const=not default, help=help_text)
+        else:
+            if default is not None:
+                help_text = f"{help_text} (default: {shown})"
+            kwargs.update(help=help_text, metavar=f.name.upper())
+            if "choices" in f.metadata:
+                kwargs.update(choices=f.metadata["choices"], metavar=None)
+        groups[section].add_argument(*names, **kwargs)
+
+
+def config_from_namespace(
+    namespace: argparse.Namespace, base: RunConfig | None = None
+) -> tuple[RunConfig, set[str]]:
+    """The config the parsed flags describe, on top of ``base``, and the dotted names of the
+    settings the flags set explicitly."""
+    values: dict[str, Any] = {}
+    explicit: set[str] = set()
+    for section, f, _ in _cli_fields():
+        dest = _dest(section, f.name)
+        if dest in vars(namespace):
+            explicit.add(dest)
+            target = values.setdefault(section, {}) if section else values
+            target[f.name] = getattr(namespace, dest)
+    return apply(base or RunConfig(), values), explicit
+
+
+def explicit_names(values: dict[str, Any]) -> set[str]:
+    """Dotted names of every setting in ``values`` (as read from a TOML file)."""
+    names = set()
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, dict):
+            names |= {f"{key}.{ALIASES.get(k, k)}" for k in value}
+        else:
+            names.add(ALIASES.get(key, key))
+    return names
+
+
+def get(config: RunConfig, dotted: str) -> Any:
+    """The value of a dotted setting name (``"ppo.lr"``)."""
+    obj: Any = config
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal settings (NaN equals NaN, tuples equal lists)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b

@@ -1,0 +1,48 @@
+"""MarketDataError, and the helpers that name the offending rows in its messages.
+
+The rule of :mod:`pyppo.data`: bad data raises a :class:`MarketDataError` that names the
+offending rows and says how to fix them. A message shows a few rows (``_MAX_EXAMPLES``) and
+always the total count. Rows are named the way a user finds them: ``line N`` of a file (the
+header is line 1), ``row N`` of a DataFrame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["MarketDataError"]
+
+_MAX_EXAMPLES = 5  # rows shown in an error message; the total count is always given
+
+
+class MarketDataError(ValueError):
+    """Market data that pyppo refuses to train on; the message says what and how to fix it."""
+
+
+def _examples(labels: Sequence[object], limit: int = _MAX_EXAMPLES) -> str:
+    """``a, b, c, ... (N in total)``: a few examples plus the total count."""
+    shown = ", ".join(str(x) for x in list(labels)[:limit])
+    more = (
+        f", ... ({len(labels)} in total)" if len(labels) > limit else f" ({len(labels)} in total)"
+    )
+    return shown + more
+
+
+def _row_name(p: int, name: str) -> str:
+    """How a user finds row ``p`` (0-based data row): the line in a file (the header is
+    line 1), the position in a DataFrame."""
+    return f"row {int(p)}" if name == "DataFrame" else f"line {int(p) + 2}"
+
+
+def _row_examples(positions: np.ndarray, frame: pd.DataFrame, what: Any, name: str) -> str:
+    """A few rows as ``line N (timestamp): what`` plus the total count."""
+    items = []
+    for p in positions[:_MAX_EXAMPLES]:
+        items.append(f"{_row_name(p, name)} ({frame.index[p]}): {what(p)}")
+    total = len(positions)
+    tail = f"; ... {total} rows in total" if total > _MAX_EXAMPLES else f" ({total} in total)"
+    return "; ".join(items) + tail

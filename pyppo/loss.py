@@ -1,0 +1,113 @@
+"""The clipped PPO loss with auxiliary return heads, as a pure function of one minibatch.
+
+:func:`ppo_loss` returns its terms by name (as TorchRL's ``ClipPPOLoss`` does), so the
+trainer, tests and users' own loops read ``terms.policy`` rather than positions in a tuple::
+
+    total = policy + value_coef * value - entropy_coef * entropy + sum_k aux_coef_k * aux_k
+
+- policy: the clipped surrogate ``max(-A * r, -A * clip(r, 1 - eps, 1 + eps))`` averaged,
+  with advantages normalized over the minibatch;
+- value: ``0.5 * (V - returns)^2`` averaged;
+- aux_k: the mean squared error of head k's (clamped) prediction against its (sanitized)
+  target, divided by the target's variance over the rollout (``aux_scale``): returns of
+  ~0.5 % would otherwise give losses of ~1e-5 and heads that never learn; 1.0 means no
+  better than predicting the mean. With ``guard_aux``, a non-finite auxiliary loss is set
+  to 0 and flagged in ``aux_zeroed`` (the trainer counts and logs it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class PPOLossTerms:
+    """The named terms of one minibatch's loss (0-d tensors unless noted)."""
+
+    total: Tensor  # what backward() is called on
+    policy: Tensor
+    value: Tensor
+    entropy: Tensor
+    aux: Tensor  # [num_aux] auxiliary losses (after zeroing); empty without aux losses
+    aux_zeroed: Tensor  # bool [num_aux]: that auxiliary loss was NaN/inf and set to 0
+    approx_kl: Tensor  # (r - 1) - log r averaged: the "k3" KL estimate, no gradient
+    clip_fraction: Tensor  # share of samples whose ratio left [1 - eps, 1 + eps], no gradient
+
+
+def log_prob(logits: Tensor, actions: Tensor) -> Tensor:
+    """Log-probability of ``actions`` under the categorical distribution of ``logits``."""
+    return _pick(torch.log_softmax(logits, dim=-1), actions)
+
+
+def log_prob_and_entropy(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`log_prob` and the distribution's entropy, from one log-softmax."""
+    log_p = torch.log_softmax(logits, dim=-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    return _pick(log_p, actions), entropy
+
+
+def _pick(log_p: Tensor, actions: Tensor) -> Tensor:
+    return log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+
+def ppo_loss(
+    logits: Tensor,
+    values: Tensor,
+    actions: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    returns: Tensor,
+    *,
+    clip_epsilon: float,
+    value_coef: float,
+    entropy_coef: float,
+    aux_predictions: Tensor | None = None,
+    aux_targets: Tensor | None = None,
+    aux_scale: Tensor | None = None,
+    aux_coefs: Tensor | None = None,
+    guard_aux: bool = True,
+) -> PPOLossTerms:
+    """The loss of one minibatch of ``B`` samples.
+
+    :param logits: ``(B, A)`` action logits of the current policy.
+    :param values: ``(B,)`` value estimates of the current critic.
+    :param actions: ``(B,)`` actions taken in the rollout.
+    :param old_logprobs: ``(B,)`` their log-probabilities under the rollout's policy.
+    :param advantages: ``(B,)`` GAE advantages (normalized here over the minibatch).
+    :param returns: ``(B,)`` value targets.
+    :param clip_epsilon: the ratio clip.
+    :param value_coef: weight of the value loss.
+    :param entropy_coef: weight of the entropy bonus.
+    :param aux_predictions: ``(B, K)`` auxiliary predictions, or None for no aux losses.
+    :param aux_targets: ``(B, K)`` their targets.
+    :param aux_scale: ``(K,)`` the targets' variance over the rollout (the MSE's unit).
+    :param aux_coefs: ``(K,)`` weights of the auxiliary losses.
+    :param guard_aux: set a non-finite auxiliary loss to 0 (and flag it) instead of letting
+        it into ``total``.
+    """
+    logprob, entropy = log_prob_and_entropy(logits, actions)
+    logratio = logprob - old_logprobs
+    ratio = logratio.exp()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - logratio).mean()
+        clip_fraction = ((ratio - 1.0).abs() > clip_epsilon).float().mean()
+    adv = (advantages - advantages.mean()) / (advantages.std(unbiased=False) + 1e-8)
+    policy = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_epsilon, 1 + clip_epsilon)).mean()
+    value = 0.5 * ((values - returns) ** 2).mean()
+    entropy_mean = entropy.mean()
+    total = policy + value_coef * value - entropy_coef * entropy_mean
+
+    if aux_predictions is None:
+        aux = logits.new_zeros(0)
+        aux_zeroed = torch.zeros(0, dtype=torch.bool, device=logits.device)
+    else:
+        aux = ((aux_predictions - aux_targets) ** 2).mean(0) / aux_scale
+        aux_zeroed = ~torch.isfinite(aux)
+        if guard_aux:
+            aux = torch.where(aux_zeroed, torch.zeros_like(aux), aux)
+        total = total + (aux_coefs * aux).sum()
+    return PPOLossTerms(total, policy, value, entropy_mean, aux, aux_zeroed, approx_kl,
+                        clip_fraction)
