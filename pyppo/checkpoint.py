@@ -24,8 +24,25 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or belongs to a different run or dataset."""
 
 
+_PLAIN = (torch.Tensor, str, int, float, bool, type(None))
+
+
+def plain_data(value: Any, where: str = "state") -> Any:
+    """``value`` with tuples as lists; ``TypeError`` naming the place of anything that is not
+    a tensor, a number, a string, None, a list or a dict with string or integer keys."""
+    if isinstance(value, dict):
+        return {k: plain_data(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, _PLAIN):
+        return value
+    raise TypeError(f"{where} is a {type(value).__name__}: checkpoints hold only plain data")
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file in the same folder + rename)."""
+    """Write ``state`` (see :func:`plain_data`) to ``path`` atomically (temp file in the same
+    folder + rename)."""
+    state = plain_data(state)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

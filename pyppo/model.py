@@ -128,9 +128,9 @@ class TradingActorCritic(nn.Module):
         if len(aux_labels) != 2:
             raise ValueError(f"the model has two auxiliary heads, got labels {aux_labels}")
         self.obs_spec = obs_spec
-        self.num_actions = num_actions
-        self.hidden_dim = hidden_dim
-        self.aux_limit = aux_limit
+        self.num_actions = int(num_actions)
+        self.hidden_dim = int(hidden_dim)
+        self.aux_limit = float(aux_limit)
         self.aux_labels = tuple(aux_labels)
         self.aux_names = tuple(f"aux_{label}" for label in aux_labels)
         self.output_names = ("action_logits", "value", *(f"pred_{lab}" for lab in aux_labels))

@@ -1,0 +1,235 @@
+"""One configuration: the command line, TOML files, config.json, checkpoints and the Python
+API share one set of defaults, and every flag users know still parses."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+
+import pytest
+import torch
+
+from pyppo import (
+    EnvConfig,
+    ModelConfig,
+    PPOConfig,
+    PPOTrainer,
+    RunConfig,
+    TradingActorCritic,
+    TradingEnv,
+    synthetic_market,
+)
+from pyppo.checkpoint import load_checkpoint
+from pyppo.cli import resolve_config, train_main
+from pyppo.config import apply
+
+SMALL = ["--bars", "3000", "--num-envs", "8", "--num-steps", "32", "--batch-size", "64",
+         "--hidden-dim", "32", "--episode-length", "200", "--quiet", "--device", "cpu"]
+
+
+def defaults(fn) -> dict:
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def test_cli_and_api_defaults_are_one_set():
+    config, explicit, _ = resolve_config([])
+    assert config == RunConfig() and explicit == set()
+    # The API's pieces default to the same values as the command line.
+    trainer_config = PPOTrainer.__init__.__defaults__  # config=None -> PPOConfig()
+    assert trainer_config == (None,)
+    env = defaults(TradingEnv.__init__)
+    for f in dataclasses.fields(EnvConfig):
+        assert env[f.name] == getattr(config.env, f.name), f.name
+    model = defaults(TradingActorCritic.__init__)
+    for f in dataclasses.fields(ModelConfig):
+        assert model[f.name] == getattr(config.model, f.name), f.name
+    # The defaults that learn best are the command line's.
+    assert (config.ppo.lr, config.model.hidden_dim, config.env.num_envs) == (1e-4, 128, 32)
+
+
+def test_trainer_without_a_config_uses_the_cli_defaults():
+    market = synthetic_market(3000, seed=1)
+    env = TradingEnv(market, num_envs=4, episode_length=100)
+    trainer = PPOTrainer(TradingActorCritic(env.obs_spec, hidden_dim=16), env, progress=False)
+    assert trainer.config == RunConfig().ppo
+
+
+# Every flag of the command line before the configuration existed, with a value, and the
+# setting it must produce.
+TODAYS_FLAGS = [
+    (["--epochs", "3"], "epochs", 3),
+    (["--total-steps", "5000"], "total_steps", 5000),
+    (["--run-dir", "runs/x"], "run_dir", "runs/x"),
+    (["--resume"], "resume", True),
+    (["--device", "cpu"], "device", "cpu"),
+    (["--seed", "7"], "ppo.seed", 7),
+    (["--quiet"], "quiet", True),
+    (["--data", "bars.csv"], "data.path", "bars.csv"),
+    (["--timestamp-col", "Date"], "data.timestamp_col", "Date"),
+    (["--timestamp-format", "%d/%m/%Y"], "data.timestamp_format", "%d/%m/%Y"),
+    (["--price-col", "Close"], "data.price_col", "Close"),
+    (["--repair", "ffill"], "data.repair", "ffill"),
+    (["--bars", "5000"], "data.bars", 5000),
+    (["--data-seed", "3"], "data.data_seed", 3),
+    (["--bad-ticks", "0.01"], "data.bad_ticks", 0.01),
+    (["--no-aux"], "ppo.enable_auxiliary_losses", False),
+    (["--aux-1h-coef", "0.01"], "ppo.aux_short_coef", 0.01),
+    (["--aux-24h-coef", "0.02"], "ppo.aux_long_coef", 0.02),
+    (["--nan-policy", "skip"], "ppo.nan_policy", "skip"),
+    (["--max-grad-norm", "1.5"], "ppo.max_grad_norm", 1.5),
+    (["--no-guards"], "ppo.guards", False),
+    (["--lr", "3e-4"], "ppo.lr", 3e-4),
+    (["--num-envs", "16"], "env.num_envs", 16),
+    (["--num-steps", "128"], "ppo.num_steps", 128),
+    (["--num-epochs", "2"], "ppo.num_epochs", 2),
+    (["--batch-size", "512"], "ppo.batch_size", 512),
+    (["--gamma", "0.95"], "ppo.gamma", 0.95),
+    (["--gae-lambda", "0.9"], "ppo.gae_lambda", 0.9),
+    (["--entropy-coef", "0.02"], "ppo.entropy_coef", 0.02),
+    (["--hidden-dim", "64"], "model.hidden_dim", 64),
+    (["--episode-length", "360"], "env.episode_length", 360),
+    (["--window", "30"], "env.window", 30),
+    (["--fee", "0.0005"], "env.fee", 0.0005),
+    (["--long-only"], "env.allow_short", False),
+]
+
+
+@pytest.mark.parametrize(("argv", "name", "value"), TODAYS_FLAGS, ids=lambda x: str(x))
+def test_every_flag_users_know_still_parses_with_its_meaning(argv, name, value):
+    config, explicit, _ = resolve_config(argv)
+    obj = config
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    assert obj == value
+    assert explicit == {name}
+    # Nothing else moved.
+    section, _, field = name.rpartition(".")
+    assert config == apply(RunConfig(), {section: {field: value}} if section else {name: value})
+
+
+def test_every_flag_in_help_is_covered():
+    from pyppo.cli import train_parser
+
+    flags = {s for a in train_parser()._actions for s in a.option_strings if s.startswith("--")}
+    covered = {argv[0] for argv, _, _ in TODAYS_FLAGS}
+    new = {"--help", "--config", "--print-config", "--horizons", "--aux-limit", "--clip-epsilon",
+           "--value-coef", "--aux-short-coef", "--aux-long-coef", "--target-kl",
+           "--checkpoint-every"}
+    assert flags - covered == new
+
+
+def test_toml_file_plus_flag_override_lands_in_config_json(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('epochs = 1\n[ppo]\nlr = 0.0003\naux_1h_coef = 0.05\nnum_epochs = 1\n'
+                    '[env]\nwindow = 30\n')
+    run = tmp_path / "run"
+    assert train_main([*SMALL, "--config", str(toml), "--lr", "0.0002", "--run-dir", str(run),
+                       "--total-steps", "256"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    config = saved["config"]
+    assert config["ppo"]["lr"] == 0.0002  # the flag wins over the file
+    assert config["ppo"]["aux_short_coef"] == 0.05  # the file's old name is understood
+    assert config["env"]["window"] == 30 and config["epochs"] == 1
+    assert config["ppo"]["gamma"] == PPOConfig().gamma  # a default
+    assert {"ppo.lr", "ppo.aux_short_coef", "env.window", "epochs", "ppo.num_epochs",
+            "data.bars", "total_steps"} <= set(saved["explicit"])
+    assert "ppo.gamma" not in saved["explicit"]
+    # The checkpoint holds the same plain data.
+    assert load_checkpoint(run / "checkpoint.pt")["run_config"] == config
+
+
+def test_print_config_round_trips(tmp_path, capsys):
+    assert train_main(["--lr", "0.0002", "--horizons", "4h,1d", "--long-only",
+                       "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "target_kl" not in printed  # TOML has no null: unset values are left out
+    path = tmp_path / "printed.toml"
+    path.write_text(printed)
+    again, _, _ = resolve_config(["--config", str(path)])
+    first, _, _ = resolve_config(["--lr", "0.0002", "--horizons", "4h,1d", "--long-only"])
+    assert again == first
+    assert again.data.horizons == ("4h", "1d") and again.env.allow_short is False
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "abc"], "lr"),
+    (["--horizons", "1h"], "exactly two"),
+])
+def test_bad_values_are_one_line_errors(argv, message):
+    with pytest.raises(SystemExit) as err:
+        resolve_config(argv)
+    assert message in str(err.value) or err.value.code == 2
+
+
+def test_unknown_toml_setting_is_an_error(tmp_path):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("[ppo]\nlearning_rate = 0.1\n")
+    with pytest.raises(SystemExit, match="unknown setting ppo.'learning_rate'"):
+        resolve_config(["--config", str(toml)])
+
+
+def test_seed_trainer_calls_still_work():
+    market = synthetic_market(3000, seed=1)
+    env = TradingEnv(market, num_envs=4, episode_length=100)
+    model = TradingActorCritic(env.obs_spec, hidden_dim=16)
+    off = PPOTrainer(model=model, environment=env, enable_auxiliary_losses=False,
+                     progress=False)
+    assert off.config.enable_auxiliary_losses is False
+    low = PPOTrainer(model=model, environment=env, aux_1h_coef=0.01, aux_24h_coef=0.01,
+                     progress=False)
+    assert low.config.aux_coefs == (0.01, 0.01)
+    config = PPOConfig(lr=3e-4, num_steps=16)
+    mixed = PPOTrainer(model, env, config, batch_size=32, progress=False)
+    assert (mixed.config.lr, mixed.config.num_steps, mixed.config.batch_size) == (3e-4, 16, 32)
+    with pytest.raises(TypeError, match="unknown PPO setting 'learning_rate'"):
+        PPOTrainer(model, env, learning_rate=1e-3)
+    with pytest.raises(ValueError, match="nan_policy"):
+        PPOTrainer(model, env, nan_policy="ignore")
+
+
+PLAIN = (torch.Tensor, int, float, str, bool, type(None))
+
+
+def walk(value, path="checkpoint"):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert isinstance(key, (str, int)), f"{path}: key {key!r}"
+            walk(item, f"{path}[{key!r}]")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            walk(item, f"{path}[{i}]")
+    else:
+        assert isinstance(value, PLAIN), f"{path} is a {type(value).__name__}"
+
+
+def test_checkpoint_holds_only_tensors_and_plain_data(tmp_path):
+    run = tmp_path / "run"
+    assert train_main([*SMALL, "--run-dir", str(run), "--epochs", "1"]) == 0
+    for name in ("checkpoint.pt", "best.pt"):
+        state = torch.load(run / name, weights_only=False)
+        walk(state)
+        agent = state["agent"]
+        assert agent["model"]["hidden_dim"] == 32 and agent["model"]["aux_labels"] == ["1h", "24h"]
+        assert agent["env"]["window"] == 60 and agent["env"]["aux_horizon_bars"] == [1, 24]
+        assert agent["env"]["bar_interval_seconds"] == 3600.0
+
+
+def test_older_checkpoint_format_is_a_clear_error(tmp_path):
+    from pyppo.checkpoint import CheckpointError
+
+    path = tmp_path / "old.pt"
+    torch.save({"format_version": 1, "model": {}}, path)
+    with pytest.raises(CheckpointError, match="format version 1"):
+        load_checkpoint(path)
+
+
+def test_aux_names_follow_the_horizon_labels(tmp_path):
+    run = tmp_path / "run"
+    assert train_main([*SMALL, "--run-dir", str(run), "--total-steps", "256",
+                       "--horizons", "3,12"]) == 0
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"loss/aux_3bars", "loss/aux_12bars", "nonfinite/grad/aux_3bars",
+            "nonfinite/output/pred_12bars", "nonfinite/loss/aux_3bars"} <= set(header)
+    assert not any("1h" in column for column in header)
