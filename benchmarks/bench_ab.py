@@ -43,9 +43,14 @@ def worker(updates: int) -> None:
     env = TradingEnv(train, num_envs=GEOMETRY["num_envs"], seed=0)
     torch.manual_seed(0)
     model = TradingActorCritic(env.obs_spec, hidden_dim=GEOMETRY["hidden_dim"])
-    trainer = PPOTrainer(model, env, num_steps=GEOMETRY["num_steps"],
-                         num_epochs=GEOMETRY["num_epochs"], batch_size=GEOMETRY["batch_size"],
-                         progress=False)
+    trainer = PPOTrainer(
+        model,
+        env,
+        num_steps=GEOMETRY["num_steps"],
+        num_epochs=GEOMETRY["num_epochs"],
+        batch_size=GEOMETRY["batch_size"],
+        progress=False,
+    )
     per_update = GEOMETRY["num_steps"] * GEOMETRY["num_envs"]
     trainer.train(total_steps=per_update)  # warm-up
     seconds = []
@@ -53,8 +58,9 @@ def worker(updates: int) -> None:
         start = time.perf_counter()
         trainer.train(total_steps=(trainer.update + 1) * per_update)
         seconds.append(time.perf_counter() - start)
-    print(json.dumps({"pyppo": str(Path(sys.modules["pyppo"].__file__).parent),
-                      "seconds": seconds}))
+    print(
+        json.dumps({"pyppo": str(Path(sys.modules["pyppo"].__file__).parent), "seconds": seconds})
+    )
 
 
 def export(rev: str | None, into: Path) -> Path:
@@ -65,14 +71,31 @@ def export(rev: str | None, into: Path) -> Path:
         shutil.copytree(ROOT / "pyppo", into / "pyppo")
     else:
         # Comment-only differences (-I: lines that are all comment) do not change the build.
-        same_sources = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet",
-                                       r"-I^\s*(//|/?\*|#)", rev, "--", "csrc",
-                                       "CMakeLists.txt"]).returncode == 0
+        same_sources = (
+            subprocess.run(
+                [
+                    "git",
+                    "-C",
+                    str(ROOT),
+                    "diff",
+                    "--quiet",
+                    r"-I^\s*(//|/?\*|#)",
+                    rev,
+                    "--",
+                    "csrc",
+                    "CMakeLists.txt",
+                ]
+            ).returncode
+            == 0
+        )
         if not same_sources:
-            sys.exit(f"error: {rev} has other C++/CUDA sources than this checkout; build it "
-                     "and compare by hand")
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "pyppo"],
-                                 check=True, capture_output=True).stdout
+            sys.exit(
+                f"error: {rev} has other C++/CUDA sources than this checkout; build it "
+                "and compare by hand"
+            )
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev, "pyppo"], check=True, capture_output=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     import pyppo._build_info
     import pyppo._C
@@ -83,9 +106,14 @@ def export(rev: str | None, into: Path) -> Path:
 
 
 def run_worker(tree: Path, updates: int) -> list[float]:
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker",
-                          "--updates", str(updates)], cwd=tree, check=True, capture_output=True,
-                         text=True, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", "--updates", str(updates)],
+        cwd=tree,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if Path(result["pyppo"]).resolve() != (tree / "pyppo").resolve():
         sys.exit(f"error: the worker imported {result['pyppo']}, not {tree / 'pyppo'}")
@@ -108,13 +136,23 @@ def main() -> None:
     from common import machine, print_machine, print_table
 
     print_machine(machine("cpu"))
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.against],
-                         check=True, capture_output=True, text=True).stdout.strip()
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    rev = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", args.against],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="pyppo-ab-") as tmp:
-        trees = {f"{rev} (A)": export(rev, Path(tmp) / "a"),
-                 f"this working tree, at {head} (B)": export(None, Path(tmp) / "b")}
+        trees = {
+            f"{rev} (A)": export(rev, Path(tmp) / "a"),
+            f"this working tree, at {head} (B)": export(None, Path(tmp) / "b"),
+        }
         seconds: dict[str, list[float]] = {name: [] for name in trees}
         for _ in range(args.rounds):
             for name, tree in trees.items():
@@ -123,13 +161,17 @@ def main() -> None:
     speed = {name: per_update / statistics.median(s) for name, s in seconds.items()}
     a, b = speed.values()
     print(f"geometry: {GEOMETRY}, {args.rounds} rounds x {args.updates} updates each")
-    print_table("training throughput, A/B (env steps per second, median update)",
-                ["version", "env steps/s", "vs A"],
-                [[name, s, s / a] for name, s in speed.items()])
+    print_table(
+        "training throughput, A/B (env steps per second, median update)",
+        ["version", "env steps/s", "vs A"],
+        [[name, s, s / a] for name, s in speed.items()],
+    )
     sa, sb = seconds.values()
     ratios = sorted(x / y for x, y in zip(sa, sb, strict=True))
-    print(f"B / A per update pair: min {ratios[0]:.3f}, median {statistics.median(ratios):.3f}, "
-          f"max {ratios[-1]:.3f}; B / A of the medians: {b / a:.3f}")
+    print(
+        f"B / A per update pair: min {ratios[0]:.3f}, median {statistics.median(ratios):.3f}, "
+        f"max {ratios[-1]:.3f}; B / A of the medians: {b / a:.3f}"
+    )
 
 
 if __name__ == "__main__":

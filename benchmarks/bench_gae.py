@@ -142,8 +142,10 @@ def bench_gae(device: torch.device, dtype: torch.dtype, shapes) -> list[dict]:
         if device.type == "cuda":
             # Bandwidth is a device measure: back-to-back calls timed with CUDA events.
             dev_t = device_seconds_each(
-                {"gae": lambda d=dev: ops.gae(*d, GAMMA, LAMBDA),
-                 "copy": lambda d=dst, s=src: d.copy_(s)}
+                {
+                    "gae": lambda d=dev: ops.gae(*d, GAMMA, LAMBDA),
+                    "copy": lambda d=dst, s=src: d.copy_(s),
+                }
             )
             row = {
                 "gae_device_s": dev_t["gae"],
@@ -306,13 +308,31 @@ def run(args: argparse.Namespace) -> dict:
     print_table(
         f"gae ({device}, {args.dtype}, medians; copy = one copy_ moving the same 5*T*N "
         "elements of traffic; 'into buffer' = the same kernel writing preallocated storage)",
-        ["T x N", "gae us", "into buffer us", "numpy SB3 us", "copy us", "vs numpy", "/ copy",
-         "into / copy", "gae GB/s", "copy GB/s"],
         [
-            [f"{r['T']} x {r['N']}", r["gae_s"] * 1e6, r["gae_into_buffer_s"] * 1e6,
-             r["numpy_sb3_s"] * 1e6, r["copy_s"] * 1e6, f"{r['speedup_vs_numpy']:.0f}x",
-             f"{r['gae_over_copy']:.2f}x", f"{r['into_over_copy']:.2f}x", r["gae_GBps"],
-             r["copy_GBps"]]
+            "T x N",
+            "gae us",
+            "into buffer us",
+            "numpy SB3 us",
+            "copy us",
+            "vs numpy",
+            "/ copy",
+            "into / copy",
+            "gae GB/s",
+            "copy GB/s",
+        ],
+        [
+            [
+                f"{r['T']} x {r['N']}",
+                r["gae_s"] * 1e6,
+                r["gae_into_buffer_s"] * 1e6,
+                r["numpy_sb3_s"] * 1e6,
+                r["copy_s"] * 1e6,
+                f"{r['speedup_vs_numpy']:.0f}x",
+                f"{r['gae_over_copy']:.2f}x",
+                f"{r['into_over_copy']:.2f}x",
+                r["gae_GBps"],
+                r["copy_GBps"],
+            ]
             for r in gae_rows
         ],
     )
@@ -323,8 +343,14 @@ def run(args: argparse.Namespace) -> dict:
             "hidden), medians; bandwidth = the same 5*T*N elements of traffic / time",
             ["T x N", "gae us", "copy us", "gae GB/s", "copy GB/s", "gae / copy bandwidth"],
             [
-                [f"{r['T']} x {r['N']}", r["gae_device_s"] * 1e6, r["copy_device_s"] * 1e6,
-                 r["gae_device_GBps"], r["copy_device_GBps"], f"{r['bandwidth_vs_copy']:.0%}"]
+                [
+                    f"{r['T']} x {r['N']}",
+                    r["gae_device_s"] * 1e6,
+                    r["copy_device_s"] * 1e6,
+                    r["gae_device_GBps"],
+                    r["copy_device_GBps"],
+                    f"{r['bandwidth_vs_copy']:.0%}",
+                ]
                 for r in gae_rows
             ],
         )
@@ -344,8 +370,13 @@ def run(args: argparse.Namespace) -> dict:
         ["minibatches ms", "index_select ms", "ratio"],
         [[mb["minibatches_s"] * 1e3, mb["index_select_s"] * 1e3, f"{mb['ratio']:.2f}x"]],
     )
-    return {"device": str(device), "dtype": args.dtype, "gae": gae_rows, "add": add,
-            "minibatches": mb}
+    return {
+        "device": str(device),
+        "dtype": args.dtype,
+        "gae": gae_rows,
+        "add": add,
+        "minibatches": mb,
+    }
 
 
 def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

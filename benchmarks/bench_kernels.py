@@ -70,10 +70,16 @@ def sanitize_row(size: int, repeats: int, args: argparse.Namespace) -> dict:
     copy = timed(lambda: work.copy_(pristine))
     bytes_moved = 2 * pristine.numel() * pristine.element_size()
     return {
-        "op": "sanitize_", "elements": size, "dtype": args.dtype,
-        "fused_ms": fused * 1e3, "unfused_ms": unfused * 1e3, "copy_ms": copy * 1e3,
-        "speedup_vs_unfused": unfused / fused, "fused_over_copy": fused / copy,
-        "fused_GBps": bytes_moved / fused / 1e9, "copy_GBps": bytes_moved / copy / 1e9,
+        "op": "sanitize_",
+        "elements": size,
+        "dtype": args.dtype,
+        "fused_ms": fused * 1e3,
+        "unfused_ms": unfused * 1e3,
+        "copy_ms": copy * 1e3,
+        "speedup_vs_unfused": unfused / fused,
+        "fused_over_copy": fused / copy,
+        "fused_GBps": bytes_moved / fused / 1e9,
+        "copy_GBps": bytes_moved / copy / 1e9,
     }
 
 
@@ -82,10 +88,29 @@ def bench_sanitize(args: argparse.Namespace) -> list[dict]:
     results = [sanitize_row(size, repeats, args) for size in args.sizes]
     print_table(
         f"sanitize_ ({args.dtype}, {args.device}, ~1 % special values; medians of {repeats})",
-        ["elements", "fused ms", "unfused ms", "copy ms", "unfused/fused", "fused/copy",
-         "fused GB/s", "copy GB/s"],
-        [[r["elements"], r["fused_ms"], r["unfused_ms"], r["copy_ms"], r["speedup_vs_unfused"],
-          r["fused_over_copy"], r["fused_GBps"], r["copy_GBps"]] for r in results],
+        [
+            "elements",
+            "fused ms",
+            "unfused ms",
+            "copy ms",
+            "unfused/fused",
+            "fused/copy",
+            "fused GB/s",
+            "copy GB/s",
+        ],
+        [
+            [
+                r["elements"],
+                r["fused_ms"],
+                r["unfused_ms"],
+                r["copy_ms"],
+                r["speedup_vs_unfused"],
+                r["fused_over_copy"],
+                r["fused_GBps"],
+                r["copy_GBps"],
+            ]
+            for r in results
+        ],
     )
     return results
 
@@ -98,25 +123,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--ops", nargs="+", default=list(BENCHES), choices=list(BENCHES))
-    parser.add_argument("--repeats", type=int, default=None,
-                        help=f"timed repeats per candidate for sanitize (default "
-                             f"{SANITIZE_REPEATS}) and guard (default 30 cpu, 50 cuda); gae "
-                             "repeats each candidate for about 0.3 s instead")
-    parser.add_argument("--dtype", default="float32",
-                        choices=["float32", "float64", "float16", "bfloat16"],
-                        help="for sanitize and gae (gae: float32 or float64); guard is fp32")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"timed repeats per candidate for sanitize (default "
+        f"{SANITIZE_REPEATS}) and guard (default 30 cpu, 50 cuda); gae "
+        "repeats each candidate for about 0.3 s instead",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float64", "float16", "bfloat16"],
+        help="for sanitize and gae (gae: float32 or float64); guard is fp32",
+    )
     parser.add_argument("--json", help="write the results here")
     parser.add_argument_group("sanitize").add_argument(
-        "--sizes", nargs="+", type=parse_size, help="elements, e.g. 64K 16M",
-        default=[parse_size(s) for s in "64K 256K 1M 4M 16M 64M".split()])
+        "--sizes",
+        nargs="+",
+        type=parse_size,
+        help="elements, e.g. 64K 16M",
+        default=[parse_size(s) for s in "64K 256K 1M 4M 16M 64M".split()],
+    )
     # guard and gae own their options, so that they have the same defaults here and alone.
     bench_guard.add_options(parser.add_argument_group("guard"))
     bench_gae.add_options(parser.add_argument_group("gae"))
     args = parser.parse_args()
     check_device(parser, args.device)
     if "gae" in args.ops and args.dtype not in ("float32", "float64"):
-        parser.error(f"--dtype {args.dtype}: gae runs in float32 or float64 only; "
-                     "leave gae out with --ops sanitize guard")
+        parser.error(
+            f"--dtype {args.dtype}: gae runs in float32 or float64 only; "
+            "leave gae out with --ops sanitize guard"
+        )
 
     info = machine(args.device)
     print_machine(info)

@@ -62,16 +62,19 @@ class SB3SizedMLP(nn.Module):
         super().__init__()
 
         def mlp() -> nn.Sequential:
-            return nn.Sequential(nn.Linear(obs_dim, hidden), nn.Tanh(),
-                                 nn.Linear(hidden, hidden), nn.Tanh())
+            return nn.Sequential(
+                nn.Linear(obs_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh()
+            )
 
         self.pi_body, self.vf_body = mlp(), mlp()
         self.actor = nn.Linear(hidden, num_actions)
         self.critic = nn.Linear(hidden, 1)
 
     def forward(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"action_logits": self.actor(self.pi_body(obs)),
-                "value": self.critic(self.vf_body(obs)).squeeze(-1)}
+        return {
+            "action_logits": self.actor(self.pi_body(obs)),
+            "value": self.critic(self.vf_body(obs)).squeeze(-1),
+        }
 
 
 @dataclass
@@ -93,9 +96,16 @@ def pyppo_runner(args: argparse.Namespace, model_kind: str, totals: dict[str, fl
     else:
         model = SB3SizedMLP(env.obs_spec.size, env.single_action_space.n, args.hidden_dim)
         name = "pyppo, SB3-sized MLP"
-    trainer = PPOTrainer(model, env, num_steps=args.num_steps, num_epochs=args.num_epochs,
-                         batch_size=args.batch_size, device=args.device, progress=False,
-                         enable_auxiliary_losses=model_kind == "TradingActorCritic")
+    trainer = PPOTrainer(
+        model,
+        env,
+        num_steps=args.num_steps,
+        num_epochs=args.num_epochs,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=False,
+        enable_auxiliary_losses=model_kind == "TradingActorCritic",
+    )
     per_update = args.num_steps * args.num_envs
     trainer.train(total_steps=per_update)  # warm-up: allocations, first-call costs
     if model_kind == "TradingActorCritic":  # where the time goes, for the default model
@@ -103,12 +113,17 @@ def pyppo_runner(args: argparse.Namespace, model_kind: str, totals: dict[str, fl
         buf = trainer.buffer
         buf.add = Timed(totals, "buffer add", buf.add, args.device)
         buf.compute_returns_and_advantage = Timed(
-            totals, "GAE", buf.compute_returns_and_advantage, args.device)
+            totals, "GAE", buf.compute_returns_and_advantage, args.device
+        )
         trainer.guard.step = Timed(totals, "gradient guard", trainer.guard.step, args.device)
-        trainer.collect_rollout = Timed(totals, "rollout (all)", trainer.collect_rollout,
-                                        args.device)
-    return Runner(name, sum(p.numel() for p in model.parameters()),
-                  lambda: trainer.train(total_steps=(trainer.update + 1) * per_update))
+        trainer.collect_rollout = Timed(
+            totals, "rollout (all)", trainer.collect_rollout, args.device
+        )
+    return Runner(
+        name,
+        sum(p.numel() for p in model.parameters()),
+        lambda: trainer.train(total_steps=(trainer.update + 1) * per_update),
+    )
 
 
 def sb3_env(kind: str, num_envs: int):
@@ -135,11 +150,17 @@ def sb3_env(kind: str, num_envs: int):
 
             def step(self, action):
                 obs, reward, terminated, truncated, info = self.env.step(
-                    torch.tensor([int(action)]))
+                    torch.tensor([int(action)])
+                )
                 if "final_obs" in info:  # the episode's last observation, not the next one's
                     obs = info["final_obs"]
-                return (obs[0].numpy(), float(reward[0]), bool(terminated[0]),
-                        bool(truncated[0]), {})
+                return (
+                    obs[0].numpy(),
+                    float(reward[0]),
+                    bool(terminated[0]),
+                    bool(truncated[0]),
+                    {},
+                )
 
         return DummyVecEnv([lambda i=i: MarketEnv(seed=i) for i in range(num_envs)])
 
@@ -148,8 +169,7 @@ def sb3_env(kind: str, num_envs: int):
 
         def __init__(self, env: TradingEnv) -> None:
             self.env = env
-            super().__init__(env.num_envs, env.single_observation_space,
-                             env.single_action_space)
+            super().__init__(env.num_envs, env.single_observation_space, env.single_action_space)
 
         def reset(self):
             obs, _ = self.env.reset(seed=0)
@@ -191,17 +211,35 @@ def sb3_runner(args: argparse.Namespace, env_kind: str) -> Runner:
 
     env = sb3_env(env_kind, args.num_envs)
     h = args.hidden_dim
-    model = PPO("MlpPolicy", env, n_steps=args.num_steps, batch_size=args.batch_size,
-                n_epochs=args.num_epochs, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95,
-                clip_range=0.2, ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5,
-                policy_kwargs=dict(net_arch=dict(pi=[h, h], vf=[h, h])), device=args.device,
-                seed=0, verbose=0)
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=args.num_steps,
+        batch_size=args.batch_size,
+        n_epochs=args.num_epochs,
+        learning_rate=3e-4,
+        gamma=0.99,
+        gae_lambda=0.95,
+        clip_range=0.2,
+        ent_coef=0.01,
+        vf_coef=0.5,
+        max_grad_norm=0.5,
+        policy_kwargs=dict(net_arch=dict(pi=[h, h], vf=[h, h])),
+        device=args.device,
+        seed=0,
+        verbose=0,
+    )
     per_update = args.num_steps * args.num_envs
     model.learn(per_update)  # warm-up
-    name = {"gymnasium": "SB3 MlpPolicy, market as gymnasium envs",
-            "vecenv": "SB3 MlpPolicy, pyppo's TradingEnv as VecEnv"}[env_kind]
-    return Runner(name, sum(p.numel() for p in model.policy.parameters()),
-                  lambda: model.learn(per_update, reset_num_timesteps=False))
+    name = {
+        "gymnasium": "SB3 MlpPolicy, market as gymnasium envs",
+        "vecenv": "SB3 MlpPolicy, pyppo's TradingEnv as VecEnv",
+    }[env_kind]
+    return Runner(
+        name,
+        sum(p.numel() for p in model.policy.parameters()),
+        lambda: model.learn(per_update, reset_num_timesteps=False),
+    )
 
 
 def main() -> None:
@@ -217,8 +255,10 @@ def main() -> None:
     args = parser.parse_args()
     info = machine(args.device)
     print_machine(info)
-    print(f"config: {args.num_envs} envs x {args.num_steps} steps per update, "
-          f"{args.num_epochs} epochs, batch {args.batch_size}, {args.updates} timed updates")
+    print(
+        f"config: {args.num_envs} envs x {args.num_steps} steps per update, "
+        f"{args.num_epochs} epochs, batch {args.batch_size}, {args.updates} timed updates"
+    )
 
     totals: dict[str, float] = defaultdict(float)
     runners = [pyppo_runner(args, "TradingActorCritic", totals), pyppo_runner(args, "mlp", totals)]
@@ -240,37 +280,51 @@ def main() -> None:
     per_update = args.num_steps * args.num_envs
     speed = {r.name: per_update / statistics.median(r.seconds) for r in runners}
     baseline = speed.get("SB3 MlpPolicy, market as gymnasium envs")
-    rows = [[r.name, r.params, speed[r.name]] + ([speed[r.name] / baseline] if baseline else [])
-            for r in runners]
-    print_table("training throughput (env steps per second, median update, same PPO "
-                "hyperparameters)", ["trainer and model", "params", "env steps/s",
-                                     "vs SB3 (gymnasium envs)"][:len(rows[0])], rows)
+    rows = [
+        [r.name, r.params, speed[r.name]] + ([speed[r.name] / baseline] if baseline else [])
+        for r in runners
+    ]
+    print_table(
+        "training throughput (env steps per second, median update, same PPO hyperparameters)",
+        ["trainer and model", "params", "env steps/s", "vs SB3 (gymnasium envs)"][: len(rows[0])],
+        rows,
+    )
 
     if baseline:
         # Each round's updates ran back to back, so a round's ratio is barely touched by the
         # machine's slow and fast phases (which do move the medians above).
         sb3 = next(r for r in runners if r.name == "SB3 MlpPolicy, market as gymnasium envs")
         rounds = sorted(b / a for a, b in zip(runners[0].seconds, sb3.seconds, strict=True))
-        print(f"{runners[0].name} / SB3 (gymnasium envs), per round: min {rounds[0]:.2f}, "
-              f"median {statistics.median(rounds):.2f}, max {rounds[-1]:.2f}")
+        print(
+            f"{runners[0].name} / SB3 (gymnasium envs), per round: min {rounds[0]:.2f}, "
+            f"median {statistics.median(rounds):.2f}, max {rounds[-1]:.2f}"
+        )
 
     split = dict(totals)
     split["total"] = sum(runners[0].seconds)
     total = split["total"]
     overhead = ("env step", "buffer add", "GAE", "gradient guard")
-    parts = [[name, split.get(name, 0.0), 100 * split.get(name, 0.0) / total]
-             for name in overhead]
-    model_rollout = split["rollout (all)"] - sum(split[n] for n in ("env step", "buffer add",
-                                                                      "GAE"))
+    parts = [[name, split.get(name, 0.0), 100 * split.get(name, 0.0) / total] for name in overhead]
+    model_rollout = split["rollout (all)"] - sum(
+        split[n] for n in ("env step", "buffer add", "GAE")
+    )
     parts.append(["policy forward in rollout", model_rollout, 100 * model_rollout / total])
     learn = total - split["rollout (all)"] - split["gradient guard"]
     parts.append(["PPO update (fwd/bwd/Adam)", learn, 100 * learn / total])
     print_table("where pyppo's training time goes", ["part", "seconds", "% of total"], parts)
     share = sum(split.get(n, 0.0) for n in overhead) / total
     print(f"env + buffer + GAE + guard: {100 * share:.1f} % of training time")
-    write_json(args.json, {"machine": info, "config": vars(args), "steps_per_sec": speed,
-                           "update_seconds": {r.name: r.seconds for r in runners},
-                           "split_seconds": split, "overhead_share": share})
+    write_json(
+        args.json,
+        {
+            "machine": info,
+            "config": vars(args),
+            "steps_per_sec": speed,
+            "update_seconds": {r.name: r.seconds for r in runners},
+            "split_seconds": split,
+            "overhead_share": share,
+        },
+    )
 
 
 if __name__ == "__main__":

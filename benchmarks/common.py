@@ -33,8 +33,10 @@ def check_device(parser: argparse.ArgumentParser, device: str) -> None:
     if not torch.cuda.is_available():
         parser.error(f"--device {device}: no CUDA GPU is visible")
     if not pyppo.cuda_kernels_available():
-        parser.error(f"--device {device}: pyppo was built without its CUDA kernels "
-                     "(rebuild with PYPPO_CUDA=ON)")
+        parser.error(
+            f"--device {device}: pyppo was built without its CUDA kernels "
+            "(rebuild with PYPPO_CUDA=ON)"
+        )
 
 
 def median_seconds(
@@ -133,8 +135,9 @@ def print_machine(info: dict[str, str | int]) -> None:
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     cells = [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c)
-              for i, c in enumerate(columns)]
+    widths = [
+        max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)
+    ]
     print(f"\n{title}")
     print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
     print("  ".join("-" * w for w in widths))

@@ -50,24 +50,27 @@ class DataConfig:
     """Which bars to train on: a CSV/Parquet file, or the embedded synthetic market."""
 
     path: str | None = _opt(
-        None, "CSV or Parquet file of OHLCV bars (default: the embedded synthetic market)",
+        None,
+        "CSV or Parquet file of OHLCV bars (default: the embedded synthetic market)",
         flag="--data",
     )
     timestamp_col: str | None = _opt(None, "the timestamp column, when pyppo cannot find it")
     timestamp_format: str | None = _opt(None, "strftime format, e.g. %%d/%%m/%%Y %%H:%%M")
     price_col: str | None = _opt(None, "the price column, when not close/price/last/adj close")
     repair: str | None = _opt(
-        None, "fix NaN/zero/negative price rows instead of refusing them",
+        None,
+        "fix NaN/zero/negative price rows instead of refusing them",
         choices=("drop", "ffill"),
     )
     horizons: tuple[str, str] = _opt(
-        ("1h", "24h"), "the auxiliary heads' short and long horizons: durations or bar counts",
+        ("1h", "24h"),
+        "the auxiliary heads' short and long horizons: durations or bar counts",
     )
     bars: int = _opt(20_000, "synthetic market length")
     data_seed: int = _opt(0, "synthetic market seed")
     bad_ticks: float = _opt(
-        0.0, "plant zero prices, NaN bars and +1000%% spikes at this rate "
-        "(synthetic market only)",
+        0.0,
+        "plant zero prices, NaN bars and +1000%% spikes at this rate (synthetic market only)",
     )
 
 
@@ -107,16 +110,19 @@ class PPOConfig:
         0.1, "long-horizon auxiliary loss coefficient", aliases=("--aux-24h-coef",)
     )
     enable_auxiliary_losses: bool = _opt(
-        True, "no auxiliary losses: the heads still predict, only policy and value train",
+        True,
+        "no auxiliary losses: the heads still predict, only policy and value train",
         flag="--no-aux",
     )
     max_grad_norm: float = _opt(0.5, "clip the total gradient norm to this")
     nan_policy: str = _opt(
-        "zero", "zero: zero NaN/inf gradient elements; skip: skip the whole step",
+        "zero",
+        "zero: zero NaN/inf gradient elements; skip: skip the whole step",
         choices=("zero", "skip"),
     )
     guards: bool = _opt(
-        True, "turn every guard off (to see a run die loudly; not for real use)",
+        True,
+        "turn every guard off (to see a run die loudly; not for real use)",
         flag="--no-guards",
     )
     num_steps: int = _opt(256, "rollout steps per env per update")
@@ -263,8 +269,9 @@ def apply(config: RunConfig, values: dict[str, Any]) -> RunConfig:
             if not isinstance(value, dict):
                 raise ValueError(f"[{key}] must be a table of settings")
             section = sections[key]
-            updates = {ALIASES.get(k, k): _setting(section, k, v, f"{key}.") for k, v in
-                       value.items()}
+            updates = {
+                ALIASES.get(k, k): _setting(section, k, v, f"{key}.") for k, v in value.items()
+            }
             sections[key] = dataclasses.replace(section, **updates)
         else:
             top[key] = _setting(config, key, value, "")
@@ -306,8 +313,11 @@ def _cli_fields() -> list[tuple[str | None, dataclasses.Field, Any]]:
     """(section or None, field, type hint) for every setting, in --help order."""
     rows: list[tuple[str | None, dataclasses.Field, Any]] = []
     run_hints = _field_types(RunConfig)
-    rows += [(None, f, run_hints[f.name]) for f in dataclasses.fields(RunConfig)
-             if f.name not in SECTIONS]
+    rows += [
+        (None, f, run_hints[f.name])
+        for f in dataclasses.fields(RunConfig)
+        if f.name not in SECTIONS
+    ]
     for section, cls in SECTIONS.items():
         hints = _field_types(cls)
         rows += [(section, f, hints[f.name]) for f in dataclasses.fields(cls)]
@@ -321,8 +331,13 @@ def _dest(section: str | None, name: str) -> str:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per setting to ``parser``; flags not given stay absent from the parsed
     namespace (``argparse.SUPPRESS``), so that explicit values can be told from defaults."""
-    titles = {None: "run", "data": "data", "env": "environment", "model": "model",
-              "ppo": "PPO and NaN protection"}
+    titles = {
+        None: "run",
+        "data": "data",
+        "env": "environment",
+        "model": "model",
+        "ppo": "PPO and NaN protection",
+    }
     groups = {key: parser.add_argument_group(title) for key, title in titles.items()}
     for section, f, hint in _cli_fields():
         default = f.default

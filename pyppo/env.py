@@ -34,8 +34,8 @@ from torch import Tensor
 
 from pyppo import ops
 from pyppo.config import EnvConfig
-from pyppo.device import resolve_device
 from pyppo.data import MarketData, MarketDataError
+from pyppo.device import resolve_device
 from pyppo.features import FEATURE_CLIP, ObsSpec, compute_features
 
 try:  # gymnasium is optional: the env follows its VectorEnv API either way.
@@ -281,11 +281,15 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         """What it takes to rebuild this env's observations without its market, as plain
         data (stored in checkpoints)."""
         return {
-            "window": self.window, "fee": self.fee, "allow_short": self.allow_short,
-            "episode_length": self.episode_length, "aux_labels": list(self.aux_labels),
+            "window": self.window,
+            "fee": self.fee,
+            "allow_short": self.allow_short,
+            "episode_length": self.episode_length,
+            "aux_labels": list(self.aux_labels),
             "aux_horizon_bars": list(self.aux_horizon_bars),
             "bar_interval_seconds": self.market.bar_interval.total_seconds(),
-            "observation_size": self.obs_spec.size, "observation_names": list(self.obs_spec.names),
+            "observation_size": self.obs_spec.size,
+            "observation_names": list(self.obs_spec.names),
         }
 
     def counters(self) -> dict[str, int]:

@@ -60,9 +60,11 @@ class Backtest:
             pred = self.preds[f"pred_{label}"]
             if pred.size:
                 out[f"pred_{label}_corr"] = correlation(pred, target)
-                out[f"pred_{label}_direction_acc"] = float(
-                    np.mean(np.sign(pred[target != 0]) == np.sign(target[target != 0]))
-                ) if np.any(target != 0) else float("nan")
+                out[f"pred_{label}_direction_acc"] = (
+                    float(np.mean(np.sign(pred[target != 0]) == np.sign(target[target != 0])))
+                    if np.any(target != 0)
+                    else float("nan")
+                )
         return out
 
 
@@ -108,8 +110,17 @@ def backtest(
     The auxiliary horizons are the market's (``market.horizons``).
     """
     steps = market.decision_bars(window)
-    env = TradingEnv(market, num_envs=1, episode_length=steps, window=window, fee=fee,
-                     allow_short=allow_short, device=device, seed=seed, starts="sequential")
+    env = TradingEnv(
+        market,
+        num_envs=1,
+        episode_length=steps,
+        window=window,
+        fee=fee,
+        allow_short=allow_short,
+        device=device,
+        seed=seed,
+        starts="sequential",
+    )
     long_action = env.single_action_space.n - 1
     gen = torch.Generator(device=env.device).manual_seed(seed)
     obs, info = env.reset(seed=seed)

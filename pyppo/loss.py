@@ -109,5 +109,6 @@ def ppo_loss(
         if guard_aux:
             aux = torch.where(aux_zeroed, torch.zeros_like(aux), aux)
         total = total + (aux_coefs * aux).sum()
-    return PPOLossTerms(total, policy, value, entropy_mean, aux, aux_zeroed, approx_kl,
-                        clip_fraction)
+    return PPOLossTerms(
+        total, policy, value, entropy_mean, aux, aux_zeroed, approx_kl, clip_fraction
+    )

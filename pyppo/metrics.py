@@ -25,16 +25,24 @@ docs/design.md has the table of these names against the columns of earlier versi
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
+
+logger = logging.getLogger("pyppo")
+
 PERF = ("perf/steps_per_sec", "perf/rollout_seconds", "perf/update_seconds")
-TRAIN = ("train/lr", "train/approx_kl", "train/clip_fraction", "train/explained_variance",
-         "train/grad_norm", "train/clip_coef")
+TRAIN_EXTRA = ("train/lr", "train/explained_variance")
 ROLLOUT = ("rollout/mean_step_reward", "rollout/mean_episode_return")
+# What one minibatch step reports, in order; then loss/aux_<label> per head, then the guard's.
+STEP_STATS = ("loss/policy", "loss/value", "loss/entropy", "train/approx_kl", "train/clip_fraction")
+GUARD_STATS = ("train/grad_norm", "train/clip_coef")
 VALIDATION_SHARPE = "validation/sharpe"
 SKIPPED_STEPS = "guard/skipped_steps"
 
@@ -64,19 +72,95 @@ class MetricSchema:
     sanitizers: Sequence[tuple[str, str]]
 
     @property
+    def stats(self) -> list[str]:
+        """The statistics of the PPO update: losses by name, KL, clipping, gradient norm."""
+        return [*STEP_STATS, *(f"loss/{name}" for name in self.aux_names), *GUARD_STATS]
+
+    @property
     def columns(self) -> list[str]:
         return [
-            "update", "epoch", "env_steps", *PERF,
-            "loss/policy", "loss/value", "loss/entropy",
-            *(f"loss/{name}" for name in self.aux_names),
-            *TRAIN, *ROLLOUT, VALIDATION_SHARPE,
+            "update",
+            "epoch",
+            "env_steps",
+            *PERF,
+            *self.stats,
+            *TRAIN_EXTRA,
+            *ROLLOUT,
+            VALIDATION_SHARPE,
             *(f"nonfinite/grad/{g}" for g in self.guard_groups),
             *(f"nonfinite/output/{o}" for o in self.output_names),
             *(f"nonfinite/loss/{name}" for name in self.aux_names),
             SKIPPED_STEPS,
-            *(f"sanitized/{s}/{w}/{kind}" for s, w in self.sanitizers
-              for kind in ("nonfinite", "clamped")),
+            *(
+                f"sanitized/{s}/{w}/{kind}"
+                for s, w in self.sanitizers
+                for kind in ("nonfinite", "clamped")
+            ),
         ]
+
+
+@dataclass
+class NaNCounters:
+    """One update's NaN/inf counters, int64 device tensors until the row is written (one host
+    read per update, not per minibatch)."""
+
+    grads: Tensor  # per guard group: gradient elements zeroed
+    outputs: Tensor  # per model output: elements repaired
+    aux_losses: Tensor  # per auxiliary head: minibatches whose loss was zeroed
+    skipped: Tensor  # optimizer steps skipped (nan_policy="skip")
+
+    @classmethod
+    def zeros(cls, schema: MetricSchema, device: torch.device) -> NaNCounters:
+        def z(n: int | tuple) -> Tensor:
+            return torch.zeros(n, dtype=torch.int64, device=device)
+
+        return cls(
+            z(len(schema.guard_groups)),
+            z(len(schema.output_names)),
+            z(len(schema.aux_names)),
+            z(()),
+        )
+
+    def row(self, schema: MetricSchema) -> dict[str, float]:
+        """The counter columns of a metrics row (reads the counters)."""
+        row: dict[str, float] = {}
+        for prefix, names, counts in (
+            ("nonfinite/grad/", schema.guard_groups, self.grads),
+            ("nonfinite/output/", schema.output_names, self.outputs),
+            ("nonfinite/loss/", schema.aux_names, self.aux_losses),
+        ):
+            row.update(zip([prefix + n for n in names], counts.tolist(), strict=True))
+        row[SKIPPED_STEPS] = int(self.skipped)
+        return row
+
+
+def sanitized_row(counts: dict[tuple[str, str], Tensor]) -> dict[str, float]:
+    """The ``sanitized/...`` columns from ``[nonfinite, clamped]`` counts by (source, what)."""
+    row: dict[str, float] = {}
+    for (source, what), count in counts.items():
+        nonfinite, clamped = count.tolist()
+        row[f"sanitized/{source}/{what}/nonfinite"] = nonfinite
+        row[f"sanitized/{source}/{what}/clamped"] = clamped
+    return row
+
+
+def log_nan_events(row: dict[str, float], schema: MetricSchema) -> None:
+    """Log the fixed messages users grep for, once per update, for the model outputs and
+    auxiliary losses hit (the gradient guard logs its own groups)."""
+    for name in schema.output_names:
+        if row[f"nonfinite/output/{name}"]:
+            logger.warning(
+                "Model output %s contains NaN/inf (%d elements this update)",
+                name.replace("action_logits", "logits"),
+                row[f"nonfinite/output/{name}"],
+            )
+    for name in schema.aux_names:
+        if row[f"nonfinite/loss/{name}"]:
+            logger.warning(
+                "%s_loss was NaN/inf, setting to 0 (%d minibatches this update)",
+                name,
+                row[f"nonfinite/loss/{name}"],
+            )
 
 
 class MetricsWriter:
@@ -101,8 +185,7 @@ class MetricsWriter:
         path = self.run_dir / "metrics.csv"
         new = not (self._append and path.exists())
         with open(path, "w" if new else "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore",
-                                    restval="")
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore", restval="")
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -167,11 +250,16 @@ def nan_events_table(history: Sequence[dict[str, float]]) -> str:
     """The end-of-training table: NaN/inf events per epoch, to see whether they decrease."""
     table = nan_events_by_epoch(history)
     kinds = list(NAN_EVENT_KINDS)
-    lines = ["NaN/inf events per epoch (all zeroed or repaired; counts are exact)",
-             "epoch  " + "  ".join(f"{k:>15}" for k in kinds) + "            total"]
+    lines = [
+        "NaN/inf events per epoch (all zeroed or repaired; counts are exact)",
+        "epoch  " + "  ".join(f"{k:>15}" for k in kinds) + "            total",
+    ]
     for epoch, counts in sorted(table.items()):
-        lines.append(f"{epoch:>5}  " + "  ".join(f"{counts[k]:>15,}" for k in kinds)
-                     + f"  {sum(counts.values()):>15,}")
+        lines.append(
+            f"{epoch:>5}  "
+            + "  ".join(f"{counts[k]:>15,}" for k in kinds)
+            + f"  {sum(counts.values()):>15,}"
+        )
     return "\n".join(lines)
 
 
@@ -192,13 +280,16 @@ class ProgressBar:
 
     def update(self, row: dict[str, float]) -> None:
         self.done += 1
-        text = (f"epoch {row['epoch']:.0f} | {row['perf/steps_per_sec']:,.0f} steps/s | return "
-                f"{row['rollout/mean_episode_return']:+.3f} | NaN events {nan_event_count(row)}")
+        text = (
+            f"epoch {row['epoch']:.0f} | {row['perf/steps_per_sec']:,.0f} steps/s | return "
+            f"{row['rollout/mean_episode_return']:+.3f} | NaN events {nan_event_count(row)}"
+        )
         if self.bar is not None:
             self.bar.set_description_str(text, refresh=False)
             self.bar.update(1)
-        elif self.enabled and (self.done == self.total
-                               or self.done % max(1, self.total // 10) == 0):
+        elif self.enabled and (
+            self.done == self.total or self.done % max(1, self.total // 10) == 0
+        ):
             print(f"update {self.done}/{self.total} | {text}", flush=True)
 
     def close(self) -> None:

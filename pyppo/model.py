@@ -28,6 +28,7 @@ from pyppo.config import ModelConfig
 from pyppo.features import ObsSpec
 from pyppo.guard import guard_outputs
 
+
 def _layer(layer: nn.Module, std: float = math.sqrt(2)) -> nn.Module:
     # Orthogonal weights and zero biases: the PPO initialisation CleanRL and SB3 use.
     nn.init.orthogonal_(layer.weight, std)
@@ -88,8 +89,10 @@ class TradingTrunk(nn.Module):
             _layer(nn.Linear(n_features + self.recent, hidden_dim - half)), nn.ReLU()
         )
         self.shared = nn.Sequential(
-            _layer(nn.Linear(hidden_dim, hidden_dim)), nn.Tanh(),
-            _layer(nn.Linear(hidden_dim, hidden_dim)), nn.Tanh(),
+            _layer(nn.Linear(hidden_dim, hidden_dim)),
+            nn.Tanh(),
+            _layer(nn.Linear(hidden_dim, hidden_dim)),
+            nn.Tanh(),
         )
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -148,9 +151,13 @@ class TradingActorCritic(nn.Module):
 
     def describe(self) -> dict[str, object]:
         """What it takes to rebuild this model, as plain data (stored in checkpoints)."""
-        return {"num_actions": self.num_actions, "hidden_dim": self.hidden_dim,
-                "aux_limit": self.aux_limit, "aux_labels": list(self.aux_labels),
-                "window": self.obs_spec.window_len}
+        return {
+            "num_actions": self.num_actions,
+            "hidden_dim": self.hidden_dim,
+            "aux_limit": self.aux_limit,
+            "aux_labels": list(self.aux_labels),
+            "window": self.obs_spec.window_len,
+        }
 
     def take_output_counts(self) -> Tensor:
         """Non-finite elements per output (``output_names``) since the previous call."""

@@ -15,10 +15,14 @@ from pyppo.metrics import nan_events_by_epoch, nan_events_table
 POLICIES = ("agent", "buy_and_hold", "random")
 
 
-def run_backtests(model: nn.Module, market, config: RunConfig, device: Any
-                  ) -> dict[str, Backtest]:
-    common = dict(window=config.env.window, fee=config.env.fee,
-                  allow_short=config.env.allow_short, device=device, seed=config.ppo.seed)
+def run_backtests(model: nn.Module, market, config: RunConfig, device: Any) -> dict[str, Backtest]:
+    common = dict(
+        window=config.env.window,
+        fee=config.env.fee,
+        allow_short=config.env.allow_short,
+        device=device,
+        seed=config.ppo.seed,
+    )
     return {
         "agent": backtest(market, model, **common),
         "buy_and_hold": backtest(market, "buy_and_hold", **common),
@@ -26,9 +30,15 @@ def run_backtests(model: nn.Module, market, config: RunConfig, device: Any
     }
 
 
-def write_report(run_dir: Path, model: nn.Module, market, config: RunConfig,
-                 state: dict[str, Any], *, device: Any = "cpu"
-                 ) -> tuple[dict[str, dict[str, float]], Path]:
+def write_report(
+    run_dir: Path,
+    model: nn.Module,
+    market,
+    config: RunConfig,
+    state: dict[str, Any],
+    *,
+    device: Any = "cpu",
+) -> tuple[dict[str, dict[str, float]], Path]:
     """Backtest, then write ``report.md`` and the plots into ``run_dir``; returns the
     metrics by policy and the report's path."""
     results = run_backtests(model, market, config, device)
@@ -42,8 +52,7 @@ def write_report(run_dir: Path, model: nn.Module, market, config: RunConfig,
         "",
         f"- checkpoint: update {state['trainer']['update']}, "
         f"{state['trainer']['env_steps']:,} env steps",
-        f"- held-out bars: {len(market):,} ({index[0]} to {index[-1]}, "
-        f"bar {market.bar_interval})",
+        f"- held-out bars: {len(market):,} ({index[0]} to {index[-1]}, bar {market.bar_interval})",
         f"- fee: {config.env.fee} per unit of position change",
         "",
         "## Backtest",
@@ -53,25 +62,40 @@ def write_report(run_dir: Path, model: nn.Module, market, config: RunConfig,
     ]
     for name in POLICIES:
         m = metrics[name]
-        lines.append(f"| {name} | {m['total_return']:+.2%} | {m['sharpe']:.2f} | "
-                     f"{m['max_drawdown']:.2%} | {m['turnover']:.3f} | {m['hit_rate']:.2%} |")
+        lines.append(
+            f"| {name} | {m['total_return']:+.2%} | {m['sharpe']:.2f} | "
+            f"{m['max_drawdown']:.2%} | {m['turnover']:.3f} | {m['hit_rate']:.2%} |"
+        )
     agent = metrics["agent"]
-    lines += ["", "## Auxiliary heads (held-out)", "",
-              "| head | correlation with realized | directional accuracy |",
-              "| --- | ---: | ---: |"]
+    lines += [
+        "",
+        "## Auxiliary heads (held-out)",
+        "",
+        "| head | correlation with realized | directional accuracy |",
+        "| --- | ---: | ---: |",
+    ]
     for name in results["agent"].preds:
-        lines.append(f"| {name} | {agent[f'{name}_corr']:+.3f} | "
-                     f"{agent[f'{name}_direction_acc']:.2%} |")
-    lines += ["", "## NaN/inf events during training", "", "```", nan_events_table(history),
-              "```", "", "## Plots", ""]
+        lines.append(
+            f"| {name} | {agent[f'{name}_corr']:+.3f} | {agent[f'{name}_direction_acc']:.2%} |"
+        )
+    lines += [
+        "",
+        "## NaN/inf events during training",
+        "",
+        "```",
+        nan_events_table(history),
+        "```",
+        "",
+        "## Plots",
+        "",
+    ]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return metrics, path
 
 
-def _plots(run_dir: Path, market, results: dict[str, Backtest], history: list[dict]
-           ) -> list[Path]:
+def _plots(run_dir: Path, market, results: dict[str, Backtest], history: list[dict]) -> list[Path]:
     try:
         import matplotlib
 
@@ -93,8 +117,7 @@ def _plots(run_dir: Path, market, results: dict[str, Backtest], history: list[di
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (name, pred) in zip(axes, agent.preds.items(), strict=False):
         ax.scatter(agent.targets[name.removeprefix("pred_")], pred, s=2, alpha=0.3)
-        ax.set(title=f"{name} vs realized", xlabel="realized return",
-               ylabel="predicted return")
+        ax.set(title=f"{name} vs realized", xlabel="realized return", ylabel="predicted return")
     paths.append(_save(fig, run_dir / "predictions.png"))
 
     if history:

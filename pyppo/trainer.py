@@ -17,28 +17,30 @@ Counters stay on the device during an update and are read once at its end.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import math
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pyppo import ops
-from pyppo.buffer import RolloutBatch, RolloutBuffer
+from pyppo.buffer import RolloutBuffer
 from pyppo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pyppo.config import PPOConfig, ppo_config, same_value
 from pyppo.device import resolve_device
 from pyppo.guard import GradientGuard, guard_outputs
-from pyppo.loss import log_prob, ppo_loss
-from pyppo.metrics import VALIDATION_SHARPE, MetricSchema, MetricsWriter, ProgressBar
+from pyppo.metrics import (
+    VALIDATION_SHARPE,
+    MetricSchema,
+    MetricsWriter,
+    NaNCounters,
+    ProgressBar,
+    log_nan_events,
+    sanitized_row,
+)
 from pyppo.protocols import (
     AuxTargetEnv,
     Describable,
@@ -47,37 +49,14 @@ from pyppo.protocols import (
     SanitizingEnv,
     StatefulEnv,
 )
-
-logger = logging.getLogger("pyppo")
+from pyppo.rollout import Rollout
+from pyppo.update import PPOUpdate
 
 DEFAULT_AUX_LABELS = ("1h", "24h")
 
 
 class NonFiniteParametersError(RuntimeError):
     """The model's parameters contain NaN/inf: training cannot continue."""
-
-
-@contextlib.contextmanager
-def one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run torch's CPU ops on one thread inside the block (restored after). The rollout's ops
-    see one row per env (32 x 75 by default): too little to split across threads, whose
-    fork and join cost more than they save (12 % of the rollout's time on 2 cores)."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def sample_actions(logits: Tensor, generator: torch.Generator) -> Tensor:
-    """Gumbel-max sampling from a categorical: no host sync, reproducible per generator."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    # logits + Gumbel noise, -log(-log(u)), in place: this runs at every rollout step.
-    return logits.sub(u.clamp_(1e-20, 1.0).log_().neg_().log_()).argmax(-1)
 
 
 class PPOTrainer:
@@ -121,15 +100,16 @@ class PPOTrainer:
         env_device = getattr(environment, "device", None)  # gymnasium envs have none
         self.device = resolve_device(device or env_device or "cpu")
         if env_device is not None and resolve_device(env_device) != self.device:
-            raise ValueError(f"the environment is on {env_device} but device={self.device}; "
-                             "make them the same")
+            raise ValueError(
+                f"the environment is on {env_device} but device={self.device}; make them the same"
+            )
         torch.manual_seed(cfg.seed)
         self.model = model.to(self.device)
         # fused: one kernel per step instead of ~10 small ops per parameter tensor.
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5,
-                                          fused=True)
-        self.guard = GradientGuard(self.model, cfg.max_grad_norm if cfg.guards else math.inf,
-                                   policy=cfg.nan_policy)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
+        self.guard = GradientGuard(
+            self.model, cfg.max_grad_norm if cfg.guards else math.inf, policy=cfg.nan_policy
+        )
         self.validation = validation
         self.data_fingerprint = data_fingerprint
         self.progress = progress
@@ -137,8 +117,9 @@ class PPOTrainer:
         # The run's whole configuration as plain data, when a caller has one (the CLI does).
         self.run_config: dict[str, Any] | None = None
 
-        labels = environment.aux_labels if isinstance(environment, AuxTargetEnv) \
-            else DEFAULT_AUX_LABELS
+        labels = (
+            environment.aux_labels if isinstance(environment, AuxTargetEnv) else DEFAULT_AUX_LABELS
+        )
         self.aux_names = tuple(f"aux_{label}" for label in labels)
         self.pred_names = tuple(f"pred_{label}" for label in labels)
         if isinstance(model, OutputGuardedModel):
@@ -146,10 +127,21 @@ class PPOTrainer:
         else:
             self.output_names = ("action_logits", "value", *self.pred_names)
         obs_shape = tuple(environment.single_observation_space.shape)
-        self.buffer = RolloutBuffer(cfg.num_steps, self.num_envs, obs_shape, device=self.device,
-                                    num_aux=len(self.aux_names), sanitize=cfg.guards)
-        self.action_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.buffer = RolloutBuffer(
+            cfg.num_steps,
+            self.num_envs,
+            obs_shape,
+            device=self.device,
+            num_aux=len(self.aux_names),
+            sanitize=cfg.guards,
+        )
+        self.rollout = Rollout(
+            environment, self.buffer, seed=cfg.seed, want_aux=cfg.enable_auxiliary_losses
+        )
         self.batch_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self.updater = PPOUpdate(
+            self._forward, self.optimizer, self.guard, cfg, self.aux_names, self.device
+        )
 
         # Training state (saved in checkpoints).
         self.update = 0
@@ -157,19 +149,8 @@ class PPOTrainer:
         self.epoch = 0
         self.best_sharpe = -math.inf
         self.history: list[dict[str, float]] = []
-        self._obs: Tensor | None = None
-        self._aux: Tensor | None = None
-        self._starts: Tensor | None = None
-        self._aux_available: bool | None = None
-        self._episode_return = torch.zeros(self.num_envs, device=self.device)
-        self._last_episode_return = torch.tensor(float("nan"), device=self.device)
-        self._env_takes_tensors = True
 
-    # -- the environment loop ------------------------------------------------------------
-
-    def _to_tensor(self, x: Any, dtype: torch.dtype = torch.float32) -> Tensor:
-        return torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x,
-                               dtype=dtype, device=self.device)
+    # -- the policy and the rollout ----------------------------------------------------
 
     def _forward(self, obs: Tensor) -> tuple[dict[str, Tensor], Tensor | None]:
         """Model outputs, repaired, and their non-finite counts (one per ``output_names``),
@@ -183,177 +164,22 @@ class PPOTrainer:
         full[[self.output_names.index(n) for n in present]] = counts
         return {**out, **guarded}, full
 
-    def _aux_from(self, info: dict) -> Tensor:
-        if "aux_targets" in info:
-            return self._to_tensor(info["aux_targets"])
-        return torch.zeros(self.num_envs, len(self.aux_names), device=self.device)
-
-    def _reset_env(self) -> None:
-        obs, info = self.env.reset(seed=self.config.seed)
-        if self._aux_available is None:
-            self._aux_available = "aux_targets" in info
-            if self.config.enable_auxiliary_losses and not self._aux_available:
-                warnings.warn(
-                    "the environment gives no info['aux_targets']: auxiliary losses are off",
-                    stacklevel=6,  # the caller of train()
-                )
-        self._env_takes_tensors = isinstance(obs, Tensor)
-        self._obs = self._to_tensor(obs)
-        self._aux = self._aux_from(info)
-        self._starts = torch.ones(self.num_envs, device=self.device)
-
     @property
     def aux_losses_on(self) -> bool:
-        return bool(self.config.enable_auxiliary_losses and self._aux_available)
+        return bool(self.config.enable_auxiliary_losses and self.rollout.aux_available)
 
-    @torch.inference_mode()
-    def collect_rollout(self, counters: dict[str, Tensor]) -> None:
+    def collect_rollout(self, counters: NaNCounters) -> None:
         """Fill the buffer with ``num_steps`` steps of every env, then run GAE."""
-        with one_cpu_thread(self.device):
-            self._collect_rollout(counters)
-
-    def _collect_rollout(self, counters: dict[str, Tensor]) -> None:
         cfg = self.config
-        self.buffer.reset()
-        if self._obs is None:
-            self._reset_env()
-        for _ in range(cfg.num_steps):
-            out, bad = self._forward(self._obs)
-            if bad is not None:
-                counters["outputs"] += bad
-            actions = sample_actions(out["action_logits"], self.action_generator)
-            logprobs = log_prob(out["action_logits"], actions)
-            env_actions = actions if self._env_takes_tensors else actions.cpu().numpy()
-            obs, reward, terminated, truncated, info = self.env.step(env_actions)
-            reward = self._to_tensor(reward)
-            terminated = self._to_tensor(terminated, torch.bool)
-            truncated = self._to_tensor(truncated, torch.bool)
-            done = terminated | truncated
-            self._track_episodes(reward, done, info)
-            if "final_obs" in info:  # bootstrap truncated episodes (docs/design.md, gae)
-                final_value = self._forward(self._final_obs(info))[0]["value"].reshape(-1)
-                bootstrap = truncated & ~terminated
-                reward = reward + cfg.gamma * torch.where(bootstrap, final_value, 0.0)
-            self.buffer.add(self._obs, actions, logprobs, reward, out["value"].reshape(-1),
-                            self._starts, self._aux)
-            self._obs = self._to_tensor(obs)
-            self._aux = self._aux_from(info)
-            self._starts = done.to(torch.float32)
+        self.rollout.collect(self._forward, cfg.gamma, cfg.gae_lambda, counters.outputs)
         self.env_steps += cfg.num_steps * self.num_envs
-        last_values = self._forward(self._obs)[0]["value"].reshape(-1)
-        self.buffer.compute_returns_and_advantage(last_values, self._starts, cfg.gamma,
-                                                  cfg.gae_lambda)
-
-    def _final_obs(self, info: dict) -> Tensor:
-        final = info["final_obs"]
-        if isinstance(final, Tensor):
-            return final.to(self.device, torch.float32)
-        # gymnasium: an object array with None where the env did not finish.
-        rows = [np.zeros_like(np.asarray(self._obs[0].cpu())) if o is None else np.asarray(o)
-                for o in final]
-        return self._to_tensor(np.stack(rows))
-
-    def _track_episodes(self, reward: Tensor, done: Tensor, info: dict) -> None:
-        """Keep the mean return of the latest finished episodes as a device tensor."""
-        if "episode_return" in info:  # TradingEnv adds up its episodes itself
-            self._last_episode_return = info["episode_return"].float().mean()
-            return
-        self._episode_return += reward
-        finished = done.float()
-        count = finished.sum()
-        mean = (self._episode_return * finished).sum() / count.clamp_min(1)
-        # where, not an if on count: no host sync per step.
-        self._last_episode_return = torch.where(count > 0, mean, self._last_episode_return)
-        self._episode_return *= 1 - finished
 
     # -- the PPO update --------------------------------------------------------------------
 
-    def _new_counters(self) -> dict[str, Tensor]:
-        z = lambda n: torch.zeros(n, dtype=torch.int64, device=self.device)  # noqa: E731
-        return {"outputs": z(len(self.output_names)), "aux_loss_zeroed": z(len(self.aux_names)),
-                "grads": z(len(self.guard.groups)), "skipped": z(())}
-
-    def _stat_names(self) -> list[str]:
-        """The metric names of the statistics one minibatch step returns, in order."""
-        names = ["loss/policy", "loss/value", "loss/entropy", "train/approx_kl",
-                 "train/clip_fraction"]
-        if self.aux_losses_on:
-            names += [f"loss/{name}" for name in self.aux_names]
-        if self.config.guards:
-            names += ["train/grad_norm", "train/clip_coef"]
-        return names
-
-    def update_step(self, batch: RolloutBatch, aux_scale: Tensor | None,
-                    counters: dict[str, Tensor]) -> Tensor | None:
-        """One minibatch: forward, loss, backward, gradient guard, optimizer step.
-
-        Returns the step's statistics (as :meth:`_stat_names` orders them) as one device
-        tensor, or None when the ``skip`` policy skipped the step. This is the seam where
-        gradient synchronisation (after ``backward``) and a captured step can plug in.
-        """
-        cfg = self.config
-        out, bad = self._forward(batch.obs)
-        if bad is not None:
-            counters["outputs"] += bad
-        aux = {}
-        if aux_scale is not None:
-            aux = dict(
-                aux_predictions=torch.stack([out[n].reshape(-1) for n in self.pred_names], 1),
-                aux_targets=batch.aux_targets, aux_scale=aux_scale,
-                aux_coefs=torch.tensor(cfg.aux_coefs, device=self.device),
-                guard_aux=cfg.guards,
-            )
-        terms = ppo_loss(out["action_logits"], out["value"].reshape(-1), batch.actions,
-                         batch.old_logprobs, batch.advantages, batch.returns,
-                         clip_epsilon=cfg.clip_epsilon, value_coef=cfg.value_coef,
-                         entropy_coef=cfg.entropy_coef, **aux)
-        stats = [terms.policy, terms.value, terms.entropy, terms.approx_kl, terms.clip_fraction]
-        if aux_scale is not None:
-            stats += list(terms.aux.unbind())
-            if cfg.guards:
-                counters["aux_loss_zeroed"] += terms.aux_zeroed
-
-        self.optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        if cfg.guards:
-            report = self.guard.step()
-            counters["grads"] += report.nonfinite_counts
-            counters["skipped"] += report.skipped
-            # "skip" must not let Adam's momentum move the weights: one sync.
-            if cfg.nan_policy == "skip" and bool(report.skipped):
-                return None
-            stats += [report.total_norm, report.clip_coef]
-        self.optimizer.step()
-        return torch.stack(stats).detach()
-
-    def ppo_update(self, counters: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``num_epochs`` passes of minibatch updates over the buffer; returns the mean
-        statistics by metric name."""
-        cfg = self.config
-        names = self._stat_names()
-        aux_scale = None
-        if self.aux_losses_on:
-            targets = self.buffer.aux_targets.reshape(-1, len(self.aux_names))
-            aux_scale = targets.var(0).clamp_min(1e-12)
-        kl_index = names.index("train/approx_kl")
-        # One stacked add per minibatch instead of one per statistic.
-        sums = torch.zeros(len(names), device=self.device)
-        n_batches = 0
-        for _ in range(cfg.num_epochs):
-            epoch_kl = torch.zeros((), device=self.device)
-            epoch_batches = 0
-            for batch in self.buffer.minibatches(cfg.batch_size, self.batch_generator):
-                stats = self.update_step(batch, aux_scale, counters)
-                if stats is None:
-                    continue
-                sums += stats
-                epoch_kl += stats[kl_index]
-                epoch_batches += 1
-                n_batches += 1
-            if cfg.target_kl is not None and epoch_batches and \
-                    float(epoch_kl / epoch_batches) > cfg.target_kl:
-                break
-        return dict(zip(names, (sums / max(n_batches, 1)).unbind(), strict=True))
+    def ppo_update(self, counters: NaNCounters) -> dict[str, Tensor]:
+        """``num_epochs`` passes of minibatch updates over the buffer (see
+        :class:`pyppo.update.PPOUpdate`); returns the mean statistics by metric name."""
+        return self.updater.run(self.buffer, self.batch_generator, counters, aux=self.aux_losses_on)
 
     # -- training ----------------------------------------------------------------------------
 
@@ -365,8 +191,11 @@ class PPOTrainer:
 
     def metric_schema(self) -> MetricSchema:
         """The columns this trainer's metrics rows have."""
-        sanitizers = [("env", name) for name in self.env.sanitize_counts()] \
-            if isinstance(self.env, SanitizingEnv) else []
+        sanitizers = (
+            [("env", name) for name in self.env.sanitize_counts()]
+            if isinstance(self.env, SanitizingEnv)
+            else []
+        )
         sanitizers += [("buffer", name) for name in self.buffer.sanitize_counts]
         return MetricSchema(self.guard.groups, self.output_names, self.aux_names, sanitizers)
 
@@ -383,8 +212,7 @@ class PPOTrainer:
         else:
             updates_per_epoch = None
             target_updates = math.ceil(total_steps / per_update)
-        writer = MetricsWriter(self.run_dir, self.metric_schema().columns,
-                               append=self.update > 0)
+        writer = MetricsWriter(self.run_dir, self.metric_schema().columns, append=self.update > 0)
         bar = ProgressBar(target_updates, self.update, enabled=self.progress)
         try:
             while self.update < target_updates:
@@ -399,7 +227,8 @@ class PPOTrainer:
 
     def _one_update(self, updates_per_epoch: int | None) -> dict[str, float]:
         start = time.perf_counter()
-        counters = self._new_counters()
+        schema = self.metric_schema()
+        counters = NaNCounters.zeros(schema, self.device)
         env_before = self._env_counts()
         self.model.train()
         self.collect_rollout(counters)
@@ -408,16 +237,17 @@ class PPOTrainer:
         self.update += 1
         if updates_per_epoch is not None:
             self.epoch = math.ceil(self.update / updates_per_epoch)
-        row = self._metrics_row(stats, counters, env_before, time.perf_counter() - start,
-                                t_rollout)
+        seconds = time.perf_counter() - start
+        row = self._metrics_row(stats, counters, env_before, seconds, t_rollout, schema)
         self._check_parameters()
         epoch_done = updates_per_epoch is not None and self.update % updates_per_epoch == 0
         if epoch_done and self.validation is not None:
             row[VALIDATION_SHARPE] = self._validate()
         self.history.append(row)
-        self._log_nan_events(row)
-        if epoch_done and self.validation is not None and row[VALIDATION_SHARPE] > \
-                self.best_sharpe:
+        if self.config.guards:
+            self.guard.log_events()
+            log_nan_events(row, schema)
+        if epoch_done and self.validation is not None and row[VALIDATION_SHARPE] > self.best_sharpe:
             self.best_sharpe = row[VALIDATION_SHARPE]
             self.save("best.pt")
         if self.config.checkpoint_every and self.update % self.config.checkpoint_every == 0:
@@ -430,47 +260,41 @@ class PPOTrainer:
             return {}
         return {name: counts.clone() for name, counts in self.env.sanitize_counts().items()}
 
-    def _metrics_row(self, stats: dict[str, Tensor], counters: dict[str, Tensor],
-                     env_before: dict[str, Tensor], seconds: float, t_rollout: float
-                     ) -> dict[str, float]:
-        values = self.buffer.values.reshape(-1)
-        returns = self.buffer.returns.reshape(-1)
+    def _metrics_row(
+        self,
+        stats: dict[str, Tensor],
+        counters: NaNCounters,
+        env_before: dict[str, Tensor],
+        seconds: float,
+        t_rollout: float,
+        schema: MetricSchema,
+    ) -> dict[str, float]:
+        values, returns = self.buffer.values.reshape(-1), self.buffer.returns.reshape(-1)
         var = returns.var()
         explained = 1 - (returns - values).var() / var if float(var) > 0 else torch.tensor(0.0)
         row: dict[str, float] = {
-            "update": self.update, "epoch": self.epoch, "env_steps": self.env_steps,
+            "update": self.update,
+            "epoch": self.epoch,
+            "env_steps": self.env_steps,
             "perf/steps_per_sec": self.config.num_steps * self.num_envs / seconds,
-            "perf/rollout_seconds": t_rollout, "perf/update_seconds": seconds - t_rollout,
+            "perf/rollout_seconds": t_rollout,
+            "perf/update_seconds": seconds - t_rollout,
             "train/lr": self.optimizer.param_groups[0]["lr"],
             "train/explained_variance": float(explained),
             "rollout/mean_step_reward": float(self.buffer.rewards.mean()),
-            "rollout/mean_episode_return": float(self._last_episode_return),
+            "rollout/mean_episode_return": float(self.rollout.last_episode_return),
+            VALIDATION_SHARPE: math.nan,
         }
-        for name in ("loss/policy", "loss/value", "loss/entropy",
-                     *(f"loss/{aux}" for aux in self.aux_names), "train/approx_kl",
-                     "train/clip_fraction", "train/grad_norm", "train/clip_coef"):
-            row[name] = float(stats[name]) if name in stats else math.nan
-        row[VALIDATION_SHARPE] = math.nan
-        counts = {
-            "nonfinite/grad/": (self.guard.groups, counters["grads"]),
-            "nonfinite/output/": (self.output_names, self._output_counts(counters)),
-            "nonfinite/loss/": (self.aux_names, counters["aux_loss_zeroed"]),
-        }
-        for prefix, (names, values) in counts.items():
-            row.update(zip([prefix + n for n in names], values.tolist(), strict=True))
-        row["guard/skipped_steps"] = int(counters["skipped"])
+        row.update(
+            {name: float(stats[name]) if name in stats else math.nan for name in schema.stats}
+        )
+        if isinstance(self.model, OutputGuardedModel):
+            counters.outputs += self.model.take_output_counts()
+        row.update(counters.row(schema))
         sanitized = {("env", k): v - env_before[k] for k, v in self._env_counts().items()}
         sanitized.update({("buffer", k): v for k, v in self.buffer.sanitize_counts.items()})
-        for (source, what), delta in sanitized.items():
-            nonfinite, clamped = delta.tolist()
-            row[f"sanitized/{source}/{what}/nonfinite"] = nonfinite
-            row[f"sanitized/{source}/{what}/clamped"] = clamped
+        row.update(sanitized_row(sanitized))
         return row
-
-    def _output_counts(self, counters: dict[str, Tensor]) -> Tensor:
-        if isinstance(self.model, OutputGuardedModel):
-            return self.model.take_output_counts()
-        return counters["outputs"]
 
     def _check_parameters(self) -> None:
         bad = int(ops.count_nonfinite([p.detach() for p in self.model.parameters()]).sum())
@@ -482,20 +306,6 @@ class PPOTrainer:
                 "learning rate."
             )
 
-    def _log_nan_events(self, row: dict[str, float]) -> None:
-        if not self.config.guards:
-            return
-        self.guard.log_events()
-        for name in self.output_names:
-            if row[f"nonfinite/output/{name}"]:
-                logger.warning("Model output %s contains NaN/inf (%d elements this update)",
-                               name.replace("action_logits", "logits"),
-                               row[f"nonfinite/output/{name}"])
-        for name in self.aux_names:
-            if row[f"nonfinite/loss/{name}"]:
-                logger.warning("%s_loss was NaN/inf, setting to 0 (%d minibatches this update)",
-                               name, row[f"nonfinite/loss/{name}"])
-
     # -- validation and checkpoints ------------------------------------------------------
 
     def _validate(self) -> float:
@@ -504,8 +314,14 @@ class PPOTrainer:
 
         env = self.env
         self.model.eval()
-        result = backtest(self.validation, self.model, window=env.window, fee=env.fee,
-                          allow_short=env.allow_short, device=self.device)
+        result = backtest(
+            self.validation,
+            self.model,
+            window=env.window,
+            fee=env.fee,
+            allow_short=env.allow_short,
+            device=self.device,
+        )
         self.model.train()
         return result.metrics()["sharpe"]
 
@@ -521,20 +337,15 @@ class PPOTrainer:
                 "env": self.env.describe() if isinstance(self.env, Describable) else None,
             },
             "trainer": {
-                "update": self.update, "env_steps": self.env_steps, "epoch": self.epoch,
-                "best_sharpe": self.best_sharpe, "history": self.history,
-                "obs": self._obs, "aux": self._aux, "starts": self._starts,
-                "aux_available": self._aux_available,
-                "last_episode_return": self._last_episode_return,
-                "env_takes_tensors": self._env_takes_tensors,
-                "episode_return": self._episode_return,
+                "update": self.update,
+                "env_steps": self.env_steps,
+                "epoch": self.epoch,
+                "best_sharpe": self.best_sharpe,
+                "history": self.history,
             },
+            "rollout": self.rollout.state_dict(),
             "env": self.env.state_dict() if isinstance(self.env, StatefulEnv) else None,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "action": self.action_generator.get_state(),
-                "batch": self.batch_generator.get_state(),
-            },
+            "rng": {"torch": torch.get_rng_state(), "batch": self.batch_generator.get_state()},
             "data_fingerprint": self.data_fingerprint,
         }
 
@@ -547,16 +358,20 @@ class PPOTrainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a run saved by :meth:`save`; raises CheckpointError if it does not fit."""
-        state = load_checkpoint(path, expect_fingerprint=self.data_fingerprint,
-                                map_location=self.device)
+        state = load_checkpoint(
+            path, expect_fingerprint=self.data_fingerprint, map_location=self.device
+        )
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, KeyError, ValueError) as err:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {err}") from err
         saved, mine = state["config"], dataclasses.asdict(self.config)
-        differ = {k: (saved.get(k), v) for k, v in mine.items()
-                  if k != "checkpoint_every" and not same_value(saved.get(k), v)}
+        differ = {
+            k: (saved.get(k), v)
+            for k, v in mine.items()
+            if k != "checkpoint_every" and not same_value(saved.get(k), v)
+        }
         if differ:
             raise CheckpointError(
                 f"checkpoint {path} was made with other settings: "
@@ -565,15 +380,9 @@ class PPOTrainer:
         t = state["trainer"]
         self.update, self.env_steps, self.epoch = t["update"], t["env_steps"], t["epoch"]
         self.best_sharpe, self.history = t["best_sharpe"], t["history"]
-        self._obs, self._aux, self._starts = t["obs"], t["aux"], t["starts"]
-        self._aux_available = t["aux_available"]
-        self._last_episode_return = t["last_episode_return"].to(self.device)
-        self._env_takes_tensors = t["env_takes_tensors"]
-        self._episode_return = t["episode_return"].to(self.device)
-        if state["env"] is not None and isinstance(self.env, StatefulEnv):
+        env_restored = state["env"] is not None and isinstance(self.env, StatefulEnv)
+        if env_restored:
             self.env.load_state_dict(state["env"])
-        elif self._obs is not None:
-            self._obs = None  # a foreign env cannot be restored: start fresh episodes
+        self.rollout.load_state_dict(state["rollout"], env_restored=env_restored)
         torch.set_rng_state(state["rng"]["torch"].cpu())
-        self.action_generator.set_state(state["rng"]["action"].cpu())
         self.batch_generator.set_state(state["rng"]["batch"].cpu())

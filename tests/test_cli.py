@@ -12,8 +12,23 @@ from pyppo.checkpoint import load_checkpoint
 from pyppo.cli import eval_main, train_main
 from pyppo.metrics import read_metrics
 
-SMALL = ["--bars", "3000", "--num-envs", "8", "--num-steps", "32", "--batch-size", "64",
-         "--hidden-dim", "32", "--episode-length", "200", "--quiet", "--device", "cpu"]
+SMALL = [
+    "--bars",
+    "3000",
+    "--num-envs",
+    "8",
+    "--num-steps",
+    "32",
+    "--batch-size",
+    "64",
+    "--hidden-dim",
+    "32",
+    "--episode-length",
+    "200",
+    "--quiet",
+    "--device",
+    "cpu",
+]
 TIMING = {"perf/steps_per_sec", "perf/rollout_seconds", "perf/update_seconds"}
 
 
@@ -49,8 +64,10 @@ def test_no_aux_still_predicts(tmp_path):
 def test_resume_continues_identically(tmp_path):
     assert train(tmp_path / "straight", "--epochs", "2") == 0
     assert train(tmp_path / "resumed", "--epochs", "1") == 0
-    assert train_main(["--run-dir", str(tmp_path / "resumed"), "--resume", "--epochs", "2",
-                       "--quiet"]) == 0
+    assert (
+        train_main(["--run-dir", str(tmp_path / "resumed"), "--resume", "--epochs", "2", "--quiet"])
+        == 0
+    )
     a = list(read_metrics(tmp_path / "straight" / "metrics.csv"))
     b = list(read_metrics(tmp_path / "resumed" / "metrics.csv"))
     assert len(a) == len(b) > 2

@@ -24,13 +24,31 @@ from pyppo.checkpoint import load_checkpoint
 from pyppo.cli import resolve_config, train_main
 from pyppo.config import apply
 
-SMALL = ["--bars", "3000", "--num-envs", "8", "--num-steps", "32", "--batch-size", "64",
-         "--hidden-dim", "32", "--episode-length", "200", "--quiet", "--device", "cpu"]
+SMALL = [
+    "--bars",
+    "3000",
+    "--num-envs",
+    "8",
+    "--num-steps",
+    "32",
+    "--batch-size",
+    "64",
+    "--hidden-dim",
+    "32",
+    "--episode-length",
+    "200",
+    "--quiet",
+    "--device",
+    "cpu",
+]
 
 
 def defaults(fn) -> dict:
-    return {name: p.default for name, p in inspect.signature(fn).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+    return {
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def test_cli_and_api_defaults_are_one_set():
@@ -114,35 +132,68 @@ def test_every_flag_in_help_is_covered():
 
     flags = {s for a in train_parser()._actions for s in a.option_strings if s.startswith("--")}
     covered = {argv[0] for argv, _, _ in TODAYS_FLAGS}
-    new = {"--help", "--config", "--print-config", "--horizons", "--aux-limit", "--clip-epsilon",
-           "--value-coef", "--aux-short-coef", "--aux-long-coef", "--target-kl",
-           "--checkpoint-every"}
+    new = {
+        "--help",
+        "--config",
+        "--print-config",
+        "--horizons",
+        "--aux-limit",
+        "--clip-epsilon",
+        "--value-coef",
+        "--aux-short-coef",
+        "--aux-long-coef",
+        "--target-kl",
+        "--checkpoint-every",
+    }
     assert flags - covered == new
 
 
 def test_toml_file_plus_flag_override_lands_in_config_json(tmp_path):
     toml = tmp_path / "run.toml"
-    toml.write_text('epochs = 1\n[ppo]\nlr = 0.0003\naux_1h_coef = 0.05\nnum_epochs = 1\n'
-                    '[env]\nwindow = 30\n')
+    toml.write_text(
+        "epochs = 1\n[ppo]\nlr = 0.0003\naux_1h_coef = 0.05\nnum_epochs = 1\n[env]\nwindow = 30\n"
+    )
     run = tmp_path / "run"
-    assert train_main([*SMALL, "--config", str(toml), "--lr", "0.0002", "--run-dir", str(run),
-                       "--total-steps", "256"]) == 0
+    assert (
+        train_main(
+            [
+                *SMALL,
+                "--config",
+                str(toml),
+                "--lr",
+                "0.0002",
+                "--run-dir",
+                str(run),
+                "--total-steps",
+                "256",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((run / "config.json").read_text())
     config = saved["config"]
     assert config["ppo"]["lr"] == 0.0002  # the flag wins over the file
     assert config["ppo"]["aux_short_coef"] == 0.05  # the file's old name is understood
     assert config["env"]["window"] == 30 and config["epochs"] == 1
     assert config["ppo"]["gamma"] == PPOConfig().gamma  # a default
-    assert {"ppo.lr", "ppo.aux_short_coef", "env.window", "epochs", "ppo.num_epochs",
-            "data.bars", "total_steps"} <= set(saved["explicit"])
+    assert {
+        "ppo.lr",
+        "ppo.aux_short_coef",
+        "env.window",
+        "epochs",
+        "ppo.num_epochs",
+        "data.bars",
+        "total_steps",
+    } <= set(saved["explicit"])
     assert "ppo.gamma" not in saved["explicit"]
     # The checkpoint holds the same plain data.
     assert load_checkpoint(run / "checkpoint.pt")["run_config"] == config
 
 
 def test_print_config_round_trips(tmp_path, capsys):
-    assert train_main(["--lr", "0.0002", "--horizons", "4h,1d", "--long-only",
-                       "--print-config"]) == 0
+    assert (
+        train_main(["--lr", "0.0002", "--horizons", "4h,1d", "--long-only", "--print-config"]) == 0
+    )
     printed = capsys.readouterr().out
     assert "target_kl" not in printed  # TOML has no null: unset values are left out
     path = tmp_path / "printed.toml"
@@ -153,10 +204,13 @@ def test_print_config_round_trips(tmp_path, capsys):
     assert again.data.horizons == ("4h", "1d") and again.env.allow_short is False
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--lr", "abc"], "lr"),
-    (["--horizons", "1h"], "exactly two"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lr", "abc"], "lr"),
+        (["--horizons", "1h"], "exactly two"),
+    ],
+)
 def test_bad_values_are_one_line_errors(argv, message):
     with pytest.raises(SystemExit) as err:
         resolve_config(argv)
@@ -174,11 +228,11 @@ def test_seed_trainer_calls_still_work():
     market = synthetic_market(3000, seed=1)
     env = TradingEnv(market, num_envs=4, episode_length=100)
     model = TradingActorCritic(env.obs_spec, hidden_dim=16)
-    off = PPOTrainer(model=model, environment=env, enable_auxiliary_losses=False,
-                     progress=False)
+    off = PPOTrainer(model=model, environment=env, enable_auxiliary_losses=False, progress=False)
     assert off.config.enable_auxiliary_losses is False
-    low = PPOTrainer(model=model, environment=env, aux_1h_coef=0.01, aux_24h_coef=0.01,
-                     progress=False)
+    low = PPOTrainer(
+        model=model, environment=env, aux_1h_coef=0.01, aux_24h_coef=0.01, progress=False
+    )
     assert low.config.aux_coefs == (0.01, 0.01)
     config = PPOConfig(lr=3e-4, num_steps=16)
     mixed = PPOTrainer(model, env, config, batch_size=32, progress=False)
@@ -227,9 +281,16 @@ def test_older_checkpoint_format_is_a_clear_error(tmp_path):
 
 def test_aux_names_follow_the_horizon_labels(tmp_path):
     run = tmp_path / "run"
-    assert train_main([*SMALL, "--run-dir", str(run), "--total-steps", "256",
-                       "--horizons", "3,12"]) == 0
+    assert (
+        train_main([*SMALL, "--run-dir", str(run), "--total-steps", "256", "--horizons", "3,12"])
+        == 0
+    )
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"loss/aux_3bars", "loss/aux_12bars", "nonfinite/grad/aux_3bars",
-            "nonfinite/output/pred_12bars", "nonfinite/loss/aux_3bars"} <= set(header)
+    assert {
+        "loss/aux_3bars",
+        "loss/aux_12bars",
+        "nonfinite/grad/aux_3bars",
+        "nonfinite/output/pred_12bars",
+        "nonfinite/loss/aux_3bars",
+    } <= set(header)
     assert not any("1h" in column for column in header)

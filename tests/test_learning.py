@@ -18,8 +18,15 @@ def test_default_run_beats_buy_and_hold_and_random(tmp_path):
     assert agent["sharpe"] > hold["sharpe"]
     assert agent["sharpe"] > random["sharpe"]
     assert agent["pred_1h_corr"] > 0.0
-    for name in ("report.md", "equity.png", "predictions.png", "training.png", "best.pt",
-                 "checkpoint.pt", "metrics.csv"):
+    for name in (
+        "report.md",
+        "equity.png",
+        "predictions.png",
+        "training.png",
+        "best.pt",
+        "checkpoint.pt",
+        "metrics.csv",
+    ):
         assert (run / name).is_file(), name
     assert "| agent |" in report.read_text()
     rows = list(csv.DictReader(open(run / "metrics.csv")))

@@ -12,8 +12,8 @@ from torch import nn
 
 from pyppo import TradingEnv, reference, synthetic_market
 from pyppo.checkpoint import CheckpointError
-from pyppo.model import TradingActorCritic
 from pyppo.metrics import read_metrics
+from pyppo.model import TradingActorCritic
 from pyppo.trainer import NonFiniteParametersError, PPOTrainer
 
 TIMING = {"perf/steps_per_sec", "perf/rollout_seconds", "perf/update_seconds"}
@@ -40,8 +40,15 @@ def small_trainer(market, run_dir=None, env_cls=TradingEnv, num_envs=8, seed=0, 
     env = env_cls(market, num_envs=num_envs, episode_length=100, seed=seed)
     torch.manual_seed(seed)
     model = TradingActorCritic(env.obs_spec, hidden_dim=32)
-    args = dict(num_steps=32, num_epochs=2, batch_size=64, seed=seed, run_dir=run_dir,
-                progress=False, data_fingerprint=market.fingerprint())
+    args = dict(
+        num_steps=32,
+        num_epochs=2,
+        batch_size=64,
+        seed=seed,
+        run_dir=run_dir,
+        progress=False,
+        data_fingerprint=market.fingerprint(),
+    )
     args.update(kw)
     return PPOTrainer(model, env, **args)
 
@@ -65,9 +72,14 @@ def test_bad_ticks_train_with_every_event_counted(tmp_path):
 
     rows = list(read_metrics(tmp_path / "metrics.csv"))
     total = lambda key: int(sum(r[key] for r in rows))  # noqa: E731
-    assert [total("sanitized/env/returns/nonfinite"), total("sanitized/env/returns/clamped")] == want_returns.tolist()
-    assert [total("sanitized/env/aux_targets/nonfinite"), total("sanitized/env/aux_targets/clamped")] \
-        == want_aux.tolist()
+    assert [
+        total("sanitized/env/returns/nonfinite"),
+        total("sanitized/env/returns/clamped"),
+    ] == want_returns.tolist()
+    assert [
+        total("sanitized/env/aux_targets/nonfinite"),
+        total("sanitized/env/aux_targets/clamped"),
+    ] == want_aux.tolist()
     # The env cleaned everything, so nothing bad reached the buffer, the model or the grads.
     for key in rows[0]:
         if key.startswith(("sanitized/buffer/", "nonfinite/")):
@@ -78,8 +90,16 @@ def test_without_guards_the_same_run_fails_loudly(tmp_path):
     market = synthetic_market(3000, seed=3, bad_ticks=0.01)
     env = TradingEnv(market, num_envs=8, episode_length=100, sanitize=False)
     model = TradingActorCritic(env.obs_spec, hidden_dim=32)
-    trainer = PPOTrainer(model, env, num_steps=32, num_epochs=2, batch_size=64,
-                         run_dir=tmp_path, progress=False, guards=False)
+    trainer = PPOTrainer(
+        model,
+        env,
+        num_steps=32,
+        num_epochs=2,
+        batch_size=64,
+        run_dir=tmp_path,
+        progress=False,
+        guards=False,
+    )
     with pytest.raises(NonFiniteParametersError, match="parameters became NaN/inf"):
         trainer.train(total_steps=8 * 32 * 6)
     assert not (tmp_path / "checkpoint.pt").exists()  # nothing NaN was ever saved
@@ -177,8 +197,9 @@ class CoinFlipEnv:
         self.t = np.zeros(num_envs, dtype=np.int64)
 
     def _obs(self):
-        return np.stack([self.t / 5, np.ones(self.num_envs), np.zeros(self.num_envs)], 1
-                        ).astype(np.float32)
+        return np.stack([self.t / 5, np.ones(self.num_envs), np.zeros(self.num_envs)], 1).astype(
+            np.float32
+        )
 
     def reset(self, seed=None, options=None):
         self.t[:] = 0
@@ -216,8 +237,15 @@ class SmallMLP(nn.Module):
 def test_any_gymnasium_vector_env_and_dict_model():
     pytest.importorskip("gymnasium")
     torch.manual_seed(0)
-    trainer = PPOTrainer(SmallMLP(3, 2, hidden=16), CoinFlipEnv(), num_steps=20, num_epochs=4,
-                         batch_size=20, lr=3e-3, progress=False)
+    trainer = PPOTrainer(
+        SmallMLP(3, 2, hidden=16),
+        CoinFlipEnv(),
+        num_steps=20,
+        num_epochs=4,
+        batch_size=20,
+        lr=3e-3,
+        progress=False,
+    )
     with pytest.warns(UserWarning, match="auxiliary losses are off"):
         history = trainer.train(total_steps=4 * 20 * 15)
     assert history[-1]["rollout/mean_step_reward"] > history[0]["rollout/mean_step_reward"]
@@ -228,8 +256,12 @@ def test_any_gymnasium_vector_env_and_dict_model():
 
 def test_gymnasium_sync_vector_env():
     gym = pytest.importorskip("gymnasium")
-    env = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync",
-                       vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+    env = gym.make_vec(
+        "CartPole-v1",
+        num_envs=4,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+    )
     torch.manual_seed(0)
     model = SmallMLP(4, 2)  # CartPole: 4 observations, 2 actions
     trainer = PPOTrainer(model, env, num_steps=128, batch_size=128, lr=1e-3, progress=False)

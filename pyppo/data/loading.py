@@ -241,4 +241,3 @@ def _check_high_low(frame: pd.DataFrame, name: str) -> None:
             f"{_row_examples(rows, frame, lambda p: f'high={high[p]} < low={low[p]}', name)}. "
             "Check that the high and low columns are not swapped or mislabelled"
         )
-

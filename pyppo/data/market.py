@@ -236,10 +236,13 @@ class MarketData:
         simple = self._returns.numpy()
         finite = np.isfinite(simple) & np.isfinite(self._log_returns.numpy())
         extreme = int(np.sum(np.abs(simple[np.isfinite(simple)]) > 1.0))
-        horizons = ", ".join(
-            f"{lab} = {h} bar{'s' if h != 1 else ''}"
-            for lab, h in zip(self.horizon_labels, self.horizons, strict=True)
-        ) or "none"
+        horizons = (
+            ", ".join(
+                f"{lab} = {h} bar{'s' if h != 1 else ''}"
+                for lab, h in zip(self.horizon_labels, self.horizons, strict=True)
+            )
+            or "none"
+        )
         lines = [
             f"market data: {self.source}",
             f"  bars:      {n:,} from {idx[0]} to {idx[-1]}",

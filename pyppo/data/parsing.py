@@ -259,4 +259,3 @@ def _extract_prices(rest: pd.DataFrame, price_col: str | None, name: str) -> pd.
         if junk.any():
             out.attrs.setdefault("raw_text", {})[key] = raw[junk].astype(str)
     return out.reset_index(drop=True)
-

@@ -1,0 +1,144 @@
+"""One PPO update: ``num_epochs`` passes of minibatch steps over the rollout buffer.
+
+:meth:`PPOUpdate.step` is one minibatch: forward, :func:`pyppo.loss.ppo_loss`, backward,
+the gradient guard, the optimizer step. It is the seam of the update: gradient
+synchronisation across processes belongs after ``backward()`` and before the guard, and a
+captured (CUDA graph) step replaces it whole. Statistics and NaN/inf counters stay device
+tensors; :meth:`PPOUpdate.run` returns their means once the update is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from pyppo.buffer import RolloutBatch, RolloutBuffer
+from pyppo.config import PPOConfig
+from pyppo.guard import GradientGuard
+from pyppo.loss import ppo_loss
+from pyppo.metrics import GUARD_STATS, STEP_STATS, NaNCounters
+
+# policy(obs) -> (outputs, non-finite output counts or None): the trainer's guarded forward.
+Policy = Callable[[Tensor], tuple[dict[str, Tensor], Tensor | None]]
+
+
+class PPOUpdate:
+    """Minibatch updates of ``model`` by ``optimizer`` under ``guard``.
+
+    :param policy: the guarded forward pass (outputs and their non-finite counts).
+    :param optimizer: the optimizer over the model's parameters.
+    :param guard: the gradient guard (used when ``config.guards``).
+    :param config: the PPO settings.
+    :param aux_names: the auxiliary heads (``aux_<label>``); their outputs are
+        ``pred_<label>``.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        optimizer: torch.optim.Optimizer,
+        guard: GradientGuard,
+        config: PPOConfig,
+        aux_names: tuple[str, ...],
+        device: torch.device,
+    ) -> None:
+        self.policy = policy
+        self.optimizer = optimizer
+        self.guard = guard
+        self.config = config
+        self.aux_names = aux_names
+        self.pred_names = tuple(name.replace("aux_", "pred_", 1) for name in aux_names)
+        self.aux_coefs = torch.tensor(config.aux_coefs, device=device)
+        self.device = device
+
+    def stat_names(self, aux: bool) -> list[str]:
+        """The metric names of the statistics :meth:`step` returns, in order."""
+        aux_losses = [f"loss/{name}" for name in self.aux_names] if aux else []
+        return [*STEP_STATS, *aux_losses, *(GUARD_STATS if self.config.guards else ())]
+
+    def step(
+        self, batch: RolloutBatch, aux_scale: Tensor | None, counters: NaNCounters
+    ) -> Tensor | None:
+        """One minibatch. Returns its statistics (ordered as :meth:`stat_names`) as one device
+        tensor, or None when the ``skip`` policy skipped the step."""
+        cfg = self.config
+        out, bad = self.policy(batch.obs)
+        if bad is not None:
+            counters.outputs += bad
+        aux = {}
+        if aux_scale is not None:
+            predictions = torch.stack([out[n].reshape(-1) for n in self.pred_names], 1)
+            aux = dict(
+                aux_predictions=predictions,
+                aux_targets=batch.aux_targets,
+                aux_scale=aux_scale,
+                aux_coefs=self.aux_coefs,
+                guard_aux=cfg.guards,
+            )
+        terms = ppo_loss(
+            out["action_logits"],
+            out["value"].reshape(-1),
+            batch.actions,
+            batch.old_logprobs,
+            batch.advantages,
+            batch.returns,
+            clip_epsilon=cfg.clip_epsilon,
+            value_coef=cfg.value_coef,
+            entropy_coef=cfg.entropy_coef,
+            **aux,
+        )
+        stats = [terms.policy, terms.value, terms.entropy, terms.approx_kl, terms.clip_fraction]
+        if aux_scale is not None:
+            stats += list(terms.aux.unbind())
+            if cfg.guards:
+                counters.aux_losses += terms.aux_zeroed
+
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        if cfg.guards:
+            report = self.guard.step()
+            counters.grads += report.nonfinite_counts
+            counters.skipped += report.skipped
+            # "skip" must not let Adam's momentum move the weights: one sync.
+            if cfg.nan_policy == "skip" and bool(report.skipped):
+                return None
+            stats += [report.total_norm, report.clip_coef]
+        self.optimizer.step()
+        return torch.stack(stats).detach()
+
+    def run(
+        self, buffer: RolloutBuffer, generator: torch.Generator, counters: NaNCounters, *, aux: bool
+    ) -> dict[str, Tensor]:
+        """``num_epochs`` passes over ``buffer`` in minibatches drawn with ``generator``;
+        returns the mean statistics by metric name. ``aux``: train the auxiliary heads."""
+        cfg = self.config
+        names = self.stat_names(aux)
+        aux_scale = None
+        if aux:
+            targets = buffer.aux_targets.reshape(-1, len(self.aux_names))
+            aux_scale = targets.var(0).clamp_min(1e-12)
+        kl_index = names.index("train/approx_kl")
+        # One stacked add per minibatch instead of one per statistic.
+        sums = torch.zeros(len(names), device=self.device)
+        n_batches = 0
+        for _ in range(cfg.num_epochs):
+            epoch_kl = torch.zeros((), device=self.device)
+            epoch_batches = 0
+            for batch in buffer.minibatches(cfg.batch_size, generator):
+                stats = self.step(batch, aux_scale, counters)
+                if stats is None:
+                    continue
+                sums += stats
+                epoch_kl += stats[kl_index]
+                epoch_batches += 1
+                n_batches += 1
+            kl_too_high = (
+                cfg.target_kl is not None
+                and epoch_batches
+                and float(epoch_kl / epoch_batches) > cfg.target_kl
+            )
+            if kl_too_high:
+                break
+        return dict(zip(names, (sums / max(n_batches, 1)).unbind(), strict=True))
