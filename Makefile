@@ -5,6 +5,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
+RUFF   := ruff==0.17.6
 PYPPO_CUDA ?= AUTO
 export PYPPO_CUDA
 
@@ -19,7 +20,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml CMakeLists.txt $(wildcard csrc/*.* csrc/*/*.* csrc/*/*/*.*)
-	$(BIN)/pip install -q "$(TORCH)" numpy pandas tqdm matplotlib scikit-build-core "cmake>=3.27" ninja \
+	$(BIN)/pip install -q "$(TORCH)" numpy pandas tqdm matplotlib tomli-w \
+		'tomli; python_version < "3.11"' scikit-build-core "cmake>=3.27" ninja \
 		pytest hypothesis gymnasium pyarrow
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
 	touch $(STAMP)
@@ -38,7 +40,9 @@ bench: setup
 		$(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 lint: setup
-	$(BIN)/pip install -q ruff && $(BIN)/ruff check .
+	$(BIN)/pip install -q "$(RUFF)"
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf build $(VENV)
