@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 
 import pytest
 import torch
@@ -294,3 +295,88 @@ def test_aux_names_follow_the_horizon_labels(tmp_path):
         "nonfinite/loss/aux_3bars",
     } <= set(header)
     assert not any("1h" in column for column in header)
+
+
+def test_todays_flags_all_at_once_train(tmp_path):
+    """One short run with every flag of the earlier command line that can go together (the
+    file, resume and bad-tick flags have runs of their own in test_cli.py)."""
+    run = tmp_path / "run"
+    argv = [
+        "--epochs",
+        "1",
+        "--total-steps",
+        "512",
+        "--run-dir",
+        str(run),
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+        "--quiet",
+        "--bars",
+        "3000",
+        "--data-seed",
+        "2",
+        "--no-aux",
+        "--aux-1h-coef",
+        "0.01",
+        "--aux-24h-coef",
+        "0.02",
+        "--nan-policy",
+        "skip",
+        "--max-grad-norm",
+        "1.0",
+        "--lr",
+        "3e-4",
+        "--num-envs",
+        "8",
+        "--num-steps",
+        "32",
+        "--num-epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--gamma",
+        "0.95",
+        "--gae-lambda",
+        "0.9",
+        "--entropy-coef",
+        "0.02",
+        "--hidden-dim",
+        "32",
+        "--episode-length",
+        "200",
+        "--window",
+        "30",
+        "--fee",
+        "0.0005",
+        "--long-only",
+    ]
+    assert train_main(argv) == 0
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["env"] == {
+        "num_envs": 8,
+        "episode_length": 200,
+        "window": 30,
+        "fee": 0.0005,
+        "allow_short": False,
+    }
+    assert config["ppo"]["nan_policy"] == "skip" and config["ppo"]["aux_long_coef"] == 0.02
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["agent"]["model"]["num_actions"] == 2  # --long-only: flat/long
+    assert state["trainer"]["env_steps"] == 512
+
+
+def test_validation_sharpe_reaches_metrics_csv(tmp_path):
+    from pyppo.metrics import read_metrics
+
+    run = tmp_path / "run"
+    assert train_main([*SMALL, "--run-dir", str(run), "--epochs", "2"]) == 0
+    rows = list(read_metrics(run / "metrics.csv"))
+    per_epoch = len(rows) // 2
+    validated = [r["validation/sharpe"] for r in rows]
+    ends = {per_epoch - 1, len(rows) - 1}
+    assert all(math.isfinite(v) for i, v in enumerate(validated) if i in ends)
+    assert all(math.isnan(v) for i, v in enumerate(validated) if i not in ends)
+    best = max(validated[i] for i in ends)
+    assert load_checkpoint(run / "best.pt")["trainer"]["best_sharpe"] == best
