@@ -37,8 +37,34 @@ else:  # pragma: no cover - Python 3.10
 
 
 def _opt(default: Any, help: str, **cli: Any) -> Any:
-    """A dataclass field with its command-line help (and flag name, aliases, choices)."""
+    """A dataclass field with its command-line help (and flag name, aliases, choices, and
+    ``valid``: a (description, predicate) pair its value must satisfy unless it is None)."""
     return field(default=default, metadata={"help": help, **cli})
+
+
+# What a setting's value must be: (what to tell the user, the test).
+AT_LEAST_1 = ("a whole number >= 1", lambda v: v >= 1)
+AT_LEAST_0 = ("a whole number >= 0", lambda v: v >= 0)
+FRACTION = ("a number in [0, 1]", lambda v: 0 <= v <= 1)
+POSITIVE = ("a finite number > 0", lambda v: math.isfinite(v) and v > 0)
+NON_NEGATIVE = ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
+
+
+class _Validated:
+    """Checks every field's ``valid`` metadata after construction (and after
+    ``dataclasses.replace``), so a bad value fails where it is set, before any data loads."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if "valid" in f.metadata and value is not None:
+                what, ok = f.metadata["valid"]
+                if not ok(value):
+                    flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+                    raise ValueError(f"{f.name} ({flag}) must be {what}, got {value!r}")
+            choices = f.metadata.get("choices")
+            if choices and value is not None and value not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 # Older keyword/flag names of settings, accepted everywhere: old name -> field name.
@@ -46,7 +72,7 @@ ALIASES = {"aux_1h_coef": "aux_short_coef", "aux_24h_coef": "aux_long_coef"}
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Validated):
     """Which bars to train on: a CSV/Parquet file, or the embedded synthetic market."""
 
     path: str | None = _opt(
@@ -66,55 +92,72 @@ class DataConfig:
         ("1h", "24h"),
         "the auxiliary heads' short and long horizons: durations or bar counts",
     )
-    bars: int = _opt(20_000, "synthetic market length")
+    bars: int = _opt(20_000, "synthetic market length", valid=AT_LEAST_1)
     data_seed: int = _opt(0, "synthetic market seed")
     bad_ticks: float = _opt(
         0.0,
         "plant zero prices, NaN bars and +1000%% spikes at this rate (synthetic market only)",
+        valid=("a rate in [0, 0.3)", lambda v: 0 <= v < 0.3),
     )
 
 
 @dataclass
-class EnvConfig:
+class EnvConfig(_Validated):
     """The trading environment: episodes, observation window, fees, actions."""
 
-    num_envs: int = _opt(32, "episodes stepped together")
-    episode_length: int = _opt(720, "steps per training episode")
-    window: int = _opt(60, "bars of normalized returns in each observation")
-    fee: float = _opt(1e-4, "cost per unit of position change (1e-4 = 1 basis point)")
+    num_envs: int = _opt(32, "episodes stepped together", valid=AT_LEAST_1)
+    episode_length: int = _opt(720, "steps per training episode", valid=AT_LEAST_1)
+    window: int = _opt(60, "bars of normalized returns in each observation", valid=AT_LEAST_1)
+    fee: float = _opt(
+        1e-4, "cost per unit of position change (1e-4 = 1 basis point)", valid=NON_NEGATIVE
+    )
     allow_short: bool = _opt(True, "flat/long actions only", flag="--long-only")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Validated):
     """The actor-critic with two auxiliary return heads."""
 
-    hidden_dim: int = _opt(128, "width of the model's trunk")
-    aux_limit: float = _opt(1.0, "auxiliary predictions are clamped to +-this (1 = +-100%%)")
+    hidden_dim: int = _opt(
+        128, "width of the model's trunk", valid=("a whole number >= 2", lambda v: v >= 2)
+    )
+    aux_limit: float = _opt(
+        1.0, "auxiliary predictions are clamped to +-this (1 = +-100%%)", valid=POSITIVE
+    )
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(_Validated):
     """PPO hyperparameters and the NaN protection of the update (stored in checkpoints)."""
 
-    lr: float = _opt(1e-4, "Adam learning rate")
-    gamma: float = _opt(0.99, "discount factor")
-    gae_lambda: float = _opt(0.95, "GAE lambda")
-    clip_epsilon: float = _opt(0.2, "PPO ratio clip")
-    value_coef: float = _opt(0.5, "value loss coefficient")
-    entropy_coef: float = _opt(0.01, "entropy bonus coefficient")
+    lr: float = _opt(1e-4, "Adam learning rate", valid=POSITIVE)
+    gamma: float = _opt(0.99, "discount factor", valid=FRACTION)
+    gae_lambda: float = _opt(0.95, "GAE lambda", valid=FRACTION)
+    clip_epsilon: float = _opt(0.2, "PPO ratio clip", valid=POSITIVE)
+    value_coef: float = _opt(0.5, "value loss coefficient", valid=NON_NEGATIVE)
+    entropy_coef: float = _opt(0.01, "entropy bonus coefficient", valid=NON_NEGATIVE)
     aux_short_coef: float = _opt(
-        0.1, "short-horizon auxiliary loss coefficient", aliases=("--aux-1h-coef",)
+        0.1,
+        "short-horizon auxiliary loss coefficient",
+        valid=NON_NEGATIVE,
+        aliases=("--aux-1h-coef",),
     )
     aux_long_coef: float = _opt(
-        0.1, "long-horizon auxiliary loss coefficient", aliases=("--aux-24h-coef",)
+        0.1,
+        "long-horizon auxiliary loss coefficient",
+        valid=NON_NEGATIVE,
+        aliases=("--aux-24h-coef",),
     )
     enable_auxiliary_losses: bool = _opt(
         True,
         "no auxiliary losses: the heads still predict, only policy and value train",
         flag="--no-aux",
     )
-    max_grad_norm: float = _opt(0.5, "clip the total gradient norm to this")
+    max_grad_norm: float = _opt(
+        0.5,
+        "clip the total gradient norm to this (inf: no clipping)",
+        valid=("a number > 0", lambda v: v > 0),
+    )
     nan_policy: str = _opt(
         "zero",
         "zero: zero NaN/inf gradient elements; skip: skip the whole step",
@@ -125,18 +168,16 @@ class PPOConfig:
         "turn every guard off (to see a run die loudly; not for real use)",
         flag="--no-guards",
     )
-    num_steps: int = _opt(256, "rollout steps per env per update")
-    num_epochs: int = _opt(4, "PPO epochs per update")
-    batch_size: int = _opt(256, "minibatch size")
-    target_kl: float | None = _opt(None, "stop an update's epochs when the mean KL exceeds this")
+    num_steps: int = _opt(256, "rollout steps per env per update", valid=AT_LEAST_1)
+    num_epochs: int = _opt(4, "PPO epochs per update", valid=AT_LEAST_1)
+    batch_size: int = _opt(256, "minibatch size", valid=AT_LEAST_1)
+    target_kl: float | None = _opt(
+        None, "stop an update's epochs when the mean KL exceeds this", valid=POSITIVE
+    )
     seed: int = _opt(0, "seeds the model, the environment and the trainer")
-    checkpoint_every: int = _opt(10, "save checkpoint.pt every this many updates (0: at the end)")
-
-    def __post_init__(self) -> None:
-        if self.nan_policy not in ("zero", "skip"):
-            raise ValueError(f"nan_policy must be 'zero' or 'skip', got {self.nan_policy!r}")
-        if min(self.batch_size, self.num_steps, self.num_epochs) < 1:
-            raise ValueError("num_steps, num_epochs and batch_size must be >= 1")
+    checkpoint_every: int = _opt(
+        10, "save checkpoint.pt every this many updates (0: at the end)", valid=AT_LEAST_0
+    )
 
     @property
     def aux_coefs(self) -> tuple[float, float]:
@@ -145,7 +186,7 @@ class PPOConfig:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(_Validated):
     """Everything a training run is: its data, env, model, PPO settings, and how long and
     where it trains."""
 
@@ -153,14 +194,18 @@ class RunConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
-    epochs: int = _opt(10, "passes over the training bars")
-    total_steps: int | None = _opt(None, "train for this many env steps instead of --epochs")
+    epochs: int = _opt(10, "passes over the training bars", valid=AT_LEAST_1)
+    total_steps: int | None = _opt(
+        None, "train for this many env steps instead of --epochs", valid=AT_LEAST_1
+    )
     run_dir: str | None = _opt(
         None, "where metrics.csv and checkpoints go (default runs/<date-time>)"
     )
     resume: bool = _opt(False, "continue the run in --run-dir from its checkpoint.pt")
+    overwrite: bool = _opt(False, "replace the run already in --run-dir (it is deleted)")
     device: str | None = _opt(None, "cpu or cuda (default: cuda if present)")
     quiet: bool = _opt(False, "no progress bar")
+    debug: bool = _opt(False, "show the full traceback of an error")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (dicts, lists, numbers, strings, None): for JSON and checkpoints."""
@@ -248,15 +293,7 @@ def _setting(obj: Any, name: str, value: Any, where: str) -> Any:
     if name not in hints or name in SECTIONS:
         known = ", ".join(f.name for f in dataclasses.fields(obj) if f.name not in SECTIONS)
         raise ValueError(f"unknown setting {where}{name!r} (known: {known})")
-    converted = _convert(value, hints[name], f"{where}{name}")
-    choices = _metadata(obj, name).get("choices")
-    if choices and converted is not None and converted not in choices:
-        raise ValueError(f"{where}{name} must be one of {', '.join(choices)}, got {converted!r}")
-    return converted
-
-
-def _metadata(obj: Any, name: str) -> dict[str, Any]:
-    return next(f.metadata for f in dataclasses.fields(obj) if f.name == name)
+    return _convert(value, hints[name], f"{where}{name}")
 
 
 def apply(config: RunConfig, values: dict[str, Any]) -> RunConfig:

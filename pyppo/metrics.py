@@ -169,32 +169,54 @@ class MetricsWriter:
 
     :param run_dir: the run's folder; ``None`` writes nothing.
     :param columns: the schema's columns (the CSV header).
-    :param append: continue an existing metrics.csv (a resumed run) instead of starting one.
+    :param resume_from: ``(update, env_steps)`` of the state training continues from, or
+        None for a new run. Rows a killed run wrote after that state are dropped from
+        metrics.csv, and TensorBoard purges its events after that step, so each update
+        appears exactly once.
     """
 
-    def __init__(self, run_dir: Path | None, columns: Sequence[str], *, append: bool) -> None:
+    def __init__(
+        self, run_dir: Path | None, columns: Sequence[str], *, resume_from: tuple[int, int] | None
+    ) -> None:
         self.run_dir = run_dir
         self.columns = list(columns)
-        self._append = append
+        self.resume_from = resume_from
+        self._started = False
         self._tensorboard: Any = None
 
     def write(self, row: dict[str, float]) -> None:
         if self.run_dir is None:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / "metrics.csv"
-        new = not (self._append and path.exists())
-        with open(path, "w" if new else "a", newline="") as f:
+        if not self._started:
+            self._start(path)
+        with open(path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore", restval="")
-            if new:
-                writer.writeheader()
             writer.writerow(row)
-        self._append = True
         board = self._board()
         if board is not None:
             for key, value in row.items():
                 if key not in ("update", "env_steps") and value == value:
                     board.add_scalar(key, value, int(row["env_steps"]))
+
+    def _start(self, path: Path) -> None:
+        """A new metrics.csv with its header, or a resumed one cut after ``resume_from``."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        kept: list[dict[str, str]] = []
+        if self.resume_from is not None and path.exists():
+            with open(path, newline="") as f:
+                kept = [
+                    r
+                    for r in csv.DictReader(f)
+                    if r.get("update") and float(r["update"]) <= self.resume_from[0]
+                ]
+        tmp = path.with_name(".metrics.csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore", restval="")
+            writer.writeheader()
+            writer.writerows(kept)
+        tmp.replace(path)
+        self._started = True
 
     def _board(self) -> Any:
         if self._tensorboard is None and self.run_dir is not None:
@@ -203,7 +225,10 @@ class MetricsWriter:
             except ImportError:
                 self._tensorboard = False
             else:
-                self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+                purge = None if self.resume_from is None else self.resume_from[1] + 1
+                self._tensorboard = SummaryWriter(
+                    str(self.run_dir / "tensorboard"), purge_step=purge
+                )
         return self._tensorboard or None
 
     def flush(self) -> None:

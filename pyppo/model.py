@@ -20,6 +20,7 @@ on the device until the trainer takes them, once per update (:meth:`take_output_
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -149,7 +150,18 @@ class TradingActorCritic(nn.Module):
             persistent=False,
         )
 
-    def describe(self) -> dict[str, object]:
+    @classmethod
+    def from_description(cls, description: dict[str, Any]) -> TradingActorCritic:
+        """The model :meth:`describe` describes (untrained weights: load a state dict)."""
+        return cls(
+            ObsSpec.for_window(int(description["window"])),
+            num_actions=int(description["num_actions"]),
+            hidden_dim=int(description["hidden_dim"]),
+            aux_limit=float(description["aux_limit"]),
+            aux_labels=tuple(description["aux_labels"]),
+        )
+
+    def describe(self) -> dict[str, Any]:
         """What it takes to rebuild this model, as plain data (stored in checkpoints)."""
         return {
             "num_actions": self.num_actions,

@@ -21,9 +21,21 @@ def sanitize_(x: Tensor, limit: float = 1.0) -> Tensor:
 
     Returns an int64 tensor ``[nonfinite, clamped]`` on ``x``'s device; reading it is the
     only host synchronisation. ``limit=float("inf")`` only zeroes non-finite values.
-    Works for float32/64, float16 and bfloat16 of any shape, contiguous or not.
+    Works for float32/64, float16 and bfloat16 of any shape, contiguous or not. Like
+    torch's in-place ops it refuses a leaf that requires grad, and a backward pass that
+    needs ``x``'s old values raises.
     """
-    return torch.ops.pyppo.sanitize_.default(x, float(limit))
+    if x.requires_grad and x.is_leaf and torch.is_grad_enabled():
+        raise RuntimeError(
+            "pyppo.sanitize_: a leaf tensor that requires grad cannot be changed in place (as "
+            "with any in-place torch op); use ops.sanitize(x), which returns a new tensor"
+        )
+    counts = torch.ops.pyppo.sanitize_.default(x, float(limit))
+    # Tell autograd that x changed, as torch's own in-place ops do: a backward pass that needs
+    # the old x (e.g. y = x.exp(); sanitize_(y)) then raises instead of using the new values.
+    if not x.is_inference() and not torch.compiler.is_compiling():
+        torch.autograd.graph.increment_version(x)
+    return counts
 
 
 def sanitize(x: Tensor, limit: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -135,6 +147,8 @@ def guard_gradients_(
     # Python 3.12, torch 2.11) an error thrown by these kernels crashed the process instead
     # of raising; the Python check keeps bad arguments a clear exception everywhere.
     _check_guard_args(grads, group_ids, int(num_groups), float(max_norm))
+    if not torch.compiler.is_compiling():
+        _check_no_overlap(grads)
     return torch.ops.pyppo.guard_gradients_.default(
         grads, group_ids, int(num_groups), float(max_norm), bool(skip_nonfinite)
     )
@@ -154,6 +168,28 @@ def _check_tensor_list(tensors: list[Tensor], name: str) -> None:
             raise ValueError(
                 f"pyppo: {name}[{i}] is on {t.device} but {name}[0] is on {tensors[0].device};"
                 " all tensors must be on one device"
+            )
+
+
+def _check_no_overlap(grads: list[Tensor]) -> None:
+    """The kernel writes every gradient in parallel: two that share memory (the same tensor
+    twice, or overlapping views) would race. Compares each tensor's byte span."""
+    spans = []
+    for i, t in enumerate(grads):
+        if t.numel() == 0:
+            continue
+        reach = sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride(), strict=True))
+        start = t.data_ptr() - t.element_size() * sum(
+            (n - 1) * -s for n, s in zip(t.shape, t.stride(), strict=True) if s < 0
+        )
+        spans.append((start, start + t.element_size() * (reach + 1), i))
+    spans.sort()
+    for (_, end, i), (start, _, j) in zip(spans, spans[1:], strict=False):
+        if start < end:
+            first, second = sorted((i, j))
+            raise ValueError(
+                f"pyppo: grads[{first}] and grads[{second}] share memory (the same tensor twice, "
+                "or overlapping views); pass each gradient once"
             )
 
 

@@ -50,6 +50,7 @@ from pyppo.protocols import (
     StatefulEnv,
 )
 from pyppo.rollout import Rollout
+from pyppo.stop import StopRequest, TrainingInterrupted
 from pyppo.update import PPOUpdate
 
 DEFAULT_AUX_LABELS = ("1h", "24h")
@@ -143,6 +144,12 @@ class PPOTrainer:
             self._forward, self.optimizer, self.guard, cfg, self.aux_names, self.device
         )
 
+        # Set (e.g. by SIGINT, see pyppo.stop) to stop at the next update boundary.
+        self.stop = StopRequest()
+        # Anything else about the run's data a caller wants in checkpoints (the CLI keeps the
+        # training period and the data's path here).
+        self.data_info: dict[str, Any] | None = None
+
         # Training state (saved in checkpoints).
         self.update = 0
         self.env_steps = 0
@@ -212,13 +219,17 @@ class PPOTrainer:
         else:
             updates_per_epoch = None
             target_updates = math.ceil(total_steps / per_update)
-        writer = MetricsWriter(self.run_dir, self.metric_schema().columns, append=self.update > 0)
+        resume_from = (self.update, self.env_steps) if self.update else None
+        writer = MetricsWriter(self.run_dir, self.metric_schema().columns, resume_from=resume_from)
         bar = ProgressBar(target_updates, self.update, enabled=self.progress)
         try:
             while self.update < target_updates:
                 row = self._one_update(updates_per_epoch)
                 writer.write(row)
                 bar.update(row)
+                if self.stop.requested:  # decided here, between updates: a resumable state
+                    self.save("checkpoint.pt")
+                    raise TrainingInterrupted(self.stop.signal, self.update)
             self.save("checkpoint.pt")
         finally:
             bar.close()
@@ -347,6 +358,7 @@ class PPOTrainer:
             "env": self.env.state_dict() if isinstance(self.env, StatefulEnv) else None,
             "rng": {"torch": torch.get_rng_state(), "batch": self.batch_generator.get_state()},
             "data_fingerprint": self.data_fingerprint,
+            "data": self.data_info,
         }
 
     def save(self, name: str) -> Path | None:

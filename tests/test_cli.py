@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from pyppo import synthetic_market
@@ -77,33 +76,46 @@ def test_resume_continues_identically(tmp_path):
                 assert ra[key] == rb[key] or (math.isnan(ra[key]) and math.isnan(rb[key])), key
 
 
-def test_resume_errors_are_clear(tmp_path):
-    with pytest.raises(SystemExit, match="needs --run-dir"):
-        train_main(["--resume"])
-    with pytest.raises(SystemExit, match="does not exist"):
-        train_main(["--resume", "--run-dir", str(tmp_path / "nothing")])
+def fails_with(capsys, code: int, message: str) -> None:
+    """The run failed with exit code 2 and one last stderr line ``error: ...message...``."""
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error:") and message in last, last
+
+
+def test_resume_errors_are_clear(tmp_path, capsys):
+    fails_with(capsys, train_main(["--resume"]), "needs --run-dir")
+    fails_with(
+        capsys, train_main(["--resume", "--run-dir", str(tmp_path / "nothing")]), "does not exist"
+    )
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match="corrupt or truncated"):
-        train_main(["--resume", "--run-dir", str(tmp_path / "bad")])
+    fails_with(
+        capsys, train_main(["--resume", "--run-dir", str(tmp_path / "bad")]), "corrupt or truncated"
+    )
 
 
-def test_user_csv(tmp_path):
+def test_user_csv(tmp_path, capsys):
     frame = synthetic_market(3000, seed=2).frame.reset_index()
     frame = frame.rename(columns={frame.columns[0]: "Date"})
     path = tmp_path / "bars.csv"
     frame.to_csv(path, index=False)
     assert train(tmp_path / "r", "--epochs", "1", "--data", str(path)) == 0
-    with pytest.raises(SystemExit, match="synthetic market only"):
-        train(tmp_path / "r2", "--epochs", "1", "--data", str(path), "--bad-ticks", "0.01")
+    code = train(tmp_path / "r2", "--epochs", "1", "--data", str(path), "--bad-ticks", "0.01")
+    fails_with(capsys, code, "synthetic market only")
 
 
-def test_eval_of_a_checkpoint_that_does_not_fit_the_model(tmp_path):
+def test_eval_of_a_checkpoint_that_does_not_fit_the_model(tmp_path, capsys):
     assert train(tmp_path / "r", "--epochs", "1") == 0
     path = tmp_path / "r" / "checkpoint.pt"
     state = torch.load(path, weights_only=False)
     state["model"] = {"not_a_weight": torch.zeros(1)}
     torch.save(state, path)
     (tmp_path / "r" / "best.pt").unlink()
-    with pytest.raises(SystemExit, match="does not fit this version's model"):
-        eval_main([str(tmp_path / "r"), "--device", "cpu"])
+    fails_with(
+        capsys,
+        eval_main([str(tmp_path / "r"), "--device", "cpu"]),
+        "does not fit this version's model",
+    )

@@ -22,7 +22,7 @@ from pyppo import (
     synthetic_market,
 )
 from pyppo.checkpoint import load_checkpoint
-from pyppo.cli import resolve_config, train_main
+from pyppo.cli import UserError, resolve_config, train_main
 from pyppo.config import apply
 
 SMALL = [
@@ -145,6 +145,8 @@ def test_every_flag_in_help_is_covered():
         "--aux-long-coef",
         "--target-kl",
         "--checkpoint-every",
+        "--overwrite",
+        "--debug",
     }
     assert flags - covered == new
 
@@ -206,22 +208,28 @@ def test_print_config_round_trips(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "argv, message",
+    ("argv", "message"),
     [
-        (["--lr", "abc"], "lr"),
+        (["--lr", "abc"], "lr must be a number, got 'abc'"),
+        (["--lr", "nan"], "lr (--lr) must be a finite number > 0, got nan"),
+        (["--gamma", "2"], "gamma (--gamma) must be a number in [0, 1]"),
+        (["--batch-size", "0"], "batch_size (--batch-size) must be a whole number >= 1"),
+        (["--window", "0"], "window (--window) must be a whole number >= 1"),
+        (["--bad-ticks", "0.5"], "bad_ticks (--bad-ticks) must be a rate in [0, 0.3)"),
         (["--horizons", "1h"], "exactly two"),
+        (["--nan-policy", "ignore"], "invalid choice"),
     ],
 )
-def test_bad_values_are_one_line_errors(argv, message):
-    with pytest.raises(SystemExit) as err:
+def test_bad_values_are_clear_errors(argv, message):
+    with pytest.raises(UserError) as err:
         resolve_config(argv)
-    assert message in str(err.value) or err.value.code == 2
+    assert message in str(err.value)
 
 
 def test_unknown_toml_setting_is_an_error(tmp_path):
     toml = tmp_path / "bad.toml"
     toml.write_text("[ppo]\nlearning_rate = 0.1\n")
-    with pytest.raises(SystemExit, match="unknown setting ppo.'learning_rate'"):
+    with pytest.raises(UserError, match="unknown setting ppo.'learning_rate'"):
         resolve_config(["--config", str(toml)])
 
 

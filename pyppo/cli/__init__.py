@@ -1,0 +1,29 @@
+"""Command lines: ``pyppo-train`` (scripts/train_rl_agent.py, :mod:`pyppo.cli.train`) and
+``pyppo-eval`` (scripts/evaluate_agent.py, :mod:`pyppo.cli.evaluate`); what they share is in
+:mod:`pyppo.cli.common`."""
+
+from pyppo.cli.common import (
+    UserError,
+    load_data,
+    make_env,
+    make_model,
+    run_cli,
+    split_data,
+)
+from pyppo.cli.evaluate import eval_main, eval_parser, evaluate_run
+from pyppo.cli.train import resolve_config, train_main, train_parser
+
+__all__ = [
+    "UserError",
+    "eval_main",
+    "eval_parser",
+    "evaluate_run",
+    "load_data",
+    "make_env",
+    "make_model",
+    "resolve_config",
+    "run_cli",
+    "split_data",
+    "train_main",
+    "train_parser",
+]

@@ -1,0 +1,214 @@
+"""What both command lines share: one-line errors, the run's data, env and model.
+
+Every user error (data, flags, devices, paths, checkpoints) ends the program with one last
+line on stderr, ``error: <what> (<fix>)``, and exit code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyppo.config import RunConfig, apply
+
+TRAIN_FRACTION, VALIDATION_FRACTION = 0.7, 0.1
+
+# Settings a resumed run may change: how long and where it trains, and how often it saves.
+RESUMABLE = {
+    "epochs",
+    "total_steps",
+    "run_dir",
+    "resume",
+    "overwrite",
+    "device",
+    "quiet",
+    "debug",
+    "ppo.checkpoint_every",
+}
+# What a run dir holds; a folder with any of these holds a run.
+RUN_FILES = (
+    "checkpoint.pt",
+    "best.pt",
+    "metrics.csv",
+    "config.json",
+    "report.md",
+    "equity.png",
+    "predictions.png",
+    "training.png",
+    "tensorboard",
+)
+
+
+class UserError(Exception):
+    """A mistake the user can fix: printed as ``error: <what> (<fix>)``."""
+
+    def __init__(self, what: str, fix: str | None = None) -> None:
+        super().__init__(f"{what} ({fix})" if fix else what)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line in pyppo's format."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(message, f"see {self.prog} --help")
+
+
+def run_cli(main: Callable[[list[str]], int], argv: list[str] | None) -> int:
+    """Run ``main``; turn every exception into one ``error:`` line and exit code 2 (the
+    traceback too with ``--debug``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return main(argv)
+    except Exception as err:  # the one place every failure becomes one line
+        if "--debug" in argv:
+            traceback.print_exc()
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(err: Exception) -> str:
+    from pyppo.checkpoint import CheckpointError
+    from pyppo.data import MarketDataError
+
+    text = " ".join(str(err).split())
+    if isinstance(err, (UserError, MarketDataError, CheckpointError, ValueError)):
+        return text
+    if isinstance(err, OSError):
+        return f"{err.strerror or text}: {err.filename} (check the path and its permissions)"
+    return f"{type(err).__name__}: {text} (an internal error: rerun with --debug and report it)"
+
+
+# -- shared: data, env and model from a run's config ----------------------------------------
+
+
+def horizons_of(config: RunConfig) -> tuple[int | str, ...]:
+    """The configured horizons as the data layer takes them: a bare number is in bars."""
+    return tuple(int(h) if str(h).isdigit() else h for h in config.data.horizons)
+
+
+def default_horizons(interval: Any) -> tuple[str, str]:
+    """1h and 24h where the bars divide them; else one bar and 24 bars (4h bars: 4h, 4d)."""
+    from pyppo.data import horizon_to_bars
+    from pyppo.data.horizons import _fmt_td
+
+    try:
+        for h in ("1h", "24h"):
+            horizon_to_bars(h, interval)
+        return ("1h", "24h")
+    except ValueError:
+        return (_fmt_td(interval).lower(), _fmt_td(24 * interval).lower())
+
+
+def load_data(config: RunConfig, explicit: set[str] = frozenset()) -> tuple[Any, RunConfig]:
+    """The full MarketData a run trains on (the embedded synthetic market or a file) and the
+    config with its horizons resolved: unless set explicitly they adapt to the bar interval."""
+    from pyppo.data import MarketData, horizon_to_bars, load_market_data, synthetic_market
+
+    data = config.data
+    if not data.path:
+        market = synthetic_market(
+            n_bars=data.bars, seed=data.data_seed, bad_ticks=data.bad_ticks, horizons=(1,)
+        )
+    else:
+        if data.bad_ticks:
+            raise UserError(
+                "--bad-ticks plants bad data in the synthetic market only",
+                "drop it when using --data",
+            )
+        market = load_market_data(
+            data.path,
+            timestamp_col=data.timestamp_col,
+            timestamp_format=data.timestamp_format,
+            price_col=data.price_col,
+            repair=data.repair,
+            window=config.env.window,
+            horizons=(1,),
+        )
+    horizons = horizons_of(config)
+    if "data.horizons" not in explicit:
+        horizons = default_horizons(market.bar_interval)
+    for h in horizons:
+        try:
+            horizon_to_bars(h, market.bar_interval)
+        except ValueError as err:
+            raise UserError(
+                f"--horizons {','.join(map(str, horizons))}: {err}",
+                "give two durations that are whole multiples of the bar interval, "
+                "or bar counts such as --horizons 1,24",
+            ) from None
+    market = MarketData(
+        market.frame,
+        bar_interval=market.bar_interval,
+        horizons=horizons,
+        window=config.env.window,
+        repair=market.repair,
+        planted=market.planted,
+        source=market.source,
+    )
+    return market, apply(config, {"data": {"horizons": [str(h) for h in horizons]}})
+
+
+def split_data(market):
+    """(train, validation, test) in time order."""
+    train, rest = market.split(TRAIN_FRACTION)
+    validation, test = rest.split(VALIDATION_FRACTION / (1 - TRAIN_FRACTION))
+    return train, validation, test
+
+
+def make_env(market, config: RunConfig, device: torch.device):
+    """The run's training TradingEnv over ``market``."""
+    from pyppo.env import TradingEnv
+
+    env = config.env
+    return TradingEnv(
+        market,
+        num_envs=env.num_envs,
+        episode_length=env.episode_length,
+        window=env.window,
+        fee=env.fee,
+        allow_short=env.allow_short,
+        device=device,
+        seed=config.ppo.seed,
+        sanitize=config.ppo.guards,
+    )
+
+
+def make_model(env, config: RunConfig):
+    """The run's model, initialised from the run's seed (the same weights every time)."""
+    from pyppo.model import TradingActorCritic
+
+    torch.manual_seed(config.ppo.seed)
+    return TradingActorCritic(
+        env.obs_spec,
+        num_actions=env.single_action_space.n,
+        hidden_dim=config.model.hidden_dim,
+        aux_limit=config.model.aux_limit,
+        aux_labels=env.aux_labels,
+    )
+
+
+def check_writable(folder: Path, what: str, files: tuple[str, ...] = ()) -> None:
+    """Create ``folder`` if needed and prove that files (``files`` by name) can be written
+    there, before any long work starts."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{what} {folder} is a file, not a folder", "choose another path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in (".pyppo-write-test", *files):
+            path = folder / name
+            existed = path.exists()
+            with open(path, "ab"):
+                pass
+            if not existed:
+                path.unlink()
+    except OSError as err:
+        raise UserError(
+            f"cannot write {err.filename or folder}: {err.strerror}",
+            f"{what} must be a folder you can write to",
+        ) from None
