@@ -564,3 +564,14 @@ def test_opcheck_cuda():
     torch.library.opcheck(torch.ops.pyppo.count_nonfinite.default, (grads,))
     x = torch.randn(100, device="cuda", requires_grad=True)
     torch.library.opcheck(torch.ops.pyppo.sanitize.default, (x, 1.0))
+
+
+def test_aliased_gradients_are_refused():
+    g = torch.randn(100)
+    with pytest.raises(ValueError, match=r"grads\[0\] and grads\[1\] share memory"):
+        ops.guard_gradients_([g, g], [0, 0], 1, 1.0)
+    with pytest.raises(ValueError, match=r"grads\[0\] and grads\[2\] share memory"):
+        ops.guard_gradients_([g[:60], torch.randn(3), g[50:]], [0, 0, 0], 1, 1.0)
+    # Neighbouring views of one buffer (how flat gradient buffers are cut) are fine.
+    counts = ops.guard_gradients_([g[:50], g[50:]], [0, 0], 1, 1.0)[0]
+    assert counts.tolist() == [0]

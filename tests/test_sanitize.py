@@ -163,3 +163,19 @@ def test_cuda_runs_on_the_current_stream():
     stream.synchronize()
     assert same_bits(y, want_y)
     assert counts.tolist() == want_counts.tolist()
+
+
+def test_sanitize_in_place_on_a_tensor_autograd_saved_raises_at_backward():
+    x = torch.tensor([0.5, 2.0, -3.0], requires_grad=True)
+    y = x.exp()  # exp saves its output for backward
+    ops.sanitize_(y, 1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+        ops.sanitize_(x, 1.0)
+    # Where autograd needs nothing, it works as before (and under no_grad on a leaf).
+    z = torch.tensor([float("nan"), 5.0])
+    assert ops.sanitize_(z, 1.0).tolist() == [1, 1] and z.tolist() == [0.0, 1.0]
+    with torch.no_grad():
+        ops.sanitize_(x, 1.0)
+    assert x.tolist() == [0.5, 1.0, -1.0]
