@@ -60,9 +60,10 @@ class PPOUpdate:
 
     def step(
         self, batch: RolloutBatch, aux_scale: Tensor | None, counters: NaNCounters
-    ) -> Tensor | None:
+    ) -> tuple[Tensor, Tensor]:
         """One minibatch. Returns its statistics (ordered as :meth:`stat_names`) as one device
-        tensor, or None when the ``skip`` policy skipped the step."""
+        tensor, and 1.0, or 0.0 when the ``skip`` policy skipped the step (its statistics then
+        do not count)."""
         cfg = self.config
         out, bad = self.policy(batch.obs)
         if bad is not None:
@@ -97,16 +98,19 @@ class PPOUpdate:
 
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
+        keep = torch.ones((), device=self.device)
         if cfg.guards:
             report = self.guard.step()
             counters.grads += report.nonfinite_counts
             counters.skipped += report.skipped
-            # "skip" must not let Adam's momentum move the weights: one sync.
-            if cfg.nan_policy == "skip" and bool(report.skipped):
-                return None
             stats += [report.total_norm, report.clip_coef]
+            if cfg.nan_policy == "skip":
+                # Masked on the device, as GradScaler masks fused optimizers: with found_inf
+                # set, Adam moves neither the weights nor its moments. No host read.
+                keep = (~report.skipped).float()
+                self.optimizer.found_inf = report.skipped.float()
         self.optimizer.step()
-        return torch.stack(stats).detach()
+        return torch.stack(stats).detach(), keep
 
     def run(
         self, buffer: RolloutBuffer, generator: torch.Generator, counters: NaNCounters, *, aux: bool
@@ -120,25 +124,20 @@ class PPOUpdate:
             targets = buffer.aux_targets.reshape(-1, len(self.aux_names))
             aux_scale = targets.var(0).clamp_min(1e-12)
         kl_index = names.index("train/approx_kl")
-        # One stacked add per minibatch instead of one per statistic.
+        # One stacked add per minibatch instead of one per statistic; skipped steps weigh 0.
         sums = torch.zeros(len(names), device=self.device)
-        n_batches = 0
+        n_batches = torch.zeros((), device=self.device)
         for _ in range(cfg.num_epochs):
             epoch_kl = torch.zeros((), device=self.device)
-            epoch_batches = 0
+            epoch_batches = torch.zeros((), device=self.device)
             for batch in buffer.minibatches(cfg.batch_size, generator):
-                stats = self.step(batch, aux_scale, counters)
-                if stats is None:
-                    continue
-                sums += stats
-                epoch_kl += stats[kl_index]
-                epoch_batches += 1
-                n_batches += 1
-            kl_too_high = (
-                cfg.target_kl is not None
-                and epoch_batches
-                and float(epoch_kl / epoch_batches) > cfg.target_kl
-            )
-            if kl_too_high:
-                break
-        return dict(zip(names, (sums / max(n_batches, 1)).unbind(), strict=True))
+                stats, keep = self.step(batch, aux_scale, counters)
+                sums += stats * keep
+                epoch_kl += stats[kl_index] * keep
+                epoch_batches += keep
+            n_batches += epoch_batches
+            if cfg.target_kl is not None:  # one host read per epoch
+                mean_kl = float(epoch_kl / epoch_batches.clamp_min(1))
+                if mean_kl > cfg.target_kl:
+                    break
+        return dict(zip(names, (sums / n_batches.clamp_min(1)).unbind(), strict=True))

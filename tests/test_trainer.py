@@ -290,3 +290,23 @@ def test_rollout_runs_on_one_cpu_thread_and_restores_the_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_skip_policy_masks_the_step_on_the_device(tmp_path):
+    """With nan_policy="skip", a step with a non-finite gradient moves neither the weights
+    nor Adam's moments, and is counted; the decision is never read on the host."""
+    market = synthetic_market(3000, seed=4)
+    trainer = small_trainer(market, tmp_path, nan_policy="skip")
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    hook = trainer.model.aux_1h.weight.register_hook(lambda g: torch.full_like(g, float("nan")))
+    trainer.train(total_steps=8 * 32)
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+    assert all(len(s) == 0 or int(s["step"]) == 0 for s in trainer.optimizer.state.values())
+    rows = list(read_metrics(tmp_path / "metrics.csv"))
+    minibatches = 2 * (8 * 32 // 64)  # num_epochs x minibatches per epoch
+    assert rows[-1]["guard/skipped_steps"] == minibatches
+    hook.remove()
+    trainer.train(total_steps=8 * 32 * 2)  # clean gradients: it trains again
+    assert not all(
+        torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True)
+    )
