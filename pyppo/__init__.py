@@ -10,6 +10,7 @@ import torch  # noqa: F401  (before the extension, see above)
 
 from pyppo import ops, reference
 from pyppo._extension import cuda_kernels_available
+from pyppo.agent import Agent, export_agent
 from pyppo.buffer import RolloutBatch, RolloutBuffer
 from pyppo.config import DataConfig, EnvConfig, ModelConfig, PPOConfig, RunConfig
 from pyppo.data import MarketData, MarketDataError, load_market_data, synthetic_market
@@ -20,6 +21,8 @@ from pyppo.model import TradingActorCritic
 from pyppo.trainer import NonFiniteParametersError, PPOTrainer
 
 __all__ = [
+    "Agent",
+    "export_agent",
     "cuda_kernels_available",
     "ops",
     "reference",

@@ -11,6 +11,7 @@ from pyppo.cli.common import (
     split_data,
 )
 from pyppo.cli.evaluate import eval_main, eval_parser, evaluate_run
+from pyppo.cli.predict import export_main, predict_main
 from pyppo.cli.train import resolve_config, train_main, train_parser
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "eval_main",
     "eval_parser",
     "evaluate_run",
+    "export_main",
+    "predict_main",
     "load_data",
     "make_env",
     "make_model",

@@ -1,0 +1,92 @@
+"""``pyppo-predict`` (what a trained agent does at the latest bars) and ``pyppo-export`` (a
+portable copy of an agent: safetensors weights and a JSON config)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from pyppo.cli.common import Parser, run_cli
+
+
+def predict_parser() -> Parser:
+    p = Parser(
+        prog="pyppo-predict",
+        description="The agent's action, action probabilities, value and return "
+        "predictions for the latest bar (or every bar) of an OHLCV file.",
+    )
+    p.add_argument("run", help="a run dir, a checkpoint (.pt) or an exported agent folder")
+    p.add_argument("--data", required=True, help="CSV or Parquet file of recent OHLCV bars")
+    p.add_argument(
+        "--position",
+        default="flat",
+        help="the position held now: short, flat or long (default: flat)",
+    )
+    p.add_argument(
+        "--all-bars",
+        action="store_true",
+        help="every bar, walking the positions the agent's actions lead to",
+    )
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return p
+
+
+def _json_value(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        value = value.item()
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def predict_main(argv: list[str] | None = None) -> int:
+    """``pyppo-predict``: returns the exit code (0, or 2 with one ``error:`` line)."""
+    return run_cli(_predict, argv)
+
+
+def _predict(argv: list[str]) -> int:
+    import pandas as pd
+
+    from pyppo.agent import Agent
+
+    args = predict_parser().parse_args(argv)
+    agent = Agent.load(args.run, device=args.device)
+    result = agent.predict(args.data, args.position, all_bars=args.all_bars)
+    frame = result if args.all_bars else pd.DataFrame([result]).set_index("timestamp")
+    if args.json:
+        for timestamp, row in frame.iterrows():
+            record = {"timestamp": timestamp, **row.to_dict()}
+            print(json.dumps({k: _json_value(v) for k, v in record.items()}))
+    else:
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            print(frame.to_string(float_format=lambda x: f"{x:+.5f}"))
+    return 0
+
+
+def export_parser() -> Parser:
+    p = Parser(
+        prog="pyppo-export",
+        description="Write a trained agent as model.safetensors plus agent.json, which "
+        "pyppo.Agent.load and pyppo-predict read (no pickles).",
+    )
+    p.add_argument("run", help="a run dir or a checkpoint (.pt)")
+    p.add_argument("--out", required=True, help="the folder to write")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return p
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """``pyppo-export``: returns the exit code (0, or 2 with one ``error:`` line)."""
+    return run_cli(_export, argv)
+
+
+def _export(argv: list[str]) -> int:
+    from pyppo.agent import Agent, export_agent
+
+    args = export_parser().parse_args(argv)
+    out = export_agent(Agent.load(args.run), args.out)
+    print(f"exported to {out}: load it with pyppo.Agent.load({str(out)!r})")
+    return 0
