@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-# 2: plain data only (the config as dicts, the agent's description); 1 pickled settings.
+# Version 2: plain data only (the config as dicts, the agent's description, the state of
+# each process in "ranks"); version 1 pickled its settings.
 FORMAT_VERSION = 2
 
 
@@ -70,9 +71,7 @@ REQUIRED_KEYS = (
     "run_config",
     "agent",
     "trainer",
-    "rollout",
-    "env",
-    "rng",
+    "ranks",
     "data_fingerprint",
     "data",
 )

@@ -31,11 +31,13 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from pyppo import ops
+from pyppo.distributed import averaged_gradients_, rank_and_world
 
 logger = logging.getLogger("pyppo")
 
@@ -98,6 +100,12 @@ class GradientGuard:
         log_every: when set, :meth:`step` calls :meth:`log_events` every ``log_every``
             steps (one host sync each time). Leave it ``None`` when the training loop calls
             :meth:`log_events` itself, e.g. once per update.
+        process_group: a ``torch.distributed`` process group (``dist.group.WORLD`` for
+            all processes): :meth:`step` then also averages the gradients over them, in
+            one flat all-reduce: each rank's NaN/inf are zeroed and counted first, the
+            counts ride along, and the skip and the clip follow the global counts and norm,
+            so every rank steps identically. Call it instead of DDP's own all-reduce (a
+            model not wrapped in DDP), after ``backward()``; the report's counts are global.
     """
 
     def __init__(
@@ -107,6 +115,7 @@ class GradientGuard:
         policy: str = "zero",
         groups: Mapping[str, str] | None = None,
         log_every: int | None = None,
+        process_group: Any = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"pyppo: policy must be one of {POLICIES}, got {policy!r}")
@@ -117,6 +126,8 @@ class GradientGuard:
         self.max_norm = float(max_norm)
         self.policy = policy
         self.log_every = log_every
+        self.process_group = process_group
+        self.distributed = process_group is not None and rank_and_world(process_group)[1] > 1
 
         if groups is None:
             groups = {f"{child}.": child for child, _ in model.named_children()}
@@ -150,19 +161,41 @@ class GradientGuard:
             if param.grad is not None:
                 grads.append(param.grad)
                 group_ids.append(gid)
-        counts, norms, total, coef = ops.guard_gradients_(
-            grads, group_ids, len(self.groups), self.max_norm, self.policy == "skip"
-        )
-        if self.policy == "skip":
-            skipped = counts.sum() > 0
+        if self.distributed:
+            counts, norms, total, coef, skipped = self._step_distributed(grads, group_ids)
         else:
-            skipped = torch.zeros((), dtype=torch.bool, device=counts.device)
+            counts, norms, total, coef = ops.guard_gradients_(
+                grads, group_ids, len(self.groups), self.max_norm, self.policy == "skip"
+            )
+            skipped = (
+                counts.sum() > 0
+                if self.policy == "skip"
+                else counts.new_zeros((), dtype=torch.bool)
+            )
 
         self._accumulate(counts, skipped)
         self.steps += 1
         if self.log_every is not None and self.steps % self.log_every == 0:
             self.log_events()
         return GuardReport(self.groups, counts, norms, total, coef, skipped)
+
+    def _step_distributed(
+        self, grads: list[Tensor], group_ids: list[int]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """This rank's NaN/inf zeroed and counted, then one flat all-reduce of the gradients
+        (averaged) with the counts riding along (summed), then the skip and the clip from the
+        global counts and norm: every rank ends with the same gradients and decisions."""
+        num_groups = len(self.groups)
+        local = ops.guard_gradients_(grads, group_ids, num_groups, math.inf, False)[0]
+        counts = averaged_gradients_(grads, local, self.process_group).round().long()
+        skipped = counts.new_zeros((), dtype=torch.bool)
+        if self.policy == "skip":
+            skipped = counts.sum() > 0
+            torch._foreach_mul_(grads, (~skipped).to(grads[0].dtype))
+        _, norms, total, coef = ops.guard_gradients_(
+            grads, group_ids, num_groups, self.max_norm, False
+        )
+        return counts, norms, total, coef, skipped
 
     def _accumulate(self, counts: Tensor, skipped: Tensor) -> None:
         if self._cumulative_nonfinite is None or self._cumulative_nonfinite.device != counts.device:

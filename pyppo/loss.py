@@ -69,6 +69,7 @@ def ppo_loss(
     aux_scale: Tensor | None = None,
     aux_coefs: Tensor | None = None,
     guard_aux: bool = True,
+    advantage_stats: tuple[Tensor, Tensor] | None = None,
 ) -> PPOLossTerms:
     """The loss of one minibatch of ``B`` samples.
 
@@ -87,6 +88,8 @@ def ppo_loss(
     :param aux_coefs: ``(K,)`` weights of the auxiliary losses.
     :param guard_aux: set a non-finite auxiliary loss to 0 (and flag it) instead of letting
         it into ``total``.
+    :param advantage_stats: ``(mean, std)`` to normalize the advantages with, instead of the
+        minibatch's own (across processes: the global minibatch's).
     """
     logprob, entropy = log_prob_and_entropy(logits, actions)
     logratio = logprob - old_logprobs
@@ -94,7 +97,9 @@ def ppo_loss(
     with torch.no_grad():
         approx_kl = ((ratio - 1) - logratio).mean()
         clip_fraction = ((ratio - 1.0).abs() > clip_epsilon).float().mean()
-    adv = (advantages - advantages.mean()) / (advantages.std(unbiased=False) + 1e-8)
+    if advantage_stats is None:
+        advantage_stats = (advantages.mean(), advantages.std(unbiased=False))
+    adv = (advantages - advantage_stats[0]) / (advantage_stats[1] + 1e-8)
     policy = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_epsilon, 1 + clip_epsilon)).mean()
     value = 0.5 * ((values - returns) ** 2).mean()
     entropy_mean = entropy.mean()

@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pyppo.distributed import all_reduce_sum_, rank_and_world
+
 logger = logging.getLogger("pyppo")
 
 PERF = ("perf/steps_per_sec", "perf/rollout_seconds", "perf/update_seconds")
@@ -145,8 +147,15 @@ def sanitized_row(counts: dict[tuple[str, str], Tensor]) -> dict[str, float]:
 
 
 def log_nan_events(row: dict[str, float], schema: MetricSchema) -> None:
-    """Log the fixed messages users grep for, once per update, for the model outputs and
-    auxiliary losses hit (the gradient guard logs its own groups)."""
+    """Log the fixed messages users grep for, once per update, for every gradient group,
+    model output and auxiliary loss hit."""
+    for group in schema.guard_groups:
+        if row[f"nonfinite/grad/{group}"]:
+            logger.warning(
+                "NaN/inf gradient detected in %s: %d non-finite elements zeroed this update",
+                group,
+                row[f"nonfinite/grad/{group}"],
+            )
     for name in schema.output_names:
         if row[f"nonfinite/output/{name}"]:
             logger.warning(
@@ -161,6 +170,37 @@ def log_nan_events(row: dict[str, float], schema: MetricSchema) -> None:
                 name,
                 row[f"nonfinite/loss/{name}"],
             )
+
+
+# Columns that are the same on every process (already global), and those that add up over
+# processes; every other column is averaged over them.
+GLOBAL_COLUMNS = (
+    "update",
+    "epoch",
+    "env_steps",
+    "nonfinite/grad/",
+    SKIPPED_STEPS,
+    VALIDATION_SHARPE,
+)
+SUMMED_COLUMNS = ("nonfinite/output/", "nonfinite/loss/", "sanitized/", "perf/steps_per_sec")
+
+
+def reduce_row(row: dict[str, float], device: torch.device) -> dict[str, float]:
+    """One metrics row for all processes: counters summed, losses and statistics averaged
+    (one all-reduce; the row itself in a single process)."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return row
+    values = all_reduce_sum_(
+        torch.tensor(list(row.values()), dtype=torch.float64, device=device)
+    ).tolist()
+    out = {}
+    for (key, local), total in zip(row.items(), values, strict=True):
+        if key.startswith(GLOBAL_COLUMNS):
+            out[key] = local
+        else:
+            out[key] = total if key.startswith(SUMMED_COLUMNS) else total / world
+    return out
 
 
 class MetricsWriter:

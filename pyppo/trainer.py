@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from pyppo import ops
@@ -31,6 +32,14 @@ from pyppo.buffer import RolloutBuffer
 from pyppo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pyppo.config import PPOConfig, ppo_config, same_value
 from pyppo.device import resolve_device
+from pyppo.distributed import (
+    all_reduce_max,
+    broadcast_float,
+    broadcast_module_,
+    gather_to_rank0,
+    rank_and_world,
+    to_cpu,
+)
 from pyppo.guard import GradientGuard, guard_outputs
 from pyppo.metrics import (
     VALIDATION_SHARPE,
@@ -39,6 +48,7 @@ from pyppo.metrics import (
     NaNCounters,
     ProgressBar,
     log_nan_events,
+    reduce_row,
     sanitized_row,
 )
 from pyppo.protocols import (
@@ -104,16 +114,29 @@ class PPOTrainer:
             raise ValueError(
                 f"the environment is on {env_device} but device={self.device}; make them the same"
             )
+        # Under torch.distributed each process trains its share of the envs (``environment``)
+        # and of every minibatch; docs/design.md, "Many processes".
+        self.rank, self.world_size = rank_and_world()
+        group = dist.group.WORLD if self.world_size > 1 else None
+        if cfg.batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size={cfg.batch_size} does not split evenly over "
+                f"{self.world_size} processes"
+            )
         torch.manual_seed(cfg.seed)
         self.model = model.to(self.device)
+        broadcast_module_(self.model)  # identical initial weights on every process
         # fused: one kernel per step instead of ~10 small ops per parameter tensor.
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
         self.guard = GradientGuard(
-            self.model, cfg.max_grad_norm if cfg.guards else math.inf, policy=cfg.nan_policy
+            self.model,
+            cfg.max_grad_norm if cfg.guards else math.inf,
+            policy=cfg.nan_policy,
+            process_group=group,
         )
         self.validation = validation
         self.data_fingerprint = data_fingerprint
-        self.progress = progress
+        self.progress = progress and self.rank == 0
         self.run_dir = Path(run_dir) if run_dir is not None else None
         # The run's whole configuration as plain data, when a caller has one (the CLI does).
         self.run_config: dict[str, Any] | None = None
@@ -136,12 +159,14 @@ class PPOTrainer:
             num_aux=len(self.aux_names),
             sanitize=cfg.guards,
         )
+        # Each process its own episodes, actions and minibatches: seeds offset by the rank.
+        seed = cfg.seed + 1000 * self.rank
         self.rollout = Rollout(
-            environment, self.buffer, seed=cfg.seed, want_aux=cfg.enable_auxiliary_losses
+            environment, self.buffer, seed=seed, want_aux=cfg.enable_auxiliary_losses
         )
-        self.batch_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self.batch_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.updater = PPOUpdate(
-            self._forward, self.optimizer, self.guard, cfg, self.aux_names, self.device
+            self._forward, self.optimizer, self.guard, cfg, self.aux_names, self.device, group
         )
 
         # Set (e.g. by SIGINT, see pyppo.stop) to stop at the next update boundary.
@@ -179,7 +204,7 @@ class PPOTrainer:
         """Fill the buffer with ``num_steps`` steps of every env, then run GAE."""
         cfg = self.config
         self.rollout.collect(self._forward, cfg.gamma, cfg.gae_lambda, counters.outputs)
-        self.env_steps += cfg.num_steps * self.num_envs
+        self.env_steps += cfg.num_steps * self.num_envs * self.world_size
 
     # -- the PPO update --------------------------------------------------------------------
 
@@ -212,7 +237,7 @@ class PPOTrainer:
         :meth:`load_checkpoint`). Returns the metrics rows of all updates so far."""
         if (epochs is None) == (total_steps is None):
             raise ValueError("give exactly one of epochs or total_steps")
-        per_update = self.config.num_steps * self.num_envs
+        per_update = self.config.num_steps * self.num_envs * self.world_size
         if epochs is not None:
             updates_per_epoch = max(1, math.ceil(self.steps_per_epoch() / self.config.num_steps))
             target_updates = epochs * updates_per_epoch
@@ -220,16 +245,22 @@ class PPOTrainer:
             updates_per_epoch = None
             target_updates = math.ceil(total_steps / per_update)
         resume_from = (self.update, self.env_steps) if self.update else None
-        writer = MetricsWriter(self.run_dir, self.metric_schema().columns, resume_from=resume_from)
+        writer = MetricsWriter(
+            self.run_dir if self.rank == 0 else None,
+            self.metric_schema().columns,
+            resume_from=resume_from,
+        )
         bar = ProgressBar(target_updates, self.update, enabled=self.progress)
         try:
             while self.update < target_updates:
                 row = self._one_update(updates_per_epoch)
                 writer.write(row)
                 bar.update(row)
-                if self.stop.requested:  # decided here, between updates: a resumable state
+                # Decided here, between updates (a resumable state), by every process at once.
+                stop = all_reduce_max(float(self.stop.signal or 0), self.device)
+                if stop:
                     self.save("checkpoint.pt")
-                    raise TrainingInterrupted(self.stop.signal, self.update)
+                    raise TrainingInterrupted(int(stop), self.update)
             self.save("checkpoint.pt")
         finally:
             bar.close()
@@ -250,13 +281,15 @@ class PPOTrainer:
             self.epoch = math.ceil(self.update / updates_per_epoch)
         seconds = time.perf_counter() - start
         row = self._metrics_row(stats, counters, env_before, seconds, t_rollout, schema)
+        row = reduce_row(row, self.device)
         self._check_parameters()
         epoch_done = updates_per_epoch is not None and self.update % updates_per_epoch == 0
         if epoch_done and self.validation is not None:
-            row[VALIDATION_SHARPE] = self._validate()
+            # On rank 0 only; every process takes its "best" decision from rank 0's value.
+            sharpe = self._validate() if self.rank == 0 else math.nan
+            row[VALIDATION_SHARPE] = broadcast_float(sharpe, self.device)
         self.history.append(row)
-        if self.config.guards:
-            self.guard.log_events()
+        if self.config.guards and self.rank == 0:
             log_nan_events(row, schema)
         if epoch_done and self.validation is not None and row[VALIDATION_SHARPE] > self.best_sharpe:
             self.best_sharpe = row[VALIDATION_SHARPE]
@@ -336,8 +369,18 @@ class PPOTrainer:
         self.model.train()
         return result.metrics()["sharpe"]
 
+    def _process_state(self) -> dict[str, Any]:
+        """What differs between processes: their episodes, envs and random streams."""
+        return {
+            "rollout": self.rollout.state_dict(),
+            "env": self.env.state_dict() if isinstance(self.env, StatefulEnv) else None,
+            "rng": {"torch": torch.get_rng_state(), "batch": self.batch_generator.get_state()},
+        }
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs, as tensors and plain data (no pickled objects)."""
+        """Everything a resumed run needs, as tensors and plain data (no pickled objects).
+        Under torch.distributed every process must call it (it gathers their states); the
+        result is complete on rank 0."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -354,9 +397,7 @@ class PPOTrainer:
                 "best_sharpe": self.best_sharpe,
                 "history": self.history,
             },
-            "rollout": self.rollout.state_dict(),
-            "env": self.env.state_dict() if isinstance(self.env, StatefulEnv) else None,
-            "rng": {"torch": torch.get_rng_state(), "batch": self.batch_generator.get_state()},
+            "ranks": gather_to_rank0(to_cpu(self._process_state())),
             "data_fingerprint": self.data_fingerprint,
             "data": self.data_info,
         }
@@ -366,7 +407,8 @@ class PPOTrainer:
         if self.run_dir is None:
             return None
         self._check_parameters()
-        return save_checkpoint(self.run_dir / name, self.state_dict())
+        state = self.state_dict()
+        return save_checkpoint(self.run_dir / name, state) if self.rank == 0 else None
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a run saved by :meth:`save`; raises CheckpointError if it does not fit."""
@@ -392,9 +434,15 @@ class PPOTrainer:
         t = state["trainer"]
         self.update, self.env_steps, self.epoch = t["update"], t["env_steps"], t["epoch"]
         self.best_sharpe, self.history = t["best_sharpe"], t["history"]
-        env_restored = state["env"] is not None and isinstance(self.env, StatefulEnv)
+        if len(state["ranks"]) != self.world_size:
+            raise CheckpointError(
+                f"checkpoint {path} was written by {len(state['ranks'])} processes, this run "
+                f"has {self.world_size}: resume with the same number of processes"
+            )
+        mine = state["ranks"][self.rank]
+        env_restored = mine["env"] is not None and isinstance(self.env, StatefulEnv)
         if env_restored:
-            self.env.load_state_dict(state["env"])
-        self.rollout.load_state_dict(state["rollout"], env_restored=env_restored)
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        self.batch_generator.set_state(state["rng"]["batch"].cpu())
+            self.env.load_state_dict(mine["env"])
+        self.rollout.load_state_dict(mine["rollout"], env_restored=env_restored)
+        torch.set_rng_state(mine["rng"]["torch"].cpu())
+        self.batch_generator.set_state(mine["rng"]["batch"].cpu())

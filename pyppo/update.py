@@ -10,12 +10,14 @@ tensors; :meth:`PPOUpdate.run` returns their means once the update is done.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from pyppo.buffer import RolloutBatch, RolloutBuffer
 from pyppo.config import PPOConfig
+from pyppo.distributed import all_reduce_sum_, rank_and_world
 from pyppo.guard import GradientGuard
 from pyppo.loss import ppo_loss
 from pyppo.metrics import GUARD_STATS, STEP_STATS, NaNCounters
@@ -43,6 +45,7 @@ class PPOUpdate:
         config: PPOConfig,
         aux_names: tuple[str, ...],
         device: torch.device,
+        process_group: Any = None,
     ) -> None:
         self.policy = policy
         self.optimizer = optimizer
@@ -52,6 +55,9 @@ class PPOUpdate:
         self.pred_names = tuple(name.replace("aux_", "pred_", 1) for name in aux_names)
         self.aux_coefs = torch.tensor(config.aux_coefs, device=device)
         self.device = device
+        # Across processes: each steps its share of every minibatch, statistics are global.
+        self.process_group = process_group
+        self.batch_size = config.batch_size // rank_and_world(process_group)[1]
 
     def stat_names(self, aux: bool) -> list[str]:
         """The metric names of the statistics :meth:`step` returns, in order."""
@@ -78,6 +84,15 @@ class PPOUpdate:
                 aux_coefs=self.aux_coefs,
                 guard_aux=cfg.guards,
             )
+        adv_stats = None
+        if self.process_group is not None:
+            adv = batch.advantages
+            sums = all_reduce_sum_(
+                torch.stack([adv.sum(), adv.square().sum(), adv.new_tensor(adv.numel())]),
+                self.process_group,
+            )
+            mean = sums[0] / sums[2]
+            adv_stats = (mean, (sums[1] / sums[2] - mean.square()).clamp_min(0).sqrt())
         terms = ppo_loss(
             out["action_logits"],
             out["value"].reshape(-1),
@@ -88,6 +103,7 @@ class PPOUpdate:
             clip_epsilon=cfg.clip_epsilon,
             value_coef=cfg.value_coef,
             entropy_coef=cfg.entropy_coef,
+            advantage_stats=adv_stats,
             **aux,
         )
         stats = [terms.policy, terms.value, terms.entropy, terms.approx_kl, terms.clip_fraction]
@@ -112,6 +128,18 @@ class PPOUpdate:
         self.optimizer.step()
         return torch.stack(stats).detach(), keep
 
+    def _variance(self, x: Tensor) -> Tensor:
+        """Per-column variance of ``x`` (unbiased), over every process's rows."""
+        if self.process_group is None:
+            return x.var(0)
+        n = x.new_tensor(float(x.shape[0]))
+        sums = all_reduce_sum_(
+            torch.cat([x.sum(0), x.square().sum(0), n[None]]), self.process_group
+        )
+        k = x.shape[1]
+        total, mean = sums[-1], sums[:k] / sums[-1]
+        return (sums[k : 2 * k] - total * mean.square()) / (total - 1).clamp_min(1)
+
     def run(
         self, buffer: RolloutBuffer, generator: torch.Generator, counters: NaNCounters, *, aux: bool
     ) -> dict[str, Tensor]:
@@ -122,7 +150,7 @@ class PPOUpdate:
         aux_scale = None
         if aux:
             targets = buffer.aux_targets.reshape(-1, len(self.aux_names))
-            aux_scale = targets.var(0).clamp_min(1e-12)
+            aux_scale = self._variance(targets).clamp_min(1e-12)
         kl_index = names.index("train/approx_kl")
         # One stacked add per minibatch instead of one per statistic; skipped steps weigh 0.
         sums = torch.zeros(len(names), device=self.device)
@@ -130,7 +158,7 @@ class PPOUpdate:
         for _ in range(cfg.num_epochs):
             epoch_kl = torch.zeros((), device=self.device)
             epoch_batches = torch.zeros((), device=self.device)
-            for batch in buffer.minibatches(cfg.batch_size, generator):
+            for batch in buffer.minibatches(self.batch_size, generator):
                 stats, keep = self.step(batch, aux_scale, counters)
                 sums += stats * keep
                 epoch_kl += stats[kl_index] * keep

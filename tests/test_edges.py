@@ -117,10 +117,10 @@ def test_flipped_bytes_are_found(trained, tmp_path, capsys):
 def test_missing_keys_and_nan_weights_are_refused(trained, tmp_path, capsys):
     run = copy_run(trained, tmp_path / "run")
     state = torch.load(run / "checkpoint.pt", weights_only=True)
-    del state["trainer"]["history"], state["rng"]
+    del state["trainer"]["history"], state["ranks"]
     torch.save(state, run / "checkpoint.pt")
     assert train_main(["--resume", "--run-dir", str(run), "--quiet"]) == 2
-    assert "lacks rng, trainer.history" in last_error(capsys)
+    assert "lacks ranks, trainer.history" in last_error(capsys)
 
     for name in ("checkpoint.pt", "best.pt"):
         state = torch.load(trained / name, weights_only=True)

@@ -1,0 +1,130 @@
+"""Training on many processes with ``torch.distributed`` (launched by ``torchrun``).
+
+One process per GPU (or per CPU share), each stepping its share of the environments; the
+gradients are averaged with one flat all-reduce per minibatch (NCCL on GPUs, gloo on CPUs),
+as CleanRL's multi-GPU PPO and rl_games do. Nothing here runs in a single process: every
+helper is a no-op when no process group is initialized.
+
+The guard's part (:class:`pyppo.GradientGuard` with ``process_group``): each rank zeroes and
+counts its own NaN/inf gradient elements *before* the all-reduce, so one rank's NaN costs only
+its own bad elements; the counts ride in the same all-reduce as the gradients, so every rank
+sees the global counts, takes the same skip decision and clips by the same global norm.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from pyppo.device import resolve_device
+
+
+def rank_and_world(group: Any = None) -> tuple[int, int]:
+    """This process's rank and the number of processes (0 and 1 without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(group), dist.get_world_size(group)
+    return 0, 1
+
+
+def init_from_environment(device: str | None) -> torch.device:
+    """The device to train on; under ``torchrun`` (``WORLD_SIZE`` > 1) first join the process
+    group: NCCL when training on CUDA, each rank on ``LOCAL_RANK``'s GPU, gloo on the CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return resolve_device(device)
+    wants_cuda = device is None and torch.cuda.is_available() or str(device).startswith("cuda")
+    if wants_cuda:
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} asked for, but no CUDA GPU is available here")
+        local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", device_id=local)
+        return local
+    dist.init_process_group("gloo")
+    return torch.device("cpu")
+
+
+def all_reduce_sum_(tensor: Tensor, group: Any = None) -> Tensor:
+    """Sum ``tensor`` over the processes, in place (unchanged in a single process)."""
+    if rank_and_world(group)[1] > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    return tensor
+
+
+def all_reduce_max(value: float, device: torch.device, group: Any = None) -> float:
+    """The largest ``value`` over the processes (``value`` in a single process)."""
+    if rank_and_world(group)[1] == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group)
+    return float(tensor)
+
+
+def broadcast_module_(module: nn.Module, group: Any = None) -> None:
+    """Make every process's parameters and buffers rank 0's (identical initial weights)."""
+    if rank_and_world(group)[1] > 1:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0, group=group)
+
+
+def broadcast_float(value: float, device: torch.device, group: Any = None) -> float:
+    """Rank 0's ``value`` on every process."""
+    if rank_and_world(group)[1] == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0, group=group)
+    return float(tensor)
+
+
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in its dicts and lists moved to the CPU (to gather it)."""
+    if isinstance(obj, Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_cpu(v) for v in obj]
+    return obj
+
+
+def gather_to_rank0(obj: Any, group: Any = None) -> list[Any] | None:
+    """Every process's ``obj``, as a list by rank, on rank 0 (None elsewhere); ``[obj]`` in a
+    single process."""
+    rank, world = rank_and_world(group)
+    if world == 1:
+        return [obj]
+    gathered = [None] * world if rank == 0 else None
+    dist.gather_object(obj, gathered, dst=0, group=group)
+    return gathered
+
+
+def scatter_from_rank0(objs: list[Any] | None, group: Any = None) -> Any:
+    """Rank r's element of rank 0's list ``objs``."""
+    rank, world = rank_and_world(group)
+    if world == 1:
+        return objs[0]
+    out = [None]
+    dist.scatter_object_list(out, objs if rank == 0 else None, src=0, group=group)
+    return out[0]
+
+
+def barrier(group: Any = None) -> None:
+    if rank_and_world(group)[1] > 1:
+        dist.barrier(group)
+
+
+def averaged_gradients_(grads: list[Tensor], extra: Tensor, group: Any = None) -> Tensor:
+    """Average ``grads`` over the processes in place with one flat all-reduce, in which
+    ``extra`` (e.g. the guard's counts) rides along summed; returns the summed ``extra``."""
+    world = rank_and_world(group)[1]
+    flat = torch.cat([*(g.reshape(-1).float() for g in grads), extra.float().reshape(-1)])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset : offset + n].view(g.shape).div_(world))
+        offset += n
+    return flat[offset:]
