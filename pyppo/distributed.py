@@ -13,7 +13,9 @@ sees the global counts, takes the same skip decision and clips by the same globa
 
 from __future__ import annotations
 
+import atexit
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,8 +44,10 @@ def init_from_environment(device: str | None) -> torch.device:
         local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(local)
         dist.init_process_group("nccl", device_id=local)
+        atexit.register(dist.destroy_process_group)
         return local
     dist.init_process_group("gloo")
+    atexit.register(dist.destroy_process_group)
     return torch.device("cpu")
 
 
@@ -101,19 +105,25 @@ def gather_to_rank0(obj: Any, group: Any = None) -> list[Any] | None:
     return gathered
 
 
-def scatter_from_rank0(objs: list[Any] | None, group: Any = None) -> Any:
-    """Rank r's element of rank 0's list ``objs``."""
-    rank, world = rank_and_world(group)
+def on_rank0(work: Callable[[], Any], device: torch.device) -> Any:
+    """Run ``work`` on rank 0 alone and hand its result to every process; an error there
+    stops every process (rank 0 raises it, the others say where it happened)."""
+    rank, world = rank_and_world()
     if world == 1:
-        return objs[0]
-    out = [None]
-    dist.scatter_object_list(out, objs if rank == 0 else None, src=0, group=group)
+        return work()
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = work()
+        except Exception as err:  # re-raised below, after every process knows
+            error = err
+    if all_reduce_max(float(error is not None), device):
+        if error is not None:
+            raise error
+        raise RuntimeError("stopped: process 0 failed (its message says why)")
+    out = [result]
+    dist.broadcast_object_list(out, src=0)
     return out[0]
-
-
-def barrier(group: Any = None) -> None:
-    if rank_and_world(group)[1] > 1:
-        dist.barrier(group)
 
 
 def averaged_gradients_(grads: list[Tensor], extra: Tensor, group: Any = None) -> Tensor:

@@ -219,7 +219,8 @@ class PPOTrainer:
         """Env steps (per env) that cover the training bars once."""
         if not isinstance(self.env, EpochEnv):
             raise ValueError("this environment has no steps_per_epoch: use train(total_steps=...)")
-        return int(self.env.steps_per_epoch)
+        # Every process's envs together cover the bars: each does its share of the steps.
+        return math.ceil(int(self.env.steps_per_epoch) / self.world_size)
 
     def metric_schema(self) -> MetricSchema:
         """The columns this trainer's metrics rows have."""

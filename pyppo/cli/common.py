@@ -161,20 +161,21 @@ def split_data(market):
     return train, validation, test
 
 
-def make_env(market, config: RunConfig, device: torch.device):
-    """The run's training TradingEnv over ``market``."""
+def make_env(market, config: RunConfig, device: torch.device, *, rank: int = 0, world: int = 1):
+    """The run's training TradingEnv over ``market``: process ``rank``'s share of the envs,
+    with its own seed."""
     from pyppo.env import TradingEnv
 
     env = config.env
     return TradingEnv(
         market,
-        num_envs=env.num_envs,
+        num_envs=env.num_envs // world,
         episode_length=env.episode_length,
         window=env.window,
         fee=env.fee,
         allow_short=env.allow_short,
         device=device,
-        seed=config.ppo.seed,
+        seed=config.ppo.seed + 1000 * rank,
         sanitize=config.ppo.guards,
     )
 

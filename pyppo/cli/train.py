@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -160,7 +161,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def _train(argv: list[str]) -> int:
     from pyppo.checkpoint import load_checkpoint
-    from pyppo.device import resolve_device
+    from pyppo.distributed import init_from_environment, on_rank0, rank_and_world
     from pyppo.metrics import nan_events_table
     from pyppo.stop import StopRequest, TrainingInterrupted, stop_on_signals
     from pyppo.trainer import NonFiniteParametersError, PPOTrainer
@@ -170,8 +171,17 @@ def _train(argv: list[str]) -> int:
         print(config.to_toml(), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    device = resolve_device(config.device)
-    run_dir = prepare_run_dir(config)
+    device = init_from_environment(config.device)  # joins the process group under torchrun
+    rank, world = rank_and_world()
+    for name in ("env.num_envs", "ppo.batch_size"):
+        if get(config, name) % world:
+            raise UserError(
+                f"{name}={get(config, name)} does not split evenly over {world} processes",
+                "make it a multiple of the number of processes",
+            )
+    run_dir = on_rank0(lambda: prepare_run_dir(config), device)
+    if rank:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (rank 0 alone prints)
     if config.resume:
         saved = load_checkpoint(run_dir / "checkpoint.pt")
         config = resumed_config(config, explicit, RunConfig.from_dict(saved["run_config"]))
@@ -181,7 +191,7 @@ def _train(argv: list[str]) -> int:
     market, config = load_data(config, explicit | ({"data.horizons"} if config.resume else set()))
     print(market.report())
     train, validation, _ = split_data(market)
-    env = make_env(train, config, device)
+    env = make_env(train, config, device, rank=rank, world=world)
     model = make_model(env, config)
     trainer = PPOTrainer(
         model,
@@ -200,15 +210,18 @@ def _train(argv: list[str]) -> int:
         "train_start": str(train.frame.index[0]),
         "train_end": str(validation.frame.index[-1]),
     }
-    (run_dir / "config.json").write_text(
-        json.dumps({"config": config.to_dict(), "explicit": sorted(explicit)}, indent=2) + "\n"
-    )
+    if rank == 0:
+        (run_dir / "config.json").write_text(
+            json.dumps({"config": config.to_dict(), "explicit": sorted(explicit)}, indent=2) + "\n"
+        )
     if config.resume:
         trainer.load_checkpoint(run_dir / "checkpoint.pt")
         print(f"resuming {run_dir} at update {trainer.update} ({trainer.env_steps:,} env steps)")
     print(
-        f"training on {device}: {len(train):,} bars, {env.num_envs} envs, "
-        f"{env.steps_per_epoch * env.num_envs:,} env steps per epoch -> {run_dir}"
+        f"training on {device}"
+        + (f" x {world} processes" if world > 1 else "")
+        + f": {len(train):,} bars, {env.num_envs * world} envs, "
+        f"{trainer.steps_per_epoch() * env.num_envs * world:,} env steps per epoch -> {run_dir}"
     )
     resume_hint = f"python scripts/train_rl_agent.py --resume --run-dir {run_dir}"
     trainer.stop = StopRequest()
