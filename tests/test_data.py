@@ -1,4 +1,5 @@
-"""load_market_data / MarketData / synthetic_market: every error case, repairs, intervals,
+"""load_market_data / MarketData / synthetic_market: every error case (unreadable files,
+ambiguous columns, untrustworthy prices and timestamps), repairs, intervals, bars per year,
 forward returns by hand, and the synthetic market's properties."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 import pyppo
 from pyppo import MarketData, MarketDataError, load_market_data, synthetic_market
-from pyppo.data import horizon_label, horizon_to_bars
+from pyppo.data import bars_per_year, horizon_label, horizon_to_bars
 
 SMALL = {"window": 3, "horizons": (1, 2)}  # tiny series: 3-bar window, horizons in bars
 
@@ -231,7 +232,10 @@ def test_nan_prices_name_rows_and_suggest_repair(tmp_path):
     msg = str(err.value)
     assert "NaN/missing prices in 2 rows" in msg
     assert "line 7 (2024-01-01 05:00:00): close=nan" in msg
-    assert "line 11 (2024-01-01 09:00:00): close='12,5' (not a number)" in msg
+    assert (
+        "line 11 (2024-01-01 09:00:00): close='12,5' (not a number: a decimal comma? "
+        "write '12.5')" in msg
+    )
     assert "repair='drop'" in msg and "repair='ffill'" in msg
 
 
@@ -533,6 +537,570 @@ def test_public_api_is_exported():
         "horizon_to_bars",
         "horizon_label",
         "infer_bar_interval",
+        "bars_per_year",
     ):
         assert name in pyppo.data.__all__ and hasattr(pyppo.data, name)
     assert pyppo.data.MarketData is pyppo.MarketData
+
+
+# ----------------------------------------------------------------------------- refusing what
+# ----------------------------------------------------------------------------- cannot be trusted
+
+
+def stamped(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with its index as a 'timestamp' text column first, as a CSV holds it."""
+    return with_column(frame, "timestamp", frame.index.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def csv_with_cell(tmp_path, row: int, col: str, text: str, n: int = 200) -> str:
+    data = stamped(hourly(n)).astype(object)
+    data.loc[row, col] = text
+    return write_csv(tmp_path, data)
+
+
+def test_infinite_prices_in_a_dataframe_name_the_rows():
+    frame = hourly(200)
+    frame.iloc[5, frame.columns.get_loc("Close")] = np.inf
+    frame.iloc[9, frame.columns.get_loc("Low")] = -np.inf
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(frame)
+    msg = str(err.value)
+    assert "DataFrame: infinite prices in 2 rows" in msg
+    assert "row 5 (2024-01-01 05:00:00): close=inf" in msg
+    assert "row 9 (2024-01-01 09:00:00): low=-inf" in msg
+    assert "repair='drop'" in msg and "repair='ffill'" in msg
+
+
+@pytest.mark.parametrize("text", ["inf", "-inf", "Infinity", "-Infinity", "INF", "1e400"])
+def test_infinite_prices_in_a_csv_name_the_line(tmp_path, text):
+    path = csv_with_cell(tmp_path, 7, "Open", text)
+    with pytest.raises(MarketDataError, match=r"infinite prices in 1 rows: line 9 .*open=-?inf"):
+        load_market_data(path)
+
+
+def test_repair_drops_or_fills_infinite_prices_and_counts_them(tmp_path):
+    path = csv_with_cell(tmp_path, 7, "Close", "1e400")
+    md = load_market_data(path, repair="ffill")
+    close = md.frame["close"].to_numpy()
+    assert np.isfinite(close).all() and close[7] == close[6]
+    assert (md.repair.inf_rows, md.repair.filled, md.repair.dropped) == (1, 1, 0)
+    assert "1 rows (0 with NaN prices, 0 with zero/negative prices, 1 with infinite prices)" in (
+        md.report()
+    )
+    md = load_market_data(path, repair="drop")
+    assert len(md) == 199 and (md.repair.inf_rows, md.repair.dropped) == (1, 1)
+    assert np.isfinite(md.frame.to_numpy()).all()
+
+
+def test_the_first_problem_lists_the_others():
+    frame = hourly(200)
+    frame.iloc[5, frame.columns.get_loc("Close")] = np.nan
+    frame.iloc[6, frame.columns.get_loc("Close")] = np.inf
+    frame.iloc[7, frame.columns.get_loc("Close")] = 1e9
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(frame)
+    msg = str(err.value)
+    assert msg.startswith("DataFrame: NaN/missing prices in 1 rows: row 5")
+    assert (
+        "(also 1 rows with infinite prices; 1 rows with open/high/low/close that do not fit "
+        "together)" in msg
+    )
+
+
+def test_open_or_close_outside_high_low_names_the_rows_and_the_fix():
+    frame = hourly(200)
+    frame.iloc[12, frame.columns.get_loc("Open")] = 1000.0
+    frame.iloc[30, frame.columns.get_loc("Close")] = 1.0
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(frame)
+    msg = str(err.value)
+    assert "DataFrame: open/close outside [low, high] in 2 rows" in msg
+    assert "row 12 (2024-01-01 12:00:00): open=1000.0 > high=" in msg
+    assert "row 30 (2024-01-02 06:00:00): close=1.0 < low=" in msg
+    assert "Fix the data" in msg and "drop the high and low columns" in msg
+    assert "repair='drop'" in msg
+    # Without high and low there is nothing to check against.
+    assert len(load_market_data(frame[["Open", "Close"]])) == 200
+
+
+def test_ohlc_check_tolerates_float_round_off():
+    frame = hourly(200)
+    high = frame["High"].to_numpy()
+    frame["Close"] = high * (1 + 1e-12)  # above high by round-off only
+    frame["Open"] = frame["Low"] * (1 - 1e-12)
+    assert len(load_market_data(frame)) == 200
+    frame.iloc[3, frame.columns.get_loc("Close")] = high[3] * (1 + 1e-6)
+    with pytest.raises(MarketDataError, match="outside"):
+        load_market_data(frame)
+
+
+def test_repair_of_rows_whose_ohlc_do_not_fit():
+    frame = hourly(200)
+    frame.iloc[12, frame.columns.get_loc("Open")] = 1000.0
+    md = load_market_data(frame, repair="drop")
+    assert len(md) == 199 and pd.Timestamp("2024-01-01 12:00") not in md.frame.index
+    assert (md.repair.inconsistent_rows, md.repair.dropped) == (1, 1)
+    assert "1 with open/close outside [low, high]): 1 dropped" in md.report()
+    # ffill: which value is wrong cannot be told, so the row takes the bar before it whole.
+    md = load_market_data(frame, repair="ffill")
+    f = md.frame
+    before, row = f.iloc[11], f.iloc[12]
+    assert [row[c] for c in ("open", "high", "low", "close")] == [
+        before[c] for c in ("open", "high", "low", "close")
+    ]
+    assert row["volume"] == 10.0 and (md.repair.filled, md.repair.dropped) == (1, 0)
+
+
+def test_ffill_that_would_make_a_row_inconsistent_takes_the_bar_before_whole():
+    frame = hourly(200)
+    frame.iloc[50, frame.columns.get_loc("Close")] = np.nan
+    frame.iloc[50, frame.columns.get_loc("High")] *= 1.5  # this bar sits above the last
+    frame.iloc[50, frame.columns.get_loc("Low")] = frame["Close"].iloc[49] * 1.1
+    frame.iloc[50, frame.columns.get_loc("Open")] = frame["Close"].iloc[49] * 1.2
+    md = load_market_data(frame, repair="ffill")
+    f = md.frame
+    # The filled close (bar 49's) is below bar 50's low: bar 50 takes bar 49's prices.
+    for c in ("open", "high", "low", "close"):
+        assert f[c].iloc[50] == f[c].iloc[49]
+    assert md.repair.filled == 1
+
+
+def test_mostly_inconsistent_rows_are_a_column_problem_even_with_repair():
+    frame = hourly(200).rename(columns={"High": "Low", "Low": "High"})
+    for repair in (None, "drop", "ffill"):
+        with pytest.raises(MarketDataError) as err:
+            load_market_data(frame, repair=repair)
+        msg = str(err.value)
+        assert "high < low in 200 rows" in msg and "swapped" in msg
+        assert "a column problem rather than bad ticks, so repair= does not apply" in msg
+
+
+def test_returns_that_overflow_are_refused():
+    idx = pd.date_range("2024-01-01", periods=20, freq="1h")
+    close = np.full(20, 1e-300)
+    close[10:] = 1e10
+    with pytest.raises(MarketDataError, match=r"return from the bar before is not a finite"):
+        load_market_data(pd.DataFrame({"close": close}, index=idx), **SMALL)
+
+
+def test_boolean_price_columns_are_refused(tmp_path):
+    frame = hourly(200)
+    frame["Close"] = frame["Close"] > 100.1
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(frame)
+    msg = str(err.value)
+    assert "column 'Close' (the close price) holds booleans (True/False)" in msg
+    assert "price_col=" in msg
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "bars.parquet"
+    frame.to_parquet(path)
+    with pytest.raises(MarketDataError, match=r"bars\.parquet: column 'Close' .* booleans"):
+        load_market_data(path)
+    with pytest.raises(MarketDataError, match=r"bars\.csv: column 'Close' .* booleans"):
+        load_market_data(write_csv(tmp_path, stamped(frame)))
+    objects = hourly(200).astype({"Volume": object})
+    objects.iloc[3, objects.columns.get_loc("Volume")] = True
+    with pytest.raises(MarketDataError, match="column 'Volume' .the volume. holds booleans"):
+        load_market_data(objects)
+
+
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [
+        (pd.date_range("2024-01-01", periods=200, freq="1h"), "datetime64"),
+        (pd.Categorical(np.arange(200) % 3 + 1.0), "categories"),
+        (np.full(200, "abc", dtype=object), "text, not one number ('abc', 'abc', 'abc', ...)"),
+    ],
+)
+def test_other_non_numeric_price_columns_are_refused(values, kind):
+    frame = hourly(200)
+    frame["Close"] = values
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(frame)
+    assert f"column 'Close' (the close price) holds {kind}" in str(err.value)
+
+
+def test_numbers_written_as_text_still_load(tmp_path):
+    frame = hourly(200)
+    data = stamped(frame).astype(str)  # every price as text, e.g. from an object column
+    md = load_market_data(data)
+    np.testing.assert_array_equal(md.frame["close"].to_numpy(), frame["Close"].to_numpy())
+    quoted = tmp_path / "quoted.csv"
+    data.to_csv(quoted, index=False, quoting=1)  # csv.QUOTE_ALL
+    assert load_market_data(quoted).fingerprint() == md.fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("extra", "both"),
+    [
+        ("close", "column 'Close' and column 'close'"),
+        ("Adj Close", "column 'Close' and column 'Adj Close'"),
+        ("price", "column 'Close' and column 'price'"),
+    ],
+)
+def test_two_close_columns_are_ambiguous_until_price_col_says_which(extra, both):
+    frame = hourly(200)
+    frame[extra] = frame["Close"] * 1.001
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(frame)
+    msg = str(err.value)
+    assert f"DataFrame: {both} could both be the close price" in msg
+    assert "pass price_col='<column>' (CLI --price-col)" in msg and "drop the other" in msg
+    md = load_market_data(frame, price_col=extra)
+    np.testing.assert_array_equal(md.frame["close"].to_numpy(), frame[extra].to_numpy())
+
+
+def test_price_and_adj_close_are_ambiguous(tmp_path):
+    frame = hourly(200)[["Close"]].rename(columns={"Close": "price"})
+    frame["adj_close"] = frame["price"]
+    with pytest.raises(MarketDataError, match="column 'price' and column 'adj_close' could both"):
+        load_market_data(frame)
+    assert len(load_market_data(frame, price_col="adj_close")) == 200
+
+
+def test_a_column_twice_in_a_csv_is_ambiguous(tmp_path):
+    path = tmp_path / "bars.csv"
+    text = stamped(hourly(200)).to_csv(index=False).splitlines()
+    text = [line + "," + line.split(",")[4] for line in text]  # Close again, at the end
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(path)
+    assert (
+        "column 'Close' and column 'Close.1' (a second 'Close' column in the file, renamed by "
+        "pandas) could both be the close price" in str(err.value)
+    )
+
+
+def test_other_ambiguous_roles_name_both_columns():
+    frame = hourly(200)
+    frame["open"] = frame["Open"]
+    with pytest.raises(
+        MarketDataError,
+        match="column 'Open' and column 'open' could both be the "
+        "open price; pyppo does not guess which: drop or rename all but one",
+    ):
+        load_market_data(frame)
+    dup = hourly(200)
+    dup = pd.concat([dup, dup[["Close"]]], axis=1)
+    with pytest.raises(MarketDataError, match=r"columns appear more than once: 'Close'"):
+        load_market_data(dup)
+
+
+def test_two_timestamp_columns_are_ambiguous_until_timestamp_col_says_which():
+    frame = stamped(hourly(200))
+    frame.insert(1, "date", frame["timestamp"].str[:10])
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(frame)
+    msg = str(err.value)
+    assert "column 'timestamp' and column 'date' could both be the timestamps" in msg
+    assert "pass timestamp_col='<column>' (CLI --timestamp-col)" in msg
+    md = load_market_data(frame.drop(columns=["date"]))
+    assert len(load_market_data(frame, timestamp_col="timestamp")) == 200
+    assert md.fingerprint() == load_market_data(frame, timestamp_col="timestamp").fingerprint()
+    # A DatetimeIndex and a timestamp column are two sources as well.
+    indexed = hourly(200)
+    indexed.insert(0, "Date", indexed.index.strftime("%Y-%m-%d %H:%M"))
+    with pytest.raises(MarketDataError, match="the DatetimeIndex and column 'Date' could both"):
+        load_market_data(indexed)
+    assert len(load_market_data(indexed, timestamp_col="Date")) == 200
+    # A saved row number beside a named timestamp column is not a second candidate.
+    saved = stamped(hourly(200))
+    saved.insert(0, "Unnamed: 0", np.arange(200))
+    assert len(load_market_data(saved)) == 200
+
+
+def hourly_with_stamp(n: int, row: int, stamp: str, start: str = "2020-01-01") -> pd.DataFrame:
+    frame = stamped(hourly(n, start=start))
+    frame.loc[row, "timestamp"] = stamp
+    return frame
+
+
+def test_a_mistyped_last_timestamp_is_named(tmp_path):
+    path = write_csv(tmp_path, hourly_with_stamp(200, 199, "2042-01-09 07:00:00"))
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: a timestamp looks mistyped: line 201 has 2042-01-09 07:00:00")
+    assert "beyond 100x the median bar spacing (1h) from its one neighbour" in msg
+    assert "(line 200: 2020-01-09 06:00:00), while the spacing next to it is regular (1h)" in msg
+    assert "Correct the timestamp (e.g. its year), or remove the row" in msg
+
+
+def test_a_mistyped_first_timestamp_is_named():
+    frame = hourly_with_stamp(200, 0, "2002-01-01 00:00:00")
+    with pytest.raises(MarketDataError, match="row 0 has 2002-01-01 00:00:00, beyond 100x"):
+        load_market_data(frame)
+
+
+def test_a_mistyped_timestamp_in_the_middle_is_a_typo_not_an_unsorted_file(tmp_path):
+    path = write_csv(tmp_path, hourly_with_stamp(200, 100, "2042-01-05 04:00:00"))
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(path)
+    msg = str(err.value)
+    assert (
+        "line 102 has 2042-01-05 04:00:00, beyond 100x the median bar spacing (1h) from both "
+        "neighbours (line 101: 2020-01-05 03:00:00, line 103: 2020-01-05 05:00:00), while "
+        "they are regular (2h apart)" in msg
+    )
+    assert "not sorted" not in msg
+
+
+def test_unsorted_data_is_still_reported_as_unsorted():
+    frame = stamped(hourly(200))
+    frame = pd.concat([frame.iloc[100:], frame.iloc[:100]], ignore_index=True)
+    with pytest.raises(MarketDataError, match="timestamps are not sorted"):
+        load_market_data(frame)
+    reversed_ = stamped(hourly(200)).iloc[::-1].reset_index(drop=True)
+    with pytest.raises(MarketDataError, match=r"not sorted \(199 places"):
+        load_market_data(reversed_)
+
+
+def test_weekend_and_holiday_gaps_are_not_typos():
+    # Hourly forex: Sunday 22:00 to Friday 21:00, 48-hour gaps, a year of it.
+    idx = pd.date_range("2023-01-01", "2023-12-31", freq="1h")
+    fx = idx[(idx.day_of_week < 4) | ((idx.day_of_week == 4) & (idx.hour < 22))]
+    fx = fx.union(idx[(idx.day_of_week == 6) & (idx.hour >= 22)])
+    md = load_market_data(pd.DataFrame({"close": np.linspace(1, 2, len(fx))}, index=fx))
+    assert md.gaps()[2] == pd.Timedelta("49h")
+    # Daily stock bars: weekdays minus holidays (a 4-day weekend), starting after one.
+    days = pd.bdate_range("2023-01-03", "2023-12-29")
+    days = days.drop(pd.DatetimeIndex(["2023-04-07", "2023-04-10", "2023-12-25"]))
+    md = load_market_data(
+        pd.DataFrame({"close": np.linspace(1, 2, len(days))}, index=days), horizons=(1, 5)
+    )
+    assert md.bar_interval == pd.Timedelta("1D")
+    # One bar before the first overnight gap of minute bars: a gap the data has every night.
+    minutes = pd.DatetimeIndex(
+        [pd.Timestamp("2024-01-02 15:59")]
+        + [
+            t
+            for day in pd.bdate_range("2024-01-03", "2024-01-09")
+            for t in pd.date_range(day + pd.Timedelta("9h30min"), periods=390, freq="1min")
+        ]
+    )
+    md = load_market_data(pd.DataFrame({"close": np.linspace(1, 2, len(minutes))}, index=minutes))
+    assert len(md) == len(minutes)
+
+
+@pytest.mark.parametrize(
+    ("stamp", "what"),
+    [
+        (
+            "20200-01-01 04:00:00",
+            "cannot parse timestamps in column timestamp (1 of 200 rows): "
+            "line 7: '20200-01-01 04:00:00'",
+        ),
+        (
+            "2262-05-01 04:00:00",
+            "timestamps out of range in column timestamp (1 of 200 rows): "
+            "line 7: '2262-05-01 04:00:00'; pyppo reads years 1678 to 2261",
+        ),
+        ("1500-05-01 04:00:00", "timestamps out of range"),
+        ("", "cannot parse timestamps in column timestamp (1 of 200 rows): line 7: empty"),
+    ],
+)
+def test_out_of_range_or_empty_timestamps_name_the_line(tmp_path, stamp, what):
+    path = write_csv(tmp_path, hourly_with_stamp(200, 5, stamp))
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(path)
+    assert str(err.value).startswith(f"{path}: {what}")
+
+
+def test_timestamps_with_and_without_utc_offsets_are_refused(tmp_path):
+    frame = stamped(hourly(200))
+    frame["timestamp"] = frame["timestamp"].str.replace(" ", "T") + "+02:00"
+    md = load_market_data(frame)  # every row with an offset: fine
+    assert str(md.frame.index.tz) == "UTC+02:00" and len(md) == 200
+    frame.loc[3, "timestamp"] = "2024-01-01T01:00:00Z"  # other offsets convert to UTC
+    frame.loc[4, "timestamp"] = "2024-01-01T02:00:00Z"
+    frame.loc[5, "timestamp"] = "2024-01-01T03:00:00Z"
+    assert str(load_market_data(frame).frame.index.tz) == "UTC"
+    frame.loc[5, "timestamp"] = "2024-01-01 05:00:00"
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(write_csv(tmp_path, frame))
+    msg = str(err.value)
+    assert "mix UTC offsets and none: 1 of 200 rows have no offset (line 7: " in msg
+    assert "Give every timestamp an offset (or none)" in msg
+
+
+def test_a_corrupt_or_truncated_parquet_file_names_the_file(tmp_path):
+    pytest.importorskip("pyarrow")
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"PAR1" + bytes(range(256)) * 4)
+    with pytest.raises(
+        MarketDataError,
+        match=r"garbage\.parquet: not a readable Parquet file "
+        r"\(ArrowInvalid: .*re-download or re-export it",
+    ):
+        load_market_data(garbage)
+    good = tmp_path / "good.parquet"
+    hourly(200).to_parquet(good)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(MarketDataError, match=r"cut\.parquet: not a readable Parquet file"):
+        load_market_data(cut)
+    as_csv = tmp_path / "parquet.csv"
+    as_csv.write_bytes(good.read_bytes())
+    with pytest.raises(MarketDataError, match="this is a Parquet file; name it .parquet"):
+        load_market_data(as_csv)
+
+
+def test_an_unreadable_file_names_the_file(tmp_path, monkeypatch):
+    path = write_csv(tmp_path, stamped(hourly(200)))
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(tmp_path), "read_bytes", denied)
+    with pytest.raises(
+        MarketDataError,
+        match=r"bars\.csv: cannot read the file \(Permission "
+        "denied\\); check its permissions",
+    ):
+        load_market_data(path)
+
+
+@pytest.mark.parametrize(
+    "encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "latin-1", "cp1252"]
+)
+def test_other_encodings_load(tmp_path, encoding):
+    frame = stamped(hourly(200))
+    frame["Bemerkung"] = "geschätzt"  # text beyond ASCII in a column pyppo does not read
+    path = tmp_path / "bars.csv"
+    path.write_bytes(frame.to_csv(index=False).encode(encoding))
+    assert load_market_data(path).fingerprint() == load_market_data(hourly(200)).fingerprint()
+
+
+def test_binary_files_are_refused(tmp_path):
+    path = tmp_path / "bars.csv"
+    path.write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(MarketDataError, match=r"bars\.csv: binary data, not a CSV file"):
+        load_market_data(path)
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_other_separators_load(tmp_path, sep):
+    path = tmp_path / "bars.csv"
+    stamped(hourly(200)).to_csv(path, sep=sep, index=False)
+    assert load_market_data(path).fingerprint() == load_market_data(hourly(200)).fingerprint()
+
+
+def test_decimal_commas_say_how_to_read_them(tmp_path):
+    path = tmp_path / "bars.csv"
+    stamped(hourly(200)).to_csv(path, sep=";", decimal=",", index=False)
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(path)
+    msg = str(err.value)
+    assert "column 'Open' (the open price) holds text, not one number ('100,1" in msg
+    assert "pd.read_csv(path, sep=';', decimal=',')" in msg
+    frame = pd.read_csv(path, sep=";", decimal=",")
+    assert len(load_market_data(frame)) == 200
+
+
+def test_a_truncated_csv_file_is_refused(tmp_path):
+    path = tmp_path / "bars.csv"
+    stamped(hourly(200)).to_csv(path, index=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # most likely inside a line
+    cut_at = data[: len(data) // 2].count(b"\n") + 1
+    with pytest.raises(MarketDataError) as err:
+        load_market_data(path)
+    msg = str(err.value)
+    assert f"bars.csv: line {cut_at} has " in msg and "the file looks cut short" in msg
+    # A complete last line without a line end is fine.
+    path.write_bytes(data.rstrip(b"\n"))
+    assert len(load_market_data(path)) == 200
+    gz = tmp_path / "bars.csv.gz"
+    import gzip
+
+    gz.write_bytes(gzip.compress(data)[:-50])
+    with pytest.raises(MarketDataError, match=r"bars\.csv\.gz: cannot read the \.gz file"):
+        load_market_data(gz)
+    gz.write_bytes(gzip.compress(data))
+    assert len(load_market_data(gz)) == 200
+
+
+def test_lines_that_do_not_fit_the_header_are_refused(tmp_path):
+    path = tmp_path / "bars.csv"
+    lines = stamped(hourly(200)).to_csv(index=False).splitlines()
+    lines[10] += ",1"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        MarketDataError,
+        match=r"not a readable CSV file \(.*Expected 6 fields in "
+        r"line 11, saw 7\)",
+    ):
+        load_market_data(path)
+    lines = stamped(hourly(200)).to_csv(index=False).splitlines()
+    lines = [lines[0]] + [line + ",1" for line in lines[1:]]  # every data line one too many
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MarketDataError, match="the data lines have more fields than the header"):
+        load_market_data(path)
+
+
+def test_empty_files(tmp_path):
+    path = tmp_path / "bars.csv"
+    path.write_bytes(b"")
+    with pytest.raises(MarketDataError, match=r"bars\.csv: the file is empty"):
+        load_market_data(path)
+    path.write_text("\n\n  \n")
+    with pytest.raises(MarketDataError, match=r"bars\.csv: the file is empty"):
+        load_market_data(path)
+    path.write_text("timestamp,close\n")
+    with pytest.raises(MarketDataError, match=r"bars\.csv: no rows"):
+        load_market_data(path)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_lines_are_counted_across_blank_lines(tmp_path, newline):
+    lines = stamped(hourly(200)).to_csv(index=False).splitlines()
+    cells = lines[20].split(",")  # data row 19, file line 21
+    lines[20] = ",".join(cells[:4] + ["-1"] + cells[5:])
+    path = tmp_path / "bars.csv"
+    path.write_bytes(newline.join(lines[:5] + ["", "   "] + lines[5:] + [""]).encode())
+    with pytest.raises(MarketDataError, match=r"line 23 \(2024-01-01 19:00:00\): close=-1.0"):
+        load_market_data(path)
+    path.write_bytes(newline.join(lines + [""]).encode())  # no blank lines
+    with pytest.raises(MarketDataError, match=r"line 21 \(2024-01-01 19:00:00\): close=-1.0"):
+        load_market_data(path)
+
+
+# ----------------------------------------------------------------------------- bars per year
+
+
+def test_bars_per_year_counts_the_bars_the_data_has():
+    hours = pd.date_range("2020-01-01", periods=5000, freq="1h")
+    assert bars_per_year(hours) == pytest.approx(8766.0, rel=1e-12)
+    # Hourly forex bars: weekdays only.
+    fx = pd.date_range("2020-01-01", "2021-12-31", freq="1h")
+    fx = fx[fx.day_of_week < 5]
+    assert bars_per_year(fx) == pytest.approx(120 * 365.25 / 7, rel=0.01)
+    assert 6200 < bars_per_year(fx) < 6300
+    days = pd.bdate_range("2015-01-01", "2024-12-31")
+    assert bars_per_year(days) == pytest.approx(261, rel=0.01)
+    md = load_market_data(pd.DataFrame({"close": np.linspace(1, 2, 5000)}, index=hours))
+    assert md.bars_per_year == bars_per_year(hours)
+
+
+@pytest.mark.parametrize("where", [0, 2500, 4999])
+def test_bars_per_year_ignores_a_mistyped_timestamp(where):
+    hours = pd.date_range("2020-01-01", periods=5000, freq="1h")
+    clean = bars_per_year(hours)
+    typo = hours.to_series().reset_index(drop=True)
+    typo[where] = pd.Timestamp("2042-01-01")
+    assert bars_per_year(pd.DatetimeIndex(typo)) == pytest.approx(clean, rel=0.01)
+    typo[where] = pd.Timestamp("1990-01-01")
+    assert bars_per_year(pd.DatetimeIndex(typo)) == pytest.approx(clean, rel=0.01)
+    # The MarketData constructor does not validate, so a typo can reach one.
+    frame = pd.DataFrame({"close": np.linspace(1, 2, 5000)}, index=pd.DatetimeIndex(typo))
+    assert MarketData(frame.sort_index()).bars_per_year == pytest.approx(clean, rel=0.01)
+
+
+def test_bars_per_year_of_tiny_or_empty_spans():
+    two = pd.date_range("2020-01-01", periods=2, freq="1D")
+    assert bars_per_year(two) == pytest.approx(365.25)
+    assert bars_per_year(pd.date_range("2020-01-01", periods=4, freq="1D")) == pytest.approx(365.25)
+    with pytest.raises(MarketDataError, match="at least 2 bars"):
+        bars_per_year(two[:1])
+    with pytest.raises(MarketDataError, match="span no time"):
+        bars_per_year(pd.DatetimeIndex(["2020-01-01"] * 3))

@@ -12,9 +12,13 @@ Modules, from the bottom up:
 - :mod:`~pyppo.data.horizons`: :func:`horizon_to_bars` and :func:`horizon_label`, the one
   conversion from an auxiliary horizon to bars and to its label (``"1h"``, ``"3bars"``).
 - :mod:`~pyppo.data.market`: :class:`MarketData` (the validated bars, their returns and
-  forward returns, the horizons), :class:`RepairSummary`, :func:`infer_bar_interval`.
+  forward returns, the horizons), :class:`RepairSummary`, :func:`infer_bar_interval`,
+  :func:`bars_per_year`.
+- :mod:`~pyppo.data.reading`: reading a file (encodings, separators, compression) into a
+  raw table; an unreadable, corrupt or truncated file is a :class:`MarketDataError`.
 - :mod:`~pyppo.data.parsing`: finding and parsing the timestamp and price columns.
-- :mod:`~pyppo.data.loading`: :func:`load_market_data` and its checks.
+- :mod:`~pyppo.data.checks`: the checks on timestamps and prices, and ``repair=``.
+- :mod:`~pyppo.data.loading`: :func:`load_market_data`, which runs them in order.
 - :mod:`~pyppo.data.synthetic`: :func:`synthetic_market`, the embedded default market.
 """
 
@@ -23,7 +27,7 @@ from __future__ import annotations
 from pyppo.data.errors import MarketDataError
 from pyppo.data.horizons import horizon_label, horizon_to_bars
 from pyppo.data.loading import load_market_data
-from pyppo.data.market import MarketData, RepairSummary, infer_bar_interval
+from pyppo.data.market import MarketData, RepairSummary, bars_per_year, infer_bar_interval
 from pyppo.data.synthetic import SyntheticParams, synthetic_market
 
 __all__ = [
@@ -36,4 +40,5 @@ __all__ = [
     "horizon_to_bars",
     "horizon_label",
     "infer_bar_interval",
+    "bars_per_year",
 ]

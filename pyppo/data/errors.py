@@ -3,7 +3,8 @@
 The rule of :mod:`pyppo.data`: bad data raises a :class:`MarketDataError` that names the
 offending rows and says how to fix them. A message shows a few rows (``_MAX_EXAMPLES``) and
 always the total count. Rows are named the way a user finds them: ``line N`` of a file (the
-header is line 1), ``row N`` of a DataFrame.
+header is line 1; blank lines, which the CSV reader skips, are counted where the reader
+recorded where each row came from, see :class:`_Source`), ``row N`` of a DataFrame.
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ class MarketDataError(ValueError):
     """Market data that pyppo refuses to train on; the message says what and how to fix it."""
 
 
+class _Source(str):
+    """The name of the data in messages (a path, or ``"DataFrame"``), carrying the file line
+    of each data row when the file has blank lines (``lines[p]`` is the 1-based line of data
+    row ``p``); ``lines`` is ``None`` when data row ``p`` is simply on line ``p + 2``."""
+
+    lines: np.ndarray | None
+
+    def __new__(cls, name: str, lines: np.ndarray | None = None) -> _Source:
+        obj = super().__new__(cls, name)
+        obj.lines = lines
+        return obj
+
+
 def _examples(labels: Sequence[object], limit: int = _MAX_EXAMPLES) -> str:
     """``a, b, c, ... (N in total)``: a few examples plus the total count."""
     shown = ", ".join(str(x) for x in list(labels)[:limit])
@@ -35,7 +49,12 @@ def _examples(labels: Sequence[object], limit: int = _MAX_EXAMPLES) -> str:
 def _row_name(p: int, name: str) -> str:
     """How a user finds row ``p`` (0-based data row): the line in a file (the header is
     line 1), the position in a DataFrame."""
-    return f"row {int(p)}" if name == "DataFrame" else f"line {int(p) + 2}"
+    if name == "DataFrame":
+        return f"row {int(p)}"
+    lines = getattr(name, "lines", None)
+    if lines is not None and 0 <= p < len(lines):
+        return f"line {int(lines[p])}"
+    return f"line {int(p) + 2}"
 
 
 def _row_examples(positions: np.ndarray, frame: pd.DataFrame, what: Any, name: str) -> str:

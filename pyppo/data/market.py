@@ -24,7 +24,13 @@ from torch import Tensor
 from pyppo.data.errors import MarketDataError
 from pyppo.data.horizons import _fmt_td, horizon_label, horizon_to_bars
 
-__all__ = ["MarketData", "MarketDataError", "RepairSummary", "infer_bar_interval"]
+__all__ = [
+    "MarketData",
+    "MarketDataError",
+    "RepairSummary",
+    "bars_per_year",
+    "infer_bar_interval",
+]
 
 
 def _ns(index: pd.DatetimeIndex) -> np.ndarray:
@@ -34,14 +40,18 @@ def _ns(index: pd.DatetimeIndex) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RepairSummary:
-    """What ``repair=`` changed: rows with NaN prices, rows with zero/negative prices, and
-    how they were fixed (``dropped`` rows, ``filled`` rows)."""
+    """What ``repair=`` changed: the bad rows by kind (NaN, zero/negative or infinite
+    prices, open/close outside [low, high] or high < low; each row counted once, under the
+    first that applies of NaN, infinite, zero/negative, inconsistent) and how they were
+    fixed (``dropped`` rows, ``filled`` rows)."""
 
     method: str | None = None
     nan_rows: int = 0
     nonpositive_rows: int = 0
     dropped: int = 0
     filled: int = 0
+    inf_rows: int = 0
+    inconsistent_rows: int = 0
 
     @property
     def total(self) -> int:
@@ -54,6 +64,10 @@ class RepairSummary:
             f"{self.nan_rows} with NaN prices",
             f"{self.nonpositive_rows} with zero/negative prices",
         ]
+        if self.inf_rows:
+            parts.append(f"{self.inf_rows} with infinite prices")
+        if self.inconsistent_rows:
+            parts.append(f"{self.inconsistent_rows} with open/close outside [low, high]")
         how = []
         if self.filled:
             how.append(f"{self.filled} forward-filled")
@@ -203,6 +217,12 @@ class MarketData:
             )
         return parts[0], parts[1]
 
+    @property
+    def bars_per_year(self) -> float:
+        """Bars a year as the data has them, gaps included: :func:`bars_per_year` of the
+        index (about 8766 for hourly bars without gaps, 6,260 for hourly forex bars)."""
+        return bars_per_year(self.frame.index)
+
     def gaps(self) -> tuple[int, int, pd.Timedelta]:
         """(number of gaps, number of missing bars, largest spacing). A gap is a spacing
         larger than the bar interval, e.g. a weekend in forex or stock data."""
@@ -274,6 +294,41 @@ def infer_bar_interval(index: pd.DatetimeIndex) -> pd.Timedelta:
         raise MarketDataError("need at least 2 bars to infer the bar interval")
     spacing = np.diff(_ns(index))
     return pd.Timedelta(int(np.median(spacing)), unit="ns")
+
+
+_YEAR = pd.Timedelta(days=365.25)
+
+
+def bars_per_year(index: pd.DatetimeIndex) -> float:
+    """Bars a year as the data has them, gaps (weekends, holidays) included, robust to a
+    few outlier timestamps.
+
+    With the ``n`` timestamps sorted, ``t[0] <= ... <= t[n-1]``, and ``k = n // 100 + 1``
+    dropped at each end (about 1 %, at least one; fewer when ``n < 4``: ``k`` is at most
+    ``(n - 2) // 2``)::
+
+        bars_per_year = (n - 1 - 2k) / ((t[n-1-k] - t[k]) / 365.25 days)
+
+    the bar spacings counted over the central span, per year. Hourly bars without gaps
+    give 24 * 365.25 = 8766; hourly bars on weekdays only (forex) about 120 * 52.18 =
+    6,261; daily stock bars about 252. One mistyped timestamp (the year 2042 in data of
+    2020) lands at an end of the sorted order and is dropped, so it does not move the
+    result.
+
+    Raises:
+        MarketDataError: fewer than 2 timestamps, or the central span is zero.
+    """
+    if len(index) < 2:
+        raise MarketDataError(f"bars_per_year needs at least 2 bars, got {len(index)}")
+    idx = pd.DatetimeIndex(index)
+    per_unit = pd.Timedelta(1, unit=idx.unit).value  # ns in one tick of the index' unit
+    t = np.sort(idx.asi8.astype(np.float64) * per_unit)  # any unit, no overflow
+    n = len(t)
+    k = min(n // 100 + 1, (n - 2) // 2)
+    span = t[n - 1 - k] - t[k]
+    if span <= 0:
+        raise MarketDataError("bars_per_year: the timestamps span no time")
+    return float((n - 1 - 2 * k) / (span / _YEAR.value))
 
 
 def _check_length(
