@@ -85,7 +85,8 @@ class DataConfig(_Validated):
     price_col: str | None = _opt(None, "the price column, when not close/price/last/adj close")
     repair: str | None = _opt(
         None,
-        "fix NaN/zero/negative price rows instead of refusing them",
+        "fix rows with NaN, infinite, zero/negative or inconsistent OHLC prices instead of "
+        "refusing them",
         choices=("drop", "ffill"),
     )
     horizons: tuple[str, str] = _opt(
