@@ -1,0 +1,67 @@
+"""Run by tests/test_distributed.py under torchrun (gloo, CPU): trains a small PPOTrainer on
+every rank and leaves what each rank saw in OUT for the test to compare.
+
+    torchrun --standalone --nproc_per_node=2 tests/distributed_worker.py OUT [nan] [skip]
+
+``nan``: rank 1 plants NaN into its aux_1h weight gradient at its first two minibatch steps.
+``skip``: the trainer runs with nan_policy="skip".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pyppo import PPOTrainer, TradingActorCritic, TradingEnv, synthetic_market
+
+
+def main(out: Path, flags: set[str]) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    logging.basicConfig(filename=out / f"log{rank}.txt", level=logging.WARNING)
+    env = TradingEnv(synthetic_market(3000, seed=4), num_envs=4, episode_length=100, seed=rank)
+    torch.manual_seed(100 + rank)  # different initial weights: the trainer must unify them
+    model = TradingActorCritic(env.obs_spec, hidden_dim=32)
+    trainer = PPOTrainer(
+        model,
+        env,
+        num_steps=32,
+        num_epochs=2,
+        batch_size=64,
+        run_dir=out,
+        progress=False,
+        nan_policy="skip" if "skip" in flags else "zero",
+    )
+    initial = [p.detach().clone() for p in model.parameters()]
+    planted = []
+    if "nan" in flags and rank == 1:
+
+        def plant(grad: torch.Tensor) -> torch.Tensor:
+            if len(planted) >= 2:
+                return grad
+            grad = grad.clone()
+            grad.view(-1)[::5] = float("nan")
+            planted.append(grad.view(-1)[::5].numel())
+            return grad
+
+        model.aux_1h.weight.register_hook(plant)
+    trainer.train(total_steps=4 * 32 * 2 * 3)
+    torch.save(
+        {
+            "initial": initial,
+            "final": [p.detach() for p in model.parameters()],
+            "adam_steps": [float(s["step"]) for s in trainer.optimizer.state.values()],
+        },
+        out / f"rank{rank}.pt",
+    )
+    (out / f"planted{rank}.json").write_text(json.dumps(planted))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), set(sys.argv[2:]))
