@@ -65,11 +65,16 @@ class PPOUpdate:
         return [*STEP_STATS, *aux_losses, *(GUARD_STATS if self.config.guards else ())]
 
     def step(
-        self, batch: RolloutBatch, aux_scale: Tensor | None, counters: NaNCounters
+        self,
+        batch: RolloutBatch,
+        aux_scale: Tensor | None,
+        counters: NaNCounters,
+        adv_stats: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One minibatch. Returns its statistics (ordered as :meth:`stat_names`) as one device
         tensor, and 1.0, or 0.0 when the ``skip`` policy skipped the step (its statistics then
-        do not count)."""
+        do not count). ``adv_stats``: the advantages' (mean, std) over the global minibatch
+        (across processes); None normalizes by the minibatch's own."""
         cfg = self.config
         out, bad = self.policy(batch.obs)
         if bad is not None:
@@ -84,15 +89,6 @@ class PPOUpdate:
                 aux_coefs=self.aux_coefs,
                 guard_aux=cfg.guards,
             )
-        adv_stats = None
-        if self.process_group is not None:
-            adv = batch.advantages
-            sums = all_reduce_sum_(
-                torch.stack([adv.sum(), adv.square().sum(), adv.new_tensor(adv.numel())]),
-                self.process_group,
-            )
-            mean = sums[0] / sums[2]
-            adv_stats = (mean, (sums[1] / sums[2] - mean.square()).clamp_min(0).sqrt())
         terms = ppo_loss(
             out["action_logits"],
             out["value"].reshape(-1),
@@ -128,6 +124,30 @@ class PPOUpdate:
         self.optimizer.step()
         return torch.stack(stats).detach(), keep
 
+    def _advantage_stats(self, batches: list[RolloutBatch]) -> list[Any]:
+        """Per minibatch, the advantages' (mean, std) over every process's share of it, all
+        minibatches of an epoch in one all-reduce; Nones in a single process."""
+        if self.process_group is None:
+            return [None] * len(batches)
+        sums = all_reduce_sum_(
+            torch.stack(
+                [
+                    torch.stack(
+                        [
+                            b.advantages.sum(),
+                            b.advantages.square().sum(),
+                            b.advantages.new_tensor(b.advantages.numel()),
+                        ]
+                    )
+                    for b in batches
+                ]
+            ),
+            self.process_group,
+        )
+        means = sums[:, 0] / sums[:, 2]
+        stds = (sums[:, 1] / sums[:, 2] - means.square()).clamp_min(0).sqrt()
+        return list(zip(means.unbind(), stds.unbind(), strict=True))
+
     def _variance(self, x: Tensor) -> Tensor:
         """Per-column variance of ``x`` (unbiased), over every process's rows."""
         if self.process_group is None:
@@ -158,8 +178,9 @@ class PPOUpdate:
         for _ in range(cfg.num_epochs):
             epoch_kl = torch.zeros((), device=self.device)
             epoch_batches = torch.zeros((), device=self.device)
-            for batch in buffer.minibatches(self.batch_size, generator):
-                stats, keep = self.step(batch, aux_scale, counters)
+            batches = list(buffer.minibatches(self.batch_size, generator))
+            for batch, adv_stats in zip(batches, self._advantage_stats(batches), strict=True):
+                stats, keep = self.step(batch, aux_scale, counters, adv_stats)
                 sums += stats * keep
                 epoch_kl += stats[kl_index] * keep
                 epoch_batches += keep
