@@ -1,0 +1,186 @@
+"""The report's figures, made to be read at a glance: few ticks with thousands separators, no
+offset or power-of-ten axis labels, one panel per quantity and scale, and a sentence instead
+of an empty panel.
+
+Each function returns a matplotlib ``Figure`` (the Agg backend: no display needed); the
+report saves them as PNGs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pyppo.metrics import nan_events_by_epoch
+
+COLORS = {"agent": "tab:blue", "buy_and_hold": "tab:gray", "random": "tab:orange"}
+NO_EVENTS = "no NaN/inf events"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def readable(ax: Any, *, x_integer: bool = False, percent: bool = False) -> None:
+    """Few ticks, thousands separators, no offset text on both axes of ``ax``."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    def number(value: float, _: object) -> str:
+        if percent:
+            return f"{value:.0%}" if abs(value) >= 0.1 or value == 0 else f"{value:.1%}"
+        if value == 0 or abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.3g}"
+
+    if not _is_date_axis(ax.xaxis):
+        ax.xaxis.set_major_locator(MaxNLocator(5, integer=x_integer))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if x_integer or
+                                                   abs(v) >= 1000 else f"{v:.3g}"))
+    ax.yaxis.set_major_locator(MaxNLocator(5))
+    ax.yaxis.set_major_formatter(FuncFormatter(number))
+    ax.grid(alpha=0.3)
+
+
+def _is_date_axis(axis: Any) -> bool:
+    import matplotlib.dates as mdates
+
+    return isinstance(axis.get_major_formatter(), (mdates.ConciseDateFormatter,
+                                                   mdates.AutoDateFormatter))
+
+
+def _dates(ax: Any) -> None:
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator(maxticks=6)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
+def equity_figure(timestamps: Any, equity: Mapping[str, np.ndarray]) -> Any:
+    """Equity curves of the policies (fees included) over their drawdown below the peak."""
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1.3]})
+    for name, curve in equity.items():
+        top.plot(timestamps, curve, label=name, color=COLORS.get(name), lw=1.2)
+        peak = np.maximum.accumulate(np.concatenate([[1.0], curve]))[1:]
+        bottom.plot(timestamps, curve / peak - 1.0, color=COLORS.get(name), lw=1.0)
+    top.set(title="Equity on held-out bars (fees included)", ylabel="equity (start = 1)")
+    top.legend(loc="upper left")
+    bottom.set(ylabel="drawdown")
+    for ax in (top, bottom):
+        _dates(ax)
+        readable(ax, percent=ax is bottom)
+    fig.tight_layout()
+    return fig
+
+
+def predictions_figure(preds: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray]
+                       ) -> Any:
+    """Each return prediction against the realized return (simple returns)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, max(len(preds), 1), figsize=(10, 4), squeeze=False)
+    for ax, (name, pred) in zip(axes[0], preds.items(), strict=False):
+        target = targets[name.removeprefix("pred_")]
+        ax.scatter(target, pred, s=2, alpha=0.3)
+        ax.set(title=f"{name} vs realized", xlabel="realized return",
+               ylabel="predicted return")
+        readable(ax, percent=True)
+        from matplotlib.ticker import FuncFormatter
+
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1%}"))
+    fig.tight_layout()
+    return fig
+
+
+def _smooth(values: np.ndarray, width: int) -> np.ndarray:
+    if len(values) < width or width < 2:
+        return values
+    kernel = np.ones(width) / width
+    return np.convolve(values, kernel, mode="valid")
+
+
+def training_figure(history: Sequence[dict[str, float]], buy_and_hold_sharpe: float | None
+                    ) -> Any:
+    """Learning at a glance: the greedy policy's validation Sharpe per epoch against
+    buy-and-hold, the smoothed per-step reward, NaN/inf events per epoch, and the losses,
+    one panel each."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    steps = np.array([r["env_steps"] for r in history], dtype=float)
+
+    ax = axes[0, 0]
+    validated = [(r["epoch"], r["validation/sharpe"]) for r in history
+                 if r.get("validation/sharpe") == r.get("validation/sharpe")]
+    if validated:
+        epochs, sharpe = zip(*validated, strict=True)
+        ax.plot(epochs, sharpe, marker="o", color=COLORS["agent"], label="agent (greedy)")
+        if buy_and_hold_sharpe is not None:
+            ax.axhline(buy_and_hold_sharpe, color=COLORS["buy_and_hold"], ls="--",
+                       label="buy and hold")
+        ax.legend(loc="best", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no validation backtests", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set(title="validation Sharpe per epoch", xlabel="epoch")
+    readable(ax, x_integer=True)
+
+    ax = axes[0, 1]
+    reward = np.array([r["rollout/mean_step_reward"] for r in history], dtype=float)
+    width = max(1, len(reward) // 10)
+    ax.plot(steps, reward, color="lightgray", lw=0.8, label="per update")
+    smoothed = _smooth(reward, width)
+    ax.plot(steps[len(steps) - len(smoothed):], smoothed, color=COLORS["agent"],
+            label=f"mean of {width} updates")
+    ax.set(title="reward per step (training)", xlabel="env steps")
+    ax.legend(loc="best", fontsize=8)
+    readable(ax, x_integer=True)
+
+    ax = axes[0, 2]
+    per_epoch = nan_events_by_epoch(history)
+    epochs = sorted(per_epoch)
+    total = sum(sum(counts.values()) for counts in per_epoch.values())
+    if total == 0:
+        ax.text(0.5, 0.5, NO_EVENTS, ha="center", va="center", transform=ax.transAxes,
+                fontsize=12)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        bottom = np.zeros(len(epochs))
+        for kind in next(iter(per_epoch.values())):
+            counts = np.array([per_epoch[e][kind] for e in epochs], dtype=float)
+            ax.bar(epochs, counts, bottom=bottom, label=kind)
+            bottom += counts
+        ax.legend(loc="best", fontsize=8)
+        readable(ax, x_integer=True)
+    ax.set(title="NaN/inf events per epoch (all repaired)", xlabel="epoch")
+
+    losses = [("loss/policy", "policy loss"), ("loss/value", "value loss")]
+    for ax, (key, title) in zip(axes[1, :2], losses, strict=True):
+        ax.plot(steps, [r.get(key, np.nan) for r in history], color=COLORS["agent"])
+        ax.set(title=title, xlabel="env steps")
+        readable(ax, x_integer=True)
+    ax = axes[1, 2]
+    aux = [k for k in history[0] if k.startswith("loss/aux_")] if history else []
+    for key in aux:
+        ax.plot(steps, [r.get(key, np.nan) for r in history], label=key.removeprefix("loss/"))
+    ax.set(title="auxiliary losses (1 = predicting the mean)", xlabel="env steps")
+    if aux:
+        ax.legend(loc="best", fontsize=8)
+    readable(ax, x_integer=True)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Any, path: Any) -> Any:
+    """Save ``fig`` as a PNG at ``path`` and close it."""
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
