@@ -20,6 +20,11 @@ targets are sanitized the same way. Both counts accumulate on the device in
 :attr:`TradingEnv.return_counts` and :attr:`TradingEnv.aux_target_counts`
 (``[nonfinite, clamped]``, one count per env-step and value). Observations are built from
 sanitized returns (see :mod:`pyppo.features`). Nothing non-finite leaves the env.
+
+An observation is row t of the precomputed feature table with the position held written
+into its position column: it depends only on the bar and the position, never on where the
+episode started or how far it got, so a policy sees the same thing in training, in a
+backtest (:mod:`pyppo.evaluation`) and live.
 """
 
 from __future__ import annotations
@@ -401,7 +406,6 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
     def _observe(self) -> Tensor:
         obs = self._table.index_select(0, self._t)
         obs[:, self.obs_spec.position_col] = self._pos
-        obs[:, self.obs_spec.progress_col] = self._elapsed / self.episode_length
         return obs
 
     def _aux_targets(self) -> Tensor:

@@ -2,10 +2,13 @@
 
 The env's ``step()`` must be a handful of gathers, so everything that depends only on the
 market (the normalized return window, indicators, calendar features) is precomputed here
-into one contiguous ``(T, D)`` float32 table; the env copies row ``t`` of it and writes
-the two per-episode columns (position, episode progress) in place.
+into one contiguous ``(T, D)`` float32 table; the env copies row ``t`` of it and writes the
+one per-agent column (the position held) in place. An observation therefore depends only on
+the bar and the position held: nothing about episodes, so training, backtests and live
+inference see the same thing.
 
-Every feature is causal (row t uses bars <= t only), scale-free (returns are divided by a
+Every feature is causal (row t uses bars <= t only: the table of a series cut after bar t
+equals the first t + 1 rows of the full table), scale-free (returns are divided by a
 trailing volatility estimate, so the same agent works on a 0.1 %/bar and a 2 %/bar asset)
 and clipped to ``[-FEATURE_CLIP, FEATURE_CLIP]``. Bad ticks never reach the observation:
 the log returns are sanitized with the fused op (non-finite -> 0, clamped to ±1) before any
@@ -26,7 +29,9 @@ from pyppo import ops
 from pyppo.data import MarketData
 
 FEATURE_CLIP = 10.0
-_EPS = 1e-12
+# Volatility floor: this fraction of the mean volatility so far, and at least _FLOOR_MIN.
+_FLOOR_FRACTION = 1e-3
+_FLOOR_MIN = 1e-11
 
 INDICATOR_NAMES = (
     "vol_ratio",  # log(short-term vol / window vol): is volatility rising?
@@ -40,7 +45,7 @@ INDICATOR_NAMES = (
     "drawdown",  # distance below the window's high in vol units
 )
 TIME_NAMES = ("hour_sin", "hour_cos", "weekday_sin", "weekday_cos")
-POSITION_NAMES = ("position", "episode_progress")
+POSITION_NAMES = ("position",)
 
 
 @dataclass(frozen=True)
@@ -67,14 +72,15 @@ class ObsSpec:
 
     @property
     def position_col(self) -> int:
+        """The column holding the agent's position (-1, 0, +1)."""
         return self.position.start
-
-    @property
-    def progress_col(self) -> int:
-        return self.position.start + 1
 
     @classmethod
     def for_window(cls, window: int) -> ObsSpec:
+        """The layout for a return window of ``window`` bars.
+
+        :param window: length of the normalized return window.
+        """
         w, i, t, p = window, len(INDICATOR_NAMES), len(TIME_NAMES), len(POSITION_NAMES)
         names = tuple(f"ret_{k - w + 1}" for k in range(w)) + INDICATOR_NAMES + TIME_NAMES
         return cls(
@@ -90,7 +96,7 @@ class ObsSpec:
 
 @dataclass
 class MarketFeatures:
-    """The precomputed ``(T, spec.size)`` table (position columns zero) and how many log
+    """The precomputed ``(T, spec.size)`` table (position column zero) and how many log
     returns had to be sanitized to build it (``[nonfinite, clamped]``)."""
 
     table: Tensor
@@ -99,21 +105,35 @@ class MarketFeatures:
 
 
 def _ewm_vol(x: pd.Series, span: int) -> np.ndarray:
-    """Exponentially weighted RMS of x (returns have ~zero mean at bar scale)."""
+    """Exponentially weighted RMS of x (returns have ~zero mean at bar scale); causal:
+    ``adjust=True`` weights bars 0..t only."""
     return np.sqrt(x.pow(2).ewm(span=span, adjust=True).mean().to_numpy())
 
 
+def _causal_floor(vol: np.ndarray) -> np.ndarray:
+    """Per-bar volatility floor from bars 0..t only: ``_FLOOR_FRACTION`` of the mean of
+    ``vol`` over those bars, and never below ``_FLOOR_MIN`` (so a flat price series, whose
+    volatility is 0, divides by the floor instead of by zero)."""
+    mean = np.cumsum(vol) / np.arange(1, len(vol) + 1)
+    return np.maximum(mean * _FLOOR_FRACTION, _FLOOR_MIN)
+
+
 def _rolling_sum(x: np.ndarray, k: int) -> np.ndarray:
+    """Sum of x over the last k bars up to and including each bar (fewer at the start)."""
     c = np.concatenate([[0.0], np.cumsum(x)])
-    out = np.empty_like(x)
-    idx = np.arange(len(x))
-    out[:] = c[idx + 1] - c[np.maximum(idx + 1 - k, 0)]
-    return out
+    lo = np.maximum(np.arange(1, len(x) + 1) - k, 0)
+    return c[1:] - c[lo]
 
 
 def compute_features(market: MarketData, window: int, device: torch.device | str) -> MarketFeatures:
-    """Build the observation table for every bar of ``market`` (rows t < window are
-    incomplete and never observed by the env)."""
+    """Build the observation table for every bar of ``market``.
+
+    Rows t < window are incomplete and never observed. Row t depends on bars 0..t only.
+
+    :param market: the bars.
+    :param window: length of the normalized return window (:meth:`ObsSpec.for_window`).
+    :param device: where the table is put.
+    """
     spec = ObsSpec.for_window(window)
     n = len(market)
     # Sanitize the returns the features see, with the same fused op and limit as rewards.
@@ -122,18 +142,20 @@ def compute_features(market: MarketData, window: int, device: torch.device | str
     r = logr.numpy()
     rs = pd.Series(r)
 
-    # Trailing volatility known before bar t (excludes r[t]) normalizes r[t]; floors keep a
-    # flat price series (vol 0) from dividing by zero.
+    # Trailing volatility known before bar t (excludes r[t]) normalizes r[t]; the causal
+    # floor keeps a flat price series (vol 0) from dividing by zero.
     vol_w = _ewm_vol(rs, window)
-    floor = max(float(np.median(vol_w[window:])) if n > window else 0.0, 1e-8) * 1e-3
+    floor = _causal_floor(vol_w)
     vol_w = np.maximum(vol_w, floor)
-    vol_prev = np.concatenate([[vol_w[0]], vol_w[:-1]])
+    vol_prev = np.concatenate([vol_w[:1], vol_w[:-1]])
     r_norm = np.clip(r / vol_prev, -FEATURE_CLIP, FEATURE_CLIP)
-    r_norm[0] = 0.0
+    r_norm[:1] = 0.0
 
-    table = np.zeros((n, spec.size), dtype=np.float64)
+    # Built in float32: clipping commutes with rounding to float32, so this equals building
+    # in float64 and converting at the end, with a quarter of the memory traffic.
+    table = np.zeros((n, spec.size), dtype=np.float32)
     # Window block: row t holds r_norm[t-window+1 .. t], oldest first (zeros before bar 0).
-    padded = np.concatenate([np.zeros(window - 1), r_norm])
+    padded = np.concatenate([np.zeros(window - 1, dtype=np.float32), r_norm.astype(np.float32)])
     table[:, spec.window] = np.lib.stride_tricks.sliding_window_view(padded, window)
 
     vol_short = np.maximum(_ewm_vol(rs, 12), floor)
@@ -172,8 +194,11 @@ def compute_features(market: MarketData, window: int, device: torch.device | str
     table[:, t0 + 2] = np.sin(2 * np.pi * day)
     table[:, t0 + 3] = np.cos(2 * np.pi * day)
 
-    np.clip(table, -FEATURE_CLIP, FEATURE_CLIP, out=table)
-    # Every input above is finite by construction; this only guards against a future edit.
-    table = np.nan_to_num(table, nan=0.0, posinf=0.0, neginf=0.0)
-    out = torch.from_numpy(table.astype(np.float32)).to(device).contiguous()
+    # The window block is already clipped and finite (finite returns over a positive
+    # floor). The other inputs are finite by construction too; NaN -> 0 only guards
+    # against a future edit.
+    rest = table[:, spec.window.stop :]
+    rest[np.isnan(rest)] = 0.0
+    np.clip(rest, -FEATURE_CLIP, FEATURE_CLIP, out=rest)
+    out = torch.from_numpy(table).to(device).contiguous()
     return MarketFeatures(table=out, spec=spec, sanitized=sanitized.to(device))

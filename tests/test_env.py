@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pyppo import (
+    MarketData,
     MarketDataError,
     ObsSpec,
     TradingEnv,
@@ -20,6 +21,7 @@ from pyppo import (
     reference,
     synthetic_market,
 )
+from pyppo.features import compute_features
 
 CLOSE = [100.0, 101.0, 99.0, 100.0, 102.0, 101.0, 103.0, 104.0, 102.0, 105.0, 106.0, 104.0]
 FEE = 0.01
@@ -62,7 +64,7 @@ def test_step_semantics_by_hand():
     # Sequential starts tile bars 2..9 with 3-step episodes: starts 2, 5, (8 -> moved to 7).
     assert env.bar_index.tolist() == [2, 5]
     assert obs[:, spec.position_col].tolist() == [0.0, 0.0]
-    assert obs[:, spec.progress_col].tolist() == [0.0, 0.0]
+    assert spec.position_col == spec.size - 1 and spec.names[-1] == "position"
     torch.testing.assert_close(
         info["aux_targets"], torch.tensor([[fwd(2, 1), fwd(2, 2)], [fwd(5, 1), fwd(5, 2)]])
     )
@@ -73,7 +75,6 @@ def test_step_semantics_by_hand():
     torch.testing.assert_close(reward, torch.tensor(expected))
     assert env.bar_index.tolist() == [3, 6]
     assert obs[:, spec.position_col].tolist() == [1.0, -1.0]
-    torch.testing.assert_close(obs[:, spec.progress_col], torch.full((2,), 1 / 3))
     torch.testing.assert_close(
         info["aux_targets"], torch.tensor([[fwd(3, 1), fwd(3, 2)], [fwd(6, 1), fwd(6, 2)]])
     )
@@ -93,20 +94,15 @@ def test_step_semantics_by_hand():
     assert truncated.tolist() == [True, True] and terminated.tolist() == [False, False]
     assert info["_final_obs"].tolist() == [True, True]
     final = info["final_obs"]
-    # The final observation is of bars 5 and 8, flat, at progress 1; it matches what a
-    # fresh env observing those bars would see in the market columns.
+    # The final observation is of bars 5 and 8, flat: exactly the table rows (position
+    # column 0), as a fresh env observing those bars flat would see them.
     assert final[:, spec.position_col].tolist() == [0.0, 0.0]
-    assert final[:, spec.progress_col].tolist() == [1.0, 1.0]
     table = env._table
-    torch.testing.assert_close(
-        final[:, : spec.position.start], table[[5, 8], : spec.position.start]
-    )
+    assert torch.equal(final, table[[5, 8]])
     torch.testing.assert_close(info["episode_return"], total)
     # Auto-reset (same step): the returned obs starts the next episodes, at the next tiles.
     assert env.bar_index.tolist() == [7, 2]
-    torch.testing.assert_close(obs[:, : spec.position.start], table[[7, 2], : spec.position.start])
-    assert obs[:, spec.position_col].tolist() == [0.0, 0.0]
-    assert obs[:, spec.progress_col].tolist() == [0.0, 0.0]
+    assert torch.equal(obs, table[[7, 2]])
     torch.testing.assert_close(
         info["aux_targets"], torch.tensor([[fwd(7, 1), fwd(7, 2)], [fwd(2, 1), fwd(2, 2)]])
     )
@@ -145,6 +141,57 @@ def test_observation_window_is_scale_free_and_causal():
     t = torch.arange(100, 1500)
     last = env_a._table[t, env_a.obs_spec.window.stop - 1]
     assert torch.equal(torch.sign(last), torch.sign(base.log_returns[t].float()))
+
+
+def cut(market, t: int) -> MarketData:
+    """The market as it was known at bar t: bars 0..t only."""
+    frame = market.frame.iloc[: t + 1]
+    return MarketData(frame, bar_interval=market.bar_interval, horizons=market.horizons)
+
+
+@pytest.mark.parametrize("bad_ticks", [0.0, 0.01])
+def test_features_of_a_bar_use_only_bars_up_to_it(bad_ticks):
+    """The table of the market cut after bar t is bit for bit the first t + 1 rows of the
+    full table: no feature (volatility floor included) looks ahead."""
+    market = synthetic_market(3000, seed=6, bad_ticks=bad_ticks)
+    full = compute_features(market, 60, "cpu").table
+    for t in (0, 1, 5, 59, 60, 61, 777, 1500, 2998):
+        part = compute_features(cut(market, t), 60, "cpu").table
+        assert torch.equal(part, full[: t + 1]), t
+
+
+def test_flat_series_does_not_divide_by_zero():
+    idx = pd.date_range("2024-01-01", periods=300, freq="1h")
+    frame = pd.DataFrame({"close": 100.0, "high": 100.0, "low": 100.0}, index=idx)
+    feats = compute_features(load_market_data(frame), 60, "cpu")
+    table, spec = feats.table, feats.spec
+    assert torch.isfinite(table).all()
+    assert (table[:, spec.window] == 0).all() and (table[:, spec.indicators] == 0).all()
+    # Nearly flat, then volatile: still finite, and the quiet bars' features do not see the
+    # volatility to come (a floor from the whole series' volatility would).
+    rng = np.random.default_rng(0)
+    steps = np.concatenate([rng.normal(0, 1e-8, 150), rng.normal(0, 1e-2, 150)])
+    moving = load_market_data(pd.DataFrame({"close": 100.0 * np.exp(np.cumsum(steps))}, idx))
+    table = compute_features(moving, 60, "cpu").table
+    assert torch.isfinite(table).all()
+    for t in (100, 200):
+        assert torch.equal(compute_features(cut(moving, t), 60, "cpu").table, table[: t + 1])
+
+
+def test_observation_is_the_bar_and_the_position_only():
+    md = synthetic_market(2000, seed=1)
+    env = TradingEnv(md, num_envs=3, episode_length=7, seed=2)
+    spec = env.obs_spec
+    assert spec.size == 60 + 9 + 4 + 1
+    assert "episode_progress" not in spec.names and spec.names[spec.position_col] == "position"
+    assert env.describe()["observation_size"] == spec.size
+    obs, _ = env.reset()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(30):  # across episode boundaries: nothing about the episode shows
+        expected = env._table[env.bar_index].clone()
+        expected[:, spec.position_col] = env.position
+        assert torch.equal(obs, expected)
+        obs, *_ = env.step(torch.randint(0, 3, (3,), generator=gen))
 
 
 def test_invalid_actions_and_misuse():
@@ -344,9 +391,9 @@ def test_works_without_gymnasium():
         "import torch, pyppo\n"
         "env = pyppo.TradingEnv(pyppo.synthetic_market(2000), num_envs=3, episode_length=10)\n"
         "obs, info = env.reset()\n"
-        "assert env.single_action_space.n == 3 and env.single_observation_space.shape == (75,)\n"
+        "assert env.single_action_space.n == 3 and env.single_observation_space.shape == (74,)\n"
         "out = env.step(torch.tensor([0, 1, 2]))\n"
-        "assert out[0].shape == (3, 75)\n"
+        "assert out[0].shape == (3, 74)\n"
         "print('ok')\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
