@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from pyppo import ops
 from pyppo.distributed import averaged_gradients_, rank_and_world
@@ -178,6 +179,30 @@ class GradientGuard:
         if self.log_every is not None and self.steps % self.log_every == 0:
             self.log_events()
         return GuardReport(self.groups, counts, norms, total, coef, skipped)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
+        """Run :meth:`step` before every ``optimizer.step()``, for loops that call the optimizer
+        but not the guard; ``handle.remove()`` detaches it.
+
+        The guard must see the gradients before anything that combines them over parameters.
+        A ``clip_grad_norm_`` between ``backward()`` and ``optimizer.step()`` turns one NaN
+        into NaN in every gradient (the total norm is NaN), so with a loop that clips by
+        itself, run the guard right after ``backward()`` instead (e.g.
+        :func:`pyppo.integrations.guard_after_backward`) and let the guard replace the clip
+        where you can. Under DDP the NaN has already been averaged into every rank by DDP's
+        all-reduce when this hook runs: use ``process_group=`` on a model not wrapped in DDP
+        instead (the guard then does the all-reduce itself).
+
+        :param optimizer: the optimizer whose ``step()`` the guard runs before (through
+            ``register_step_pre_hook``); the hook discards the :class:`GuardReport` (the
+            counts stay in :attr:`cumulative_nonfinite` and :meth:`log_events`).
+        :return: the hook's handle.
+        """
+
+        def guard_before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            self.step()
+
+        return optimizer.register_step_pre_hook(guard_before_step)
 
     def _step_distributed(
         self, grads: list[Tensor], group_ids: list[int]
