@@ -22,7 +22,8 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml CMakeLists.txt $(wildcard csrc/*.* csrc/*/*.* csrc/*/*/*.*)
 	$(BIN)/pip install -q "$(TORCH)" numpy pandas tqdm matplotlib tomli-w safetensors \
 		'tomli; python_version < "3.11"' scikit-build-core "cmake>=3.27" ninja \
-		pytest hypothesis gymnasium pyarrow tensorboard
+		pytest hypothesis gymnasium pyarrow tensorboard empyrical-reloaded==0.7.1 \
+		stable-baselines3==2.9.2
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 

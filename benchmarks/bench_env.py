@@ -6,7 +6,7 @@
 
 Each row times ``--steps`` calls of ``step()`` with pre-drawn random actions on the env's
 device (drawing actions is the policy's cost, not the env's), over the default synthetic
-market (20,000 hourly bars) with the default observation (window 60: 75 floats), fee and
+market (20,000 hourly bars) with the default observation (window 60: 74 floats), fee and
 aux horizons (1h, 24h), random episode starts and auto-reset (episode_length 720, so
 resets are part of the timing). Reported: the median of ``--repeats`` timings.
 Targets on the CPU: >= 1,000,000 env-steps/s at 1024 envs, >= 200,000 at 64.

@@ -114,13 +114,13 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def bars_per_year(market: MarketData) -> float:
-    """Bars per year as the data actually has them (weekend gaps included).
+    """Bars per year as the data actually has them, gaps included, robust to a few mistyped
+    timestamps (:attr:`pyppo.MarketData.bars_per_year`): the one figure every annualized
+    number uses.
 
     :param market: the bars.
     """
-    index = market.frame.index
-    years = (index[-1] - index[0]).total_seconds() / (365.25 * 24 * 3600)
-    return (len(index) - 1) / years if years > 0 else float(len(index))
+    return market.bars_per_year
 
 
 def action_positions(allow_short: bool) -> np.ndarray:

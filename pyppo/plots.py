@@ -34,25 +34,37 @@ def readable(ax: Any, *, x_integer: bool = False, percent: bool = False) -> None
 
     def number(value: float, _: object) -> str:
         if percent:
-            return f"{value:.0%}" if abs(value) >= 0.1 or value == 0 else f"{value:.1%}"
+            return f"{value:.0%}" if abs(value) >= 0.01 or value == 0 else f"{value:.1%}"
         if value == 0 or abs(value) >= 1000:
             return f"{value:,.0f}"
         return f"{value:.3g}"
 
     if not _is_date_axis(ax.xaxis):
         ax.xaxis.set_major_locator(MaxNLocator(5, integer=x_integer))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if x_integer or
-                                                   abs(v) >= 1000 else f"{v:.3g}"))
+        ax.xaxis.set_major_formatter(
+            FuncFormatter(lambda v, _: f"{v:,.0f}" if x_integer or abs(v) >= 1000 else f"{v:.3g}")
+        )
     ax.yaxis.set_major_locator(MaxNLocator(5))
     ax.yaxis.set_major_formatter(FuncFormatter(number))
     ax.grid(alpha=0.3)
 
 
+def epoch_ticks(ax: Any, epochs: Sequence[int]) -> None:
+    """Whole epochs on the x axis: each one when they are few."""
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
+    ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    ax.xaxis.set_major_locator(
+        FixedLocator(sorted(set(epochs))) if len(set(epochs)) <= 8 else MaxNLocator(6, integer=True)
+    )
+
+
 def _is_date_axis(axis: Any) -> bool:
     import matplotlib.dates as mdates
 
-    return isinstance(axis.get_major_formatter(), (mdates.ConciseDateFormatter,
-                                                   mdates.AutoDateFormatter))
+    return isinstance(
+        axis.get_major_formatter(), (mdates.ConciseDateFormatter, mdates.AutoDateFormatter)
+    )
 
 
 def _dates(ax: Any) -> None:
@@ -66,8 +78,9 @@ def _dates(ax: Any) -> None:
 def equity_figure(timestamps: Any, equity: Mapping[str, np.ndarray]) -> Any:
     """Equity curves of the policies (fees included) over their drawdown below the peak."""
     plt = _pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 1.3]})
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]}
+    )
     for name, curve in equity.items():
         top.plot(timestamps, curve, label=name, color=COLORS.get(name), lw=1.2)
         peak = np.maximum.accumulate(np.concatenate([[1.0], curve]))[1:]
@@ -82,16 +95,14 @@ def equity_figure(timestamps: Any, equity: Mapping[str, np.ndarray]) -> Any:
     return fig
 
 
-def predictions_figure(preds: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray]
-                       ) -> Any:
+def predictions_figure(preds: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray]) -> Any:
     """Each return prediction against the realized return (simple returns)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, max(len(preds), 1), figsize=(10, 4), squeeze=False)
     for ax, (name, pred) in zip(axes[0], preds.items(), strict=False):
         target = targets[name.removeprefix("pred_")]
         ax.scatter(target, pred, s=2, alpha=0.3)
-        ax.set(title=f"{name} vs realized", xlabel="realized return",
-               ylabel="predicted return")
+        ax.set(title=f"{name} vs realized", xlabel="realized return", ylabel="predicted return")
         readable(ax, percent=True)
         from matplotlib.ticker import FuncFormatter
 
@@ -107,8 +118,7 @@ def _smooth(values: np.ndarray, width: int) -> np.ndarray:
     return np.convolve(values, kernel, mode="valid")
 
 
-def training_figure(history: Sequence[dict[str, float]], buy_and_hold_sharpe: float | None
-                    ) -> Any:
+def training_figure(history: Sequence[dict[str, float]], buy_and_hold_sharpe: float | None) -> Any:
     """Learning at a glance: the greedy policy's validation Sharpe per epoch against
     buy-and-hold, the smoothed per-step reward, NaN/inf events per epoch, and the losses,
     one panel each."""
@@ -117,28 +127,40 @@ def training_figure(history: Sequence[dict[str, float]], buy_and_hold_sharpe: fl
     steps = np.array([r["env_steps"] for r in history], dtype=float)
 
     ax = axes[0, 0]
-    validated = [(r["epoch"], r["validation/sharpe"]) for r in history
-                 if r.get("validation/sharpe") == r.get("validation/sharpe")]
+    validated = [
+        (r["epoch"], r["validation/sharpe"])
+        for r in history
+        if r.get("validation/sharpe") == r.get("validation/sharpe")
+    ]
     if validated:
         epochs, sharpe = zip(*validated, strict=True)
         ax.plot(epochs, sharpe, marker="o", color=COLORS["agent"], label="agent (greedy)")
         if buy_and_hold_sharpe is not None:
-            ax.axhline(buy_and_hold_sharpe, color=COLORS["buy_and_hold"], ls="--",
-                       label="buy and hold")
+            ax.axhline(
+                buy_and_hold_sharpe, color=COLORS["buy_and_hold"], ls="--", label="buy and hold"
+            )
         ax.legend(loc="best", fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no validation backtests", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, "no validation backtests", ha="center", va="center", transform=ax.transAxes
+        )
     ax.set(title="validation Sharpe per epoch", xlabel="epoch")
     readable(ax, x_integer=True)
+    if validated:
+        epoch_ticks(ax, epochs)
 
     ax = axes[0, 1]
     reward = np.array([r["rollout/mean_step_reward"] for r in history], dtype=float)
     width = max(1, len(reward) // 10)
     ax.plot(steps, reward, color="lightgray", lw=0.8, label="per update")
-    smoothed = _smooth(reward, width)
-    ax.plot(steps[len(steps) - len(smoothed):], smoothed, color=COLORS["agent"],
-            label=f"mean of {width} updates")
+    if width > 1:
+        smoothed = _smooth(reward, width)
+        ax.plot(
+            steps[len(steps) - len(smoothed) :],
+            smoothed,
+            color=COLORS["agent"],
+            label=f"mean of {width} updates",
+        )
     ax.set(title="reward per step (training)", xlabel="env steps")
     ax.legend(loc="best", fontsize=8)
     readable(ax, x_integer=True)
@@ -148,8 +170,7 @@ def training_figure(history: Sequence[dict[str, float]], buy_and_hold_sharpe: fl
     epochs = sorted(per_epoch)
     total = sum(sum(counts.values()) for counts in per_epoch.values())
     if total == 0:
-        ax.text(0.5, 0.5, NO_EVENTS, ha="center", va="center", transform=ax.transAxes,
-                fontsize=12)
+        ax.text(0.5, 0.5, NO_EVENTS, ha="center", va="center", transform=ax.transAxes, fontsize=12)
         ax.set_xticks([])
         ax.set_yticks([])
     else:
@@ -160,6 +181,7 @@ def training_figure(history: Sequence[dict[str, float]], buy_and_hold_sharpe: fl
             bottom += counts
         ax.legend(loc="best", fontsize=8)
         readable(ax, x_integer=True)
+        epoch_ticks(ax, epochs)
     ax.set(title="NaN/inf events per epoch (all repaired)", xlabel="epoch")
 
     losses = [("loss/policy", "policy loss"), ("loss/value", "value loss")]

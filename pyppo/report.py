@@ -1,21 +1,37 @@
-"""report.md and PNG plots for a trained agent (what ``pyppo-eval`` writes)."""
+"""report.md, equity.csv, trades.csv and PNG figures for a trained agent (what ``pyppo-eval``
+writes).
+
+Every policy (the agent, buy-and-hold, a seeded random policy) is backtested over the same
+held-out bars with the same fees; the statistics are :func:`pyppo.stats.summary`'s, named as
+backtesting.py names them and computed as :data:`pyppo.stats.CONVENTIONS` states, annualized
+with the data's own bars per year. ``equity.csv`` and ``trades.csv`` let anyone recompute
+them. With ``folds`` the same backtest is also scored on consecutive sub-periods: one model,
+K periods (not walk-forward retraining).
+"""
 
 from __future__ import annotations
 
+import csv
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from torch import nn
 
+from pyppo import plots, stats
 from pyppo.config import RunConfig
+from pyppo.data.horizons import _fmt_td
 from pyppo.evaluation import Backtest, backtest
-from pyppo.metrics import nan_events_by_epoch, nan_events_table
+from pyppo.metrics import nan_events_table
 
 POLICIES = ("agent", "buy_and_hold", "random")
+FOLD_KEYS = ("Return [%]", "Sharpe Ratio", "Max. Drawdown [%]")
 
 
 def run_backtests(model: nn.Module, market, config: RunConfig, device: Any) -> dict[str, Backtest]:
+    """The agent, buy-and-hold and random over every decision bar of ``market``."""
     common = dict(
         window=config.env.window,
         fee=config.env.fee,
@@ -24,10 +40,33 @@ def run_backtests(model: nn.Module, market, config: RunConfig, device: Any) -> d
         seed=config.ppo.seed,
     )
     return {
-        "agent": backtest(market, model, **common),
-        "buy_and_hold": backtest(market, "buy_and_hold", **common),
-        "random": backtest(market, "random", **common),
+        name: backtest(market, model if name == "agent" else name, **common) for name in POLICIES
     }
+
+
+def simple_returns(result: Backtest, fee: float) -> tuple[np.ndarray, np.ndarray]:
+    """A backtest's per-bar simple net returns and the fee paid on each bar (fractions of
+    equity), from its log returns and positions."""
+    changes = np.abs(np.diff(np.concatenate([[0.0], result.positions])))
+    return np.expm1(result.log_returns), -np.expm1(-fee * changes)
+
+
+def policy_summaries(
+    results: dict[str, Backtest], fee: float, lo: int = 0, hi: int | None = None
+) -> dict[str, dict[str, float]]:
+    """:func:`pyppo.stats.summary` of each policy over bars ``[lo, hi)``."""
+    hold, _ = simple_returns(results["buy_and_hold"], fee)
+    out = {}
+    for name, result in results.items():
+        returns, fees = simple_returns(result, fee)
+        out[name] = stats.summary(
+            returns[lo:hi],
+            result.positions[lo:hi],
+            result.bars_per_year,
+            fees=fees[lo:hi],
+            benchmark_returns=hold[lo:hi],
+        )
+    return out
 
 
 def write_report(
@@ -38,47 +77,88 @@ def write_report(
     state: dict[str, Any],
     *,
     device: Any = "cpu",
+    folds: int = 0,
+    validation=None,
+    history: list[dict[str, float]] | None = None,
 ) -> tuple[dict[str, dict[str, float]], Path]:
-    """Backtest, then write ``report.md`` and the plots into ``run_dir``; returns the
-    metrics by policy and the report's path."""
-    results = run_backtests(model, market, config, device)
-    metrics = {name: r.metrics() for name, r in results.items()}
-    history = state["trainer"]["history"]
-    plots = _plots(run_dir, market, results, history)
+    """Backtest, then write ``report.md``, ``equity.csv``, ``trades.csv`` and the figures
+    into ``run_dir``; returns the metrics by policy and the report's path.
 
-    index = market.frame.index
+    :param folds: also score ``folds`` consecutive sub-periods of the held-out bars.
+    :param validation: the validation bars, for buy-and-hold's Sharpe on them in the
+        learning-curve figure.
+    :param history: the whole run's metrics rows (default: the checkpoint's, which end at
+        its update).
+    """
+    results = run_backtests(model, market, config, device)
+    fee = config.env.fee
+    summaries = policy_summaries(results, fee)
+    metrics = {name: {**results[name].metrics(), **summaries[name]} for name in POLICIES}
+    agent = results["agent"]
+    n = len(agent.log_returns)
+    # Bar t's decision earns bar t + 1's return: the bars the returns belong to.
+    times = market.frame.index[config.env.window + 1 : config.env.window + 1 + n]
+    _write_equity_csv(run_dir / "equity.csv", times, results)
+    agent_returns, agent_fees = simple_returns(agent, fee)
+    trades = stats.trades(agent.positions, agent_returns, agent_fees)
+    _write_trades_csv(run_dir / "trades.csv", times, trades)
+
+    history = state["trainer"]["history"] if history is None else history
+    hold_sharpe = None
+    if validation is not None:
+        hold_sharpe = backtest(
+            validation,
+            "buy_and_hold",
+            window=config.env.window,
+            fee=fee,
+            allow_short=config.env.allow_short,
+        ).metrics()["sharpe"]
+    figures = {
+        "equity.png": plots.equity_figure(times, {k: r.equity for k, r in results.items()}),
+        "predictions.png": plots.predictions_figure(agent.preds, agent.targets),
+    }
+    if history:
+        figures["training.png"] = plots.training_figure(history, hold_sharpe)
+    for name, fig in figures.items():
+        plots.save(fig, run_dir / name)
+
     lines = [
         "# pyppo evaluation",
         "",
         f"- checkpoint: update {state['trainer']['update']}, "
         f"{state['trainer']['env_steps']:,} env steps",
-        f"- held-out bars: {len(market):,} ({index[0]} to {index[-1]}, bar {market.bar_interval})",
-        f"- fee: {config.env.fee} per unit of position change",
+        f"- held-out bars: {len(market):,} ({market.frame.index[0]} to "
+        f"{market.frame.index[-1]}, {_fmt_td(market.bar_interval)} bars); {n:,} traded",
+        f"- fee: {fee} per unit of position change; {agent.bars_per_year:,.0f} bars a year "
+        "(the data's own, gaps included)",
         "",
-        "## Backtest",
+        "## Backtest statistics",
         "",
-        "| policy | total return | Sharpe (annualized) | max drawdown | turnover/bar | hit rate |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        *_table(
+            ["statistic", *POLICIES],
+            [[key, *(_fmt(summaries[p][key]) for p in POLICIES)] for key in stats.SUMMARY_KEYS],
+        ),
+        "",
+        f"Conventions: {' '.join(stats.CONVENTIONS.split())} Every trade of the agent is "
+        "in trades.csv, every bar's equity in equity.csv.",
+        "",
     ]
-    for name in POLICIES:
-        m = metrics[name]
-        lines.append(
-            f"| {name} | {m['total_return']:+.2%} | {m['sharpe']:.2f} | "
-            f"{m['max_drawdown']:.2%} | {m['turnover']:.3f} | {m['hit_rate']:.2%} |"
-        )
-    agent = metrics["agent"]
+    if folds:
+        lines += _folds_section(results, fee, times, folds)
     lines += [
-        "",
         "## Auxiliary heads (held-out)",
         "",
-        "| head | correlation with realized | directional accuracy |",
-        "| --- | ---: | ---: |",
-    ]
-    for name in results["agent"].preds:
-        lines.append(
-            f"| {name} | {agent[f'{name}_corr']:+.3f} | {agent[f'{name}_direction_acc']:.2%} |"
-        )
-    lines += [
+        *_table(
+            ["head", "correlation with realized", "directional accuracy"],
+            [
+                [
+                    name,
+                    f"{metrics['agent'][f'{name}_corr']:+.3f}",
+                    f"{metrics['agent'][f'{name}_direction_acc']:.2%}",
+                ]
+                for name in agent.preds
+            ],
+        ),
         "",
         "## NaN/inf events during training",
         "",
@@ -86,67 +166,87 @@ def write_report(
         nan_events_table(history),
         "```",
         "",
-        "## Plots",
+        "## Figures",
         "",
+        *(f"![{Path(f).stem}]({f})" for f in figures),
     ]
-    lines += [f"![{p.stem}]({p.name})" for p in plots]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return metrics, path
 
 
-def _plots(run_dir: Path, market, results: dict[str, Backtest], history: list[dict]) -> list[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: report.md without plots (pip install matplotlib)")
-        return []
-    paths = []
-
-    fig, ax = plt.subplots(figsize=(10, 4))
-    for name in POLICIES:
-        ax.plot(results[name].equity, label=name)
-    ax.set(title="Equity on held-out bars (fees included)", xlabel="bar", ylabel="equity")
-    ax.legend()
-    paths.append(_save(fig, run_dir / "equity.png"))
-
-    agent = results["agent"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (name, pred) in zip(axes, agent.preds.items(), strict=False):
-        ax.scatter(agent.targets[name.removeprefix("pred_")], pred, s=2, alpha=0.3)
-        ax.set(title=f"{name} vs realized", xlabel="realized return", ylabel="predicted return")
-    paths.append(_save(fig, run_dir / "predictions.png"))
-
-    if history:
-        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-        steps = [r["env_steps"] for r in history]
-        axes[0].plot(steps, [r["rollout/mean_episode_return"] for r in history])
-        axes[0].set(title="mean episode return", xlabel="env steps")
-        losses = [k for k in history[0] if k.startswith("loss/") and k != "loss/entropy"]
-        for key in losses:
-            axes[1].plot(steps, [r.get(key, np.nan) for r in history], label=key)
-        axes[1].set(title="losses", xlabel="env steps", yscale="symlog")
-        axes[1].legend(fontsize=7)
-        per_epoch = nan_events_by_epoch(history)
-        epochs = sorted(per_epoch)
-        bottom = np.zeros(len(epochs))
-        for kind in next(iter(per_epoch.values()), {}):
-            counts = np.array([per_epoch[e][kind] for e in epochs], dtype=float)
-            axes[2].bar(epochs, counts, bottom=bottom, label=kind)
-            bottom += counts
-        axes[2].set(title="NaN/inf events per epoch", xlabel="epoch")
-        axes[2].legend(fontsize=7)
-        paths.append(_save(fig, run_dir / "training.png"))
-    return paths
+def _folds_section(
+    results: dict[str, Backtest], fee: float, times: pd.DatetimeIndex, folds: int
+) -> list[str]:
+    """Each of ``folds`` consecutive sub-periods of the one backtest, then mean and spread."""
+    n = len(results["agent"].log_returns)
+    if folds > n:
+        raise ValueError(f"--folds {folds}: only {n} traded bars (use fewer folds)")
+    bounds = np.linspace(0, n, folds + 1).astype(int)
+    columns = [f"{p} {k}" for p in ("agent", "buy_and_hold") for k in FOLD_KEYS]
+    rows, values = [], []
+    for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        s = policy_summaries(results, fee, lo, hi)
+        fold = [s[p][key] for p in ("agent", "buy_and_hold") for key in FOLD_KEYS]
+        values.append(fold)
+        rows.append(
+            [str(k + 1), str(times[lo].date()), str(times[hi - 1].date()), *map(_fmt, fold)]
+        )
+    table = np.array(values, dtype=float)
+    mean = np.nanmean(table, axis=0)
+    spread = np.nanstd(table, axis=0, ddof=1) if folds > 1 else np.zeros(len(columns))
+    rows.append(
+        [
+            "mean ± std",
+            "",
+            "",
+            *(f"{_fmt(m)} ± {_fmt(s)}" for m, s in zip(mean, spread, strict=True)),
+        ]
+    )
+    return [
+        f"## {folds} held-out sub-periods (one model, scored on consecutive periods)",
+        "",
+        *_table(["period", "from", "to", *columns], rows),
+        "",
+    ]
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
+def _write_equity_csv(path: Path, times: pd.DatetimeIndex, results: dict[str, Backtest]) -> None:
+    frame = pd.DataFrame({name: results[name].equity for name in POLICIES}, index=times)
+    frame["position"] = results["agent"].positions
+    frame.index.name = "timestamp"
+    frame.to_csv(path)
 
-    plt.close(fig)
-    return path
+
+def _write_trades_csv(path: Path, times: pd.DatetimeIndex, trades: stats.Trades) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["entry", "exit", "direction", "bars", "return_pct", "open"])
+        for i in range(len(trades)):
+            writer.writerow(
+                [
+                    times[trades.entry[i]],
+                    times[trades.exit[i]],
+                    "long" if trades.direction[i] > 0 else "short",
+                    int(trades.exit[i] - trades.entry[i] + 1),
+                    f"{100 * trades.returns[i]:.6f}",
+                    bool(trades.is_open[i]),
+                ]
+            )
+
+
+def _fmt(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    integral = float(value).is_integer() and abs(value) < 1e15
+    return f"{value:,.0f}" if integral or abs(value) >= 1000 else f"{value:.2f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(["---"] * len(header)) + " |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]

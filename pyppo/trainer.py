@@ -358,7 +358,6 @@ class PPOTrainer:
         from pyppo.evaluation import backtest  # evaluation imports the env; keep it lazy
 
         env = self.env
-        self.model.eval()
         result = backtest(
             self.validation,
             self.model,
@@ -367,7 +366,8 @@ class PPOTrainer:
             allow_short=env.allow_short,
             device=self.device,
         )
-        self.model.train()
+        if isinstance(self.model, OutputGuardedModel):
+            self.model.take_output_counts()  # validation's outputs are not training's counts
         return result.metrics()["sharpe"]
 
     def _process_state(self) -> dict[str, Any]:

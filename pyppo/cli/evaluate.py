@@ -16,7 +16,14 @@ from pyppo.cli.common import Parser, UserError, check_writable, load_data, run_c
 from pyppo.config import RunConfig, apply
 
 # What pyppo-eval writes into the run dir.
-REPORT_FILES = ("report.md", "equity.png", "predictions.png", "training.png")
+REPORT_FILES = (
+    "report.md",
+    "equity.csv",
+    "trades.csv",
+    "equity.png",
+    "predictions.png",
+    "training.png",
+)
 
 
 def eval_parser() -> argparse.ArgumentParser:
@@ -30,13 +37,21 @@ def eval_parser() -> argparse.ArgumentParser:
         "--data", default=None, help="evaluate on this file instead of the run's held-out split"
     )
     p.add_argument("--device", default=None)
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also score K consecutive sub-periods of the held-out bars",
+    )
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return p
 
 
 def evaluation_data(config: RunConfig, state: dict[str, Any], data: str | None):
-    """The bars to evaluate on: the run's held-out split (its data checked against the
-    training fingerprint), or ``data`` (with a warning when it overlaps the training period)."""
+    """``(bars to evaluate on, validation bars or None)``: the run's held-out split (its data
+    checked against the training fingerprint), or ``data`` (with a warning when it overlaps
+    the training period)."""
     import pandas as pd
 
     if data:
@@ -53,7 +68,7 @@ def evaluation_data(config: RunConfig, state: dict[str, Any], data: str | None):
                     f"training period ({start} to {end}): the results flatter the agent",
                     file=sys.stderr,
                 )
-        return market
+        return market, None
     if config.data.path and not Path(config.data.path).exists():
         raise UserError(
             f"the run's data file {config.data.path} is gone",
@@ -66,16 +81,18 @@ def evaluation_data(config: RunConfig, state: dict[str, Any], data: str | None):
             "trained on it (its fingerprint differs)",
             "restore the original file, or pass --data FILE to evaluate on new data",
         )
-    return split_data(market)[2]
+    _, validation, test = split_data(market)
+    return test, validation
 
 
 def evaluate_run(
-    run: str | Path, *, data: str | None = None, device: str | None = None
+    run: str | Path, *, data: str | None = None, device: str | None = None, folds: int = 0
 ) -> tuple[dict[str, dict[str, float]], Path]:
     """Backtest a run's best checkpoint (else its last) on the held-out bars, or on ``data``;
     write report.md and the plots. Returns ``(metrics by policy, report path)``."""
     from pyppo.checkpoint import CheckpointError, load_checkpoint
     from pyppo.device import resolve_device
+    from pyppo.metrics import read_metrics
     from pyppo.model import TradingActorCritic
     from pyppo.report import write_report
 
@@ -91,7 +108,9 @@ def evaluate_run(
             f"checkpoint {path} holds a model other than TradingActorCritic",
             "evaluate it with your own code",
         )
-    test = evaluation_data(config, state, data)
+    if folds < 0:
+        raise UserError(f"--folds {folds}", "give a number of sub-periods >= 1, or leave it out")
+    test, validation = evaluation_data(config, state, data)
     model = TradingActorCritic.from_description(state["agent"]["model"]).to(resolved)
     try:
         model.load_state_dict(state["model"])
@@ -100,7 +119,20 @@ def evaluate_run(
             f"checkpoint {path} does not fit this version's model: {str(err).splitlines()[0]}"
         ) from None
     model.eval()
-    return write_report(path.parent, model, test, config, state, device=resolved)
+    # The whole run's learning curve, not only up to the (best) checkpoint's update.
+    metrics_csv = path.parent / "metrics.csv"
+    history = list(read_metrics(metrics_csv)) if metrics_csv.is_file() else None
+    return write_report(
+        path.parent,
+        model,
+        test,
+        config,
+        state,
+        device=resolved,
+        folds=folds,
+        validation=validation,
+        history=history,
+    )
 
 
 def eval_main(argv: list[str] | None = None) -> int:
@@ -110,6 +142,6 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 def _evaluate(argv: list[str]) -> int:
     args = eval_parser().parse_args(argv)
-    _, report = evaluate_run(args.run, data=args.data, device=args.device)
+    _, report = evaluate_run(args.run, data=args.data, device=args.device, folds=args.folds)
     print(report.read_text())
     return 0

@@ -60,6 +60,8 @@ RUN_FILES = (
     "equity.png",
     "predictions.png",
     "training.png",
+    "equity.csv",
+    "trades.csv",
     "tensorboard",
 )
 
