@@ -320,8 +320,9 @@ def test_sb3_unguarded_ppo_goes_nonfinite():
 
     model = sb3_ppo(PPO)
     # SB3's clip turns the NaN into NaN everywhere; the next minibatch's logits are NaN and
-    # torch's Categorical refuses them.
-    with pytest.raises(ValueError, match="invalid values"):
+    # torch's Categorical refuses them (ValueError when distributions validate their
+    # arguments, RuntimeError from sampling when an earlier import turned validation off).
+    with pytest.raises((ValueError, RuntimeError), match="invalid values|inf|nan"):
         model.learn(total_timesteps=TOTAL_TIMESTEPS)
     assert not all_finite(model.policy)
 
