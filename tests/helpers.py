@@ -59,3 +59,34 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
         and torch.equal(a, b)
         and torch.equal(torch.signbit(a), torch.signbit(b))
     )
+
+
+# A small training run for command-line tests (about a second per epoch on two cores).
+SMALL_RUN = [
+    "--bars",
+    "3000",
+    "--num-envs",
+    "8",
+    "--num-steps",
+    "32",
+    "--batch-size",
+    "64",
+    "--hidden-dim",
+    "32",
+    "--episode-length",
+    "200",
+    "--quiet",
+    "--device",
+    "cpu",
+]
+# Metrics that measure time, and so differ between two otherwise identical runs.
+TIMING = {"perf/steps_per_sec", "perf/rollout_seconds", "perf/update_seconds"}
+
+
+def same_rows(a: list[dict[str, float]], b: list[dict[str, float]]) -> None:
+    """Two runs' metrics rows are equal, update by update, timing aside (NaN equals NaN)."""
+    assert [r["update"] for r in a] == [r["update"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        for key in ra:
+            if key not in TIMING:
+                assert ra[key] == rb[key] or (ra[key] != ra[key] and rb[key] != rb[key]), key

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import SMALL_RUN
 
 from pyppo import Agent, MarketDataError, export_agent
 from pyppo.checkpoint import CheckpointError, load_checkpoint
@@ -17,23 +18,7 @@ from pyppo.cli import export_main, load_data, predict_main, split_data, train_ma
 from pyppo.config import RunConfig
 from pyppo.evaluation import backtest
 
-SMALL = [
-    "--bars",
-    "3000",
-    "--num-envs",
-    "8",
-    "--num-steps",
-    "32",
-    "--batch-size",
-    "64",
-    "--hidden-dim",
-    "32",
-    "--episode-length",
-    "200",
-    "--quiet",
-    "--device",
-    "cpu",
-]
+SMALL = SMALL_RUN
 FIELDS = {
     "timestamp",
     "position",

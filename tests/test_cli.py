@@ -5,30 +5,14 @@ from __future__ import annotations
 import math
 
 import torch
+from helpers import SMALL_RUN, same_rows
 
 from pyppo import synthetic_market
 from pyppo.checkpoint import load_checkpoint
 from pyppo.cli import eval_main, train_main
 from pyppo.metrics import read_metrics
 
-SMALL = [
-    "--bars",
-    "3000",
-    "--num-envs",
-    "8",
-    "--num-steps",
-    "32",
-    "--batch-size",
-    "64",
-    "--hidden-dim",
-    "32",
-    "--episode-length",
-    "200",
-    "--quiet",
-    "--device",
-    "cpu",
-]
-TIMING = {"perf/steps_per_sec", "perf/rollout_seconds", "perf/update_seconds"}
+SMALL = SMALL_RUN
 
 
 def train(run, *extra: str) -> int:
@@ -70,10 +54,7 @@ def test_resume_continues_identically(tmp_path):
     a = list(read_metrics(tmp_path / "straight" / "metrics.csv"))
     b = list(read_metrics(tmp_path / "resumed" / "metrics.csv"))
     assert len(a) == len(b) > 2
-    for ra, rb in zip(a, b, strict=True):
-        for key in ra:
-            if key not in TIMING:
-                assert ra[key] == rb[key] or (math.isnan(ra[key]) and math.isnan(rb[key])), key
+    same_rows(a, b)
 
 
 def fails_with(capsys, code: int, message: str) -> None:

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from helpers import SMALL_RUN
 
 from pyppo import (
     EnvConfig,
@@ -25,23 +26,7 @@ from pyppo.checkpoint import load_checkpoint
 from pyppo.cli import UserError, resolve_config, train_main
 from pyppo.config import apply
 
-SMALL = [
-    "--bars",
-    "3000",
-    "--num-envs",
-    "8",
-    "--num-steps",
-    "32",
-    "--batch-size",
-    "64",
-    "--hidden-dim",
-    "32",
-    "--episode-length",
-    "200",
-    "--quiet",
-    "--device",
-    "cpu",
-]
+SMALL = SMALL_RUN
 
 
 def defaults(fn) -> dict:

@@ -3,7 +3,6 @@ never lose a run, clean stops on SIGINT/SIGTERM, and evaluation that cannot lie.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import SMALL_RUN, same_rows
 
 from pyppo import synthetic_market
 from pyppo.checkpoint import CheckpointError, load_checkpoint
@@ -21,24 +21,7 @@ from pyppo.cli import eval_main, train_main
 from pyppo.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = [
-    "--bars",
-    "3000",
-    "--num-envs",
-    "8",
-    "--num-steps",
-    "32",
-    "--batch-size",
-    "64",
-    "--hidden-dim",
-    "32",
-    "--episode-length",
-    "200",
-    "--quiet",
-    "--device",
-    "cpu",
-]
-TIMING = {"perf/steps_per_sec", "perf/rollout_seconds", "perf/update_seconds"}
+SMALL = SMALL_RUN
 
 
 def train(run: Path, *extra: str) -> int:
@@ -65,14 +48,6 @@ def copy_run(trained: Path, to: Path) -> Path:
         if f.is_file():
             (to / f.name).write_bytes(f.read_bytes())
     return to
-
-
-def same_rows(a: list[dict], b: list[dict]) -> None:
-    assert [r["update"] for r in a] == [r["update"] for r in b]
-    for ra, rb in zip(a, b, strict=True):
-        for key in ra:
-            if key not in TIMING:
-                assert ra[key] == rb[key] or (math.isnan(ra[key]) and math.isnan(rb[key])), key
 
 
 # -- checkpoints ------------------------------------------------------------------------------

@@ -8,29 +8,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import SMALL_RUN
 
 from pyppo import stats, synthetic_market
 from pyppo.cli import eval_main, evaluate_run, train_main
 from pyppo.data import bars_per_year
 from pyppo.plots import NO_EVENTS, training_figure
 
-SMALL = [
-    "--bars",
-    "4000",
-    "--num-envs",
-    "8",
-    "--num-steps",
-    "32",
-    "--batch-size",
-    "64",
-    "--hidden-dim",
-    "32",
-    "--episode-length",
-    "200",
-    "--quiet",
-    "--device",
-    "cpu",
-]
+SMALL = [*SMALL_RUN, "--bars", "4000"]
 
 
 @pytest.fixture(scope="module")

@@ -4,27 +4,12 @@ update, and a resumed run does not repeat steps."""
 from __future__ import annotations
 
 import pytest
+from helpers import SMALL_RUN
 
 from pyppo.cli import train_main
 from pyppo.metrics import read_metrics
 
-SMALL = [
-    "--bars",
-    "3000",
-    "--num-envs",
-    "8",
-    "--num-steps",
-    "32",
-    "--batch-size",
-    "64",
-    "--hidden-dim",
-    "32",
-    "--episode-length",
-    "200",
-    "--quiet",
-    "--device",
-    "cpu",
-]
+SMALL = SMALL_RUN
 
 
 def scalars(run) -> dict[str, list[tuple[int, float]]]:

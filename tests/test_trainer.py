@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import same_rows
 from torch import nn
 
 from pyppo import TradingEnv, reference, synthetic_market
@@ -15,8 +16,6 @@ from pyppo.checkpoint import CheckpointError
 from pyppo.metrics import read_metrics
 from pyppo.model import TradingActorCritic
 from pyppo.trainer import NonFiniteParametersError, PPOTrainer
-
-TIMING = {"perf/steps_per_sec", "perf/rollout_seconds", "perf/update_seconds"}
 
 
 class RecordingEnv(TradingEnv):
@@ -145,10 +144,7 @@ def test_resume_gives_identical_metrics(tmp_path):
     resumed.load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     history = resumed.train(total_steps=8 * 32 * 4)
     assert len(history) == len(straight) == 4
-    for a, b in zip(straight, history, strict=True):
-        for key in a:
-            if key not in TIMING:
-                assert a[key] == b[key] or (math.isnan(a[key]) and math.isnan(b[key])), key
+    same_rows(straight, history)
 
 
 def test_nonfinite_parameters_stop_training_and_keep_the_last_good_checkpoint(tmp_path):

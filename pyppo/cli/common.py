@@ -19,31 +19,6 @@ from pyppo.config import RunConfig, apply
 
 TRAIN_FRACTION, VALIDATION_FRACTION = 0.7, 0.1
 
-# Settings a resumed run may change: how long and where it trains, and how often it saves.
-RESUMABLE = {
-    "epochs",
-    "total_steps",
-    "run_dir",
-    "resume",
-    "overwrite",
-    "device",
-    "quiet",
-    "debug",
-    "ppo.checkpoint_every",
-}
-# What a run dir holds; a folder with any of these holds a run.
-RUN_FILES = (
-    "checkpoint.pt",
-    "best.pt",
-    "metrics.csv",
-    "config.json",
-    "report.md",
-    "equity.png",
-    "predictions.png",
-    "training.png",
-    "tensorboard",
-)
-
 
 class UserError(Exception):
     """A mistake the user can fix: printed as ``error: <what> (<fix>)``."""
