@@ -4,7 +4,8 @@
 
 Python-level changes to the trainer are judged by this: both versions train the default
 model (TradingActorCritic) on the default market with the same PPO geometry, in alternating
-subprocesses (round robin, so the machine's slow and fast moments are shared), and the
+subprocesses (round robin, the first to go alternating, so the machine's slow and fast moments are
+shared), and the
 table gives each one's median env steps/s and their ratio, per round too.
 
 The other commit is exported into a temporary folder and runs with this checkout's compiled
@@ -154,8 +155,10 @@ def main() -> None:
             f"this working tree, at {head} (B)": export(None, Path(tmp) / "b"),
         }
         seconds: dict[str, list[float]] = {name: [] for name in trees}
-        for _ in range(args.rounds):
-            for name, tree in trees.items():
+        for round_ in range(args.rounds):
+            # Alternate which version goes first, so that neither always follows the other.
+            order = list(trees.items()) if round_ % 2 == 0 else list(trees.items())[::-1]
+            for name, tree in order:
                 seconds[name] += run_worker(tree, args.updates)
     per_update = GEOMETRY["num_steps"] * GEOMETRY["num_envs"]
     speed = {name: per_update / statistics.median(s) for name, s in seconds.items()}

@@ -9,6 +9,7 @@ tensors; :meth:`PPOUpdate.run` returns their means once the update is done.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -70,11 +71,12 @@ class PPOUpdate:
         aux_scale: Tensor | None,
         counters: NaNCounters,
         adv_stats: tuple[Tensor, Tensor] | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor | None]:
         """One minibatch. Returns its statistics (ordered as :meth:`stat_names`) as one device
-        tensor, and 1.0, or 0.0 when the ``skip`` policy skipped the step (its statistics then
-        do not count). ``adv_stats``: the advantages' (mean, std) over the global minibatch
-        (across processes); None normalizes by the minibatch's own."""
+        tensor, and, under the ``skip`` policy, 1.0, or 0.0 when the step was skipped (its
+        statistics then do not count); None when no step can be skipped. ``adv_stats``: the
+        advantages' (mean, std) over the global minibatch (across processes); None normalizes
+        by the minibatch's own."""
         cfg = self.config
         out, bad = self.policy(batch.obs)
         if bad is not None:
@@ -110,7 +112,7 @@ class PPOUpdate:
 
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
-        keep = torch.ones((), device=self.device)
+        keep = None
         if cfg.guards:
             report = self.guard.step()
             counters.grads += report.nonfinite_counts
@@ -174,19 +176,26 @@ class PPOUpdate:
         kl_index = names.index("train/approx_kl")
         # One stacked add per minibatch instead of one per statistic; skipped steps weigh 0.
         sums = torch.zeros(len(names), device=self.device)
-        n_batches = torch.zeros((), device=self.device)
+        n_batches: Tensor | int = 0
         for _ in range(cfg.num_epochs):
             epoch_kl = torch.zeros((), device=self.device)
-            epoch_batches = torch.zeros((), device=self.device)
-            batches = list(buffer.minibatches(self.batch_size, generator))
-            for batch, adv_stats in zip(batches, self._advantage_stats(batches), strict=True):
-                stats, keep = self.step(batch, aux_scale, counters, adv_stats)
-                sums += stats * keep
-                epoch_kl += stats[kl_index] * keep
-                epoch_batches += keep
+            epoch_batches: Tensor | int = 0
+            batches = buffer.minibatches(self.batch_size, generator)
+            adv_stats = itertools.repeat(None)
+            if self.process_group is not None:
+                batches = list(batches)
+                adv_stats = self._advantage_stats(batches)
+            for batch, stats_of_adv in zip(batches, adv_stats, strict=False):
+                stats, keep = self.step(batch, aux_scale, counters, stats_of_adv)
+                if keep is not None:
+                    stats = stats * keep
+                epoch_kl += stats[kl_index]
+                sums += stats
+                epoch_batches += 1 if keep is None else keep
             n_batches += epoch_batches
             if cfg.target_kl is not None:  # one host read per epoch
-                mean_kl = float(epoch_kl / epoch_batches.clamp_min(1))
-                if mean_kl > cfg.target_kl:
+                count = torch.as_tensor(epoch_batches, dtype=torch.float32).clamp_min(1)
+                if float(epoch_kl / count) > cfg.target_kl:
                     break
-        return dict(zip(names, (sums / n_batches.clamp_min(1)).unbind(), strict=True))
+        count = torch.as_tensor(n_batches, dtype=torch.float32, device=self.device).clamp_min(1)
+        return dict(zip(names, (sums / count).unbind(), strict=True))
