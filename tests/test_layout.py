@@ -1,0 +1,35 @@
+"""The repository speaks for itself: modules a reader can hold in their head, and no pointer
+to anything a clone of the repository does not have."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTSIDE = re.compile(r"\.\./shared|shared folder|DESIGN\.md|[Ii]ssue #?\d+")
+
+
+def test_no_module_is_over_450_lines():
+    sizes = {
+        p.relative_to(ROOT): len(p.read_text().splitlines()) for p in (ROOT / "pyppo").rglob("*.py")
+    }
+    assert {p: n for p, n in sizes.items() if n > 450} == {}
+
+
+def test_nothing_points_outside_the_repository():
+    files = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
+    for folder in ("pyppo", "csrc", "tests", "benchmarks", "scripts"):
+        files += [
+            p
+            for p in (ROOT / folder).rglob("*")
+            if p.is_file() and p.suffix in (".py", ".md", ".h", ".cpp", ".cu", ".cuh", ".sh")
+        ]
+    hits = [
+        f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+        for p in files
+        if p.name != "test_layout.py"
+        for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
+    assert hits == []
