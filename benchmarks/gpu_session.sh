@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session: build pyppo with its CUDA kernels, run the kernel benchmarks, the CUDA
-# tests and CUDA training (a short run of the train script and the training benchmark).
+# tests and CUDA training (a short run of the train script, one NCCL rank under torchrun,
+# the training and process benchmarks) and a backtest on the GPU.
 # Results go to $OUT (default ./bench-out): gpu.txt, bench.log, tests.log, train.log and one
 # JSON per benchmark (build.log only when the build fails). The gae and guard benchmarks
 # come first, so that a session cut short still brings their numbers back.
@@ -46,6 +47,14 @@ timeout 120 $PY benchmarks/bench_training.py --device cuda --updates 4 \
 step "train script on cuda"
 timeout 90 $PY scripts/train_rl_agent.py --epochs 1 --device cuda --quiet \
   --run-dir /tmp/pyppo-gpu-run 2>&1 | tail -20 | tee "$OUT/train.log"
+step "torchrun, one NCCL rank (one GPU holds only one)"
+timeout 120 $PY -m torch.distributed.run --standalone --nproc_per_node=1 \
+  scripts/train_rl_agent.py --epochs 1 --device cuda --quiet --run-dir /tmp/pyppo-gpu-nccl \
+  2>&1 | tail -8 | tee -a "$OUT/train.log"
+timeout 120 $PY benchmarks/bench_distributed.py --device cuda --rounds 1 --updates 3 2>&1 \
+  | tee -a "$OUT/bench.log"
+step "backtest and predictions on cuda"
+timeout 90 $PY benchmarks/bench_backtest.py --device cuda 2>&1 | tee -a "$OUT/bench.log"
 
 if [ "${WITH_SANITIZE:-0}" = 1 ]; then
   step "sanitize and env benchmarks"
