@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import SMALL_RUN
 
 from pyppo import Agent, MarketDataError, export_agent
 from pyppo.checkpoint import CheckpointError, load_checkpoint
@@ -18,7 +17,6 @@ from pyppo.cli import export_main, load_data, predict_main, split_data, train_ma
 from pyppo.config import RunConfig
 from pyppo.evaluation import backtest
 
-SMALL = SMALL_RUN
 FIELDS = {
     "timestamp",
     "position",
@@ -35,8 +33,9 @@ FIELDS = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    """The default run (default data, model and settings), trained for one epoch."""
     run = tmp_path_factory.mktemp("agent") / "run"
-    assert train_main([*SMALL, "--run-dir", str(run), "--epochs", "2"]) == 0
+    assert train_main(["--run-dir", str(run), "--epochs", "1", "--quiet", "--device", "cpu"]) == 0
     return run
 
 
