@@ -172,6 +172,11 @@ class PPOConfig(_Validated):
     num_steps: int = _opt(256, "rollout steps per env per update", valid=AT_LEAST_1)
     num_epochs: int = _opt(4, "PPO epochs per update", valid=AT_LEAST_1)
     batch_size: int = _opt(256, "minibatch size", valid=AT_LEAST_1)
+    num_minibatches: int | None = _opt(
+        None,
+        "cut each rollout into this many minibatches instead (ignores --batch-size)",
+        valid=AT_LEAST_1,
+    )
     target_kl: float | None = _opt(
         None, "stop an update's epochs when the mean KL exceeds this", valid=POSITIVE
     )

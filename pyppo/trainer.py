@@ -118,11 +118,6 @@ class PPOTrainer:
         # and of every minibatch; docs/design.md, "Many processes".
         self.rank, self.world_size = rank_and_world()
         group = dist.group.WORLD if self.world_size > 1 else None
-        if cfg.batch_size % self.world_size:
-            raise ValueError(
-                f"batch_size={cfg.batch_size} does not split evenly over "
-                f"{self.world_size} processes"
-            )
         torch.manual_seed(cfg.seed)
         self.model = model.to(self.device)
         broadcast_module_(self.model)  # identical initial weights on every process
@@ -166,7 +161,14 @@ class PPOTrainer:
         )
         self.batch_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.updater = PPOUpdate(
-            self._forward, self.optimizer, self.guard, cfg, self.aux_names, self.device, group
+            self._forward,
+            self.optimizer,
+            self.guard,
+            cfg,
+            self.aux_names,
+            self.device,
+            group,
+            num_envs=self.num_envs,
         )
 
         # Set (e.g. by SIGINT, see pyppo.stop) to stop at the next update boundary.

@@ -36,6 +36,8 @@ class PPOUpdate:
     :param config: the PPO settings.
     :param aux_names: the auxiliary heads (``aux_<label>``); their outputs are
         ``pred_<label>``.
+    :param process_group: the processes to average gradients and statistics over, or None.
+    :param num_envs: this process's envs (with ``num_minibatches``, the rollout's size).
     """
 
     def __init__(
@@ -47,6 +49,8 @@ class PPOUpdate:
         aux_names: tuple[str, ...],
         device: torch.device,
         process_group: Any = None,
+        *,
+        num_envs: int,
     ) -> None:
         self.policy = policy
         self.optimizer = optimizer
@@ -58,7 +62,17 @@ class PPOUpdate:
         self.device = device
         # Across processes: each steps its share of every minibatch, statistics are global.
         self.process_group = process_group
-        self.batch_size = config.batch_size // rank_and_world(process_group)[1]
+        world = rank_and_world(process_group)[1]
+        # The global minibatch: batch_size, or the global rollout cut into num_minibatches.
+        batch = config.batch_size
+        if config.num_minibatches is not None:
+            batch = config.num_steps * num_envs * world // config.num_minibatches
+        if batch < 1 or batch % world:
+            raise ValueError(
+                f"minibatches of {batch} samples cannot be split evenly over "
+                f"{world} processes; change batch_size or num_minibatches"
+            )
+        self.batch_size = batch // world
 
     def stat_names(self, aux: bool) -> list[str]:
         """The metric names of the statistics :meth:`step` returns, in order."""

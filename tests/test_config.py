@@ -132,6 +132,7 @@ def test_every_flag_in_help_is_covered():
         "--checkpoint-every",
         "--overwrite",
         "--debug",
+        "--num-minibatches",
     }
     assert flags - covered == new
 

@@ -306,3 +306,13 @@ def test_skip_policy_masks_the_step_on_the_device(tmp_path):
     assert not all(
         torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True)
     )
+
+
+def test_num_minibatches_cuts_the_rollout_instead_of_batch_size():
+    market = synthetic_market(3000, seed=4)
+    trainer = small_trainer(market, num_minibatches=8, batch_size=999)
+    assert trainer.updater.batch_size == 8 * 32 // 8  # num_envs x num_steps / minibatches
+    trainer.train(total_steps=8 * 32)
+    assert trainer.guard.steps == 2 * 8  # num_epochs x num_minibatches
+    with pytest.raises(ValueError, match="num_minibatches"):
+        small_trainer(market, num_minibatches=8 * 32 + 1)

@@ -175,12 +175,11 @@ def _train(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     device = init_from_environment(config.device)  # joins the process group under torchrun
     rank, world = rank_and_world()
-    for name in ("env.num_envs", "ppo.batch_size"):
-        if get(config, name) % world:
-            raise UserError(
-                f"{name}={get(config, name)} does not split evenly over {world} processes",
-                "make it a multiple of the number of processes",
-            )
+    if config.env.num_envs % world:  # (the trainer checks the minibatches)
+        raise UserError(
+            f"num_envs={config.env.num_envs} does not split evenly over {world} processes",
+            "make it a multiple of the number of processes",
+        )
     run_dir = on_rank0(lambda: prepare_run_dir(config), device)
     if rank:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (rank 0 alone prints)
