@@ -160,16 +160,8 @@ class PPOTrainer:
             environment, self.buffer, seed=seed, want_aux=cfg.enable_auxiliary_losses
         )
         self.batch_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
-        self.updater = PPOUpdate(
-            self._forward,
-            self.optimizer,
-            self.guard,
-            cfg,
-            self.aux_names,
-            self.device,
-            group,
-            num_envs=self.num_envs,
-        )
+        update = (self._forward, self.optimizer, self.guard, cfg, self.aux_names, self.device)
+        self.updater = PPOUpdate(*update, group, num_envs=self.num_envs)
 
         # Set (e.g. by SIGINT, see pyppo.stop) to stop at the next update boundary.
         self.stop = StopRequest()
