@@ -7,7 +7,13 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUTSIDE = re.compile(r"\.\./shared|shared folder|DESIGN\.md|[Ii]ssue #?\d+")
+# Written in pieces, so that this file does not match itself: the parent folder's "shared"
+# material, its design spec, and tracker issue numbers.
+OUTSIDE = re.compile(
+    "|".join(
+        [r"\.\./" + "shared", "shared" + " folder", "DESIGN" + r"\.md", "[Ii]ssue" + r" #?\d+"]
+    )
+)
 
 
 def test_no_module_is_over_450_lines():
