@@ -1,7 +1,7 @@
 """Backtest speed: a greedy agent over a long synthetic market, split by stage.
 
     python benchmarks/bench_backtest.py                      # 2,000,000 bars on the CPU
-    python benchmarks/bench_backtest.py --bars 200000 --batch-size 8192 16384 65536 --plain
+    python benchmarks/bench_backtest.py --bars 400000 --batch-size 2048 4096 8192 16384 --plain
     python benchmarks/bench_backtest.py --json bench-out/backtest.json
 
 The agent is the default model, ``TradingActorCritic(env.obs_spec, hidden_dim=128)`` with
@@ -13,7 +13,7 @@ and the best run is the one least slowed by neighbours):
 - features: :func:`pyppo.features.compute_features` (the observation table),
 - forward passes: :func:`pyppo.evaluation.policy_outputs` on that table (every decision
   bar once per position, in batches of ``--batch-size`` bars; with ``--plain`` also without
-  reusing the position-free price branch),
+  reusing the model's position-free part),
 - walk: :func:`pyppo.evaluation.walk` (the greedy run through the outputs),
 - total: :func:`pyppo.evaluation.backtest` end to end (features, passes, walk, rewards).
 
@@ -33,7 +33,6 @@ from common import check_device, machine, print_machine, print_table, synchroniz
 from pyppo import ObsSpec, TradingActorCritic, synthetic_market
 from pyppo.evaluation import (
     BATCH_SIZE,
-    POSITION_FREE,
     PolicyOutputs,
     backtest,
     policy_outputs,
@@ -81,7 +80,7 @@ def main() -> None:
     stop = window + market.decision_bars(window)
     features = compute_features(market, window, device)
 
-    def forward(batch_size: int, position_free: tuple[str, ...]) -> PolicyOutputs:
+    def forward(batch_size: int, reuse: bool) -> PolicyOutputs:
         return policy_outputs(
             model,
             market,
@@ -91,19 +90,19 @@ def main() -> None:
             batch_size,
             stop=stop,
             features=features,
-            position_free=position_free,
+            reuse=reuse,
         )
 
     stages: list[tuple[str, object, Callable[[], object]]] = [
         ("features", "-", lambda: compute_features(market, window, device))
     ]
-    variants = [("forward passes", POSITION_FREE)]
+    variants = [("forward passes", True)]
     if args.plain:
-        variants.append(("forward passes, no reuse", ()))
+        variants.append(("forward passes, no reuse", False))
     for batch_size in args.batch_size:
-        for label, free in variants:
-            stages.append((label, batch_size, lambda b=batch_size, f=free: forward(b, f)))
-    outputs = forward(BATCH_SIZE, POSITION_FREE)
+        for label, reuse in variants:
+            stages.append((label, batch_size, lambda b=batch_size, r=reuse: forward(b, r)))
+    outputs = forward(BATCH_SIZE, True)
     stages.append(("walk", "-", lambda: walk(outputs)))
     stages.append(
         (

@@ -16,8 +16,7 @@ Rewards are computed as the env computes them (:func:`net_returns`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,10 +28,9 @@ from pyppo.data import MarketData, MarketDataError
 from pyppo.features import MarketFeatures, compute_features
 
 # Bars per forward pass: small enough for a pass's activations to stay in the CPU's caches
-# (on a 2-core CPU, 8,192 to 16,384 were ~1.7x as fast as 65,536), large for a GPU.
-BATCH_SIZE = 16_384
-# Submodules of TradingActorCritic whose output does not depend on the position held.
-POSITION_FREE = ("trunk.price",)
+# (on a 2-core CPU, 4,096 and 8,192 were ~1.5x as fast as 16,384 and 2,048), large enough
+# to keep a GPU busy.
+BATCH_SIZE = 8_192
 
 
 @dataclass
@@ -180,7 +178,7 @@ def policy_outputs(
     start: int | None = None,
     stop: int | None = None,
     features: MarketFeatures | None = None,
-    position_free: Sequence[str] = POSITION_FREE,
+    reuse: bool = True,
 ) -> PolicyOutputs:
     """The model's outputs at every bar in ``[start, stop)`` for every position it could hold.
 
@@ -190,11 +188,10 @@ def policy_outputs(
     :class:`pyppo.TradingEnv`: row t of the feature table with the position written in.
     Every output whose first dimension is the batch is kept, moved to the CPU.
 
-    Submodules named in ``position_free`` whose output does not depend on the position
-    (for :class:`pyppo.TradingActorCritic`, the price-window branch ``trunk.price``) are
-    computed once per batch and reused for the other positions, but only after a check on
-    the first 64 bars finds the outputs bit for bit those of plain forward passes; a name
-    the model lacks, or a submodule that fails the check, is ignored.
+    A model with a ``position_free(obs)`` method (:class:`pyppo.TradingActorCritic`) has
+    the part of its forward pass that ignores the position computed once per batch and
+    passed as ``model(obs, part)`` for every position (``reuse=False`` turns that off);
+    other models get plain ``model(obs)`` calls.
 
     Some features (the slow volatility, the volatility floor) average over all earlier
     bars, so for live use give ``market`` a long history, not just the bars to predict.
@@ -210,8 +207,7 @@ def policy_outputs(
     :param stop: one past the last bar (default: ``len(market)``).
     :param features: the table :func:`pyppo.features.compute_features` made for this
         market and window, to reuse it (computed here when ``None``).
-    :param position_free: dotted names of submodules whose output may be reused across
-        positions (``()`` for plain forward passes only).
+    :param reuse: compute the model's position-free part once per batch (when it has one).
     """
     n = len(market)
     start = window if start is None else int(start)
@@ -237,87 +233,32 @@ def policy_outputs(
     count = stop - start
     arrays: dict[str, np.ndarray] = {}
 
-    def forward_all(obs: Tensor) -> list[dict[str, Tensor]]:
-        outs = []
+    position_free = getattr(model, "position_free", None) if reuse else None
+
+    def forward_all(obs: Tensor) -> Iterator[dict[str, Tensor]]:
+        part = position_free(obs) if position_free is not None else None
         for position in positions:
             obs[:, col] = position
-            outs.append(model(obs))
-        return outs
+            yield model(obs) if part is None else model(obs, part)
 
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            sample = table[start : min(start + 64, stop)].clone()
-            reused = _checked_position_free(model, position_free, sample, forward_all)
-            with _reusing(reused) as clear:
-                for lo in range(start, stop, batch_size):
-                    hi = min(lo + batch_size, stop)
-                    clear()
-                    for k, out in enumerate(forward_all(table[lo:hi].clone())):
-                        for name, value in out.items():
-                            if value.dim() == 0 or value.shape[0] != hi - lo:
-                                continue
-                            if name not in arrays:
-                                shape = (len(positions), count, *value.shape[1:])
-                                arrays[name] = np.empty(shape, dtype=np.float32)
-                            arrays[name][k, lo - start : hi - start] = value.float().cpu().numpy()
+            for lo in range(start, stop, batch_size):
+                hi = min(lo + batch_size, stop)
+                for k, out in enumerate(forward_all(table[lo:hi].clone())):
+                    for name, value in out.items():
+                        if value.dim() == 0 or value.shape[0] != hi - lo:
+                            continue
+                        if name not in arrays:
+                            shape = (len(positions), count, *value.shape[1:])
+                            arrays[name] = np.empty(shape, dtype=np.float32)
+                        arrays[name][k, lo - start : hi - start] = value.float().cpu().numpy()
     finally:
         model.train(was_training)
     bars = np.arange(start, stop, dtype=np.int64)
     return PolicyOutputs(bars=bars, positions=action_positions(allow_short), outputs=arrays)
-
-
-@contextmanager
-def _reusing(modules: Sequence[nn.Module]) -> Iterator[Callable[[], None]]:
-    """While active, each of ``modules`` returns the output of its first call again on later
-    calls, until the yielded ``clear()`` is called; their own ``forward`` is restored after."""
-    cache: dict[int, object] = {}
-
-    def cached(key: int, forward: Callable[..., object]) -> Callable[..., object]:
-        def call(*args: object, **kwargs: object) -> object:
-            if key not in cache:
-                cache[key] = forward(*args, **kwargs)
-            return cache[key]
-
-        return call
-
-    saved = [module.__dict__.get("forward") for module in modules]
-    for key, module in enumerate(modules):
-        module.forward = cached(key, module.forward)  # type: ignore[method-assign]
-    try:
-        yield cache.clear
-    finally:
-        for module, forward in zip(modules, saved, strict=True):
-            del module.forward
-            if forward is not None:
-                module.forward = forward  # type: ignore[method-assign]
-
-
-def _checked_position_free(
-    model: nn.Module,
-    names: Sequence[str],
-    sample: Tensor,
-    forward_all: Callable[[Tensor], list[dict[str, Tensor]]],
-) -> list[nn.Module]:
-    """The submodules of ``names`` that the model has and whose reuse across positions
-    leaves its outputs on ``sample`` bit for bit unchanged."""
-    modules = []
-    for name in names:
-        try:
-            modules.append(model.get_submodule(name))
-        except AttributeError:
-            continue
-    if not modules:
-        return []
-    plain = forward_all(sample.clone())
-    with _reusing(modules):
-        reused = forward_all(sample.clone())
-    same = all(
-        a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
-        for a, b in zip(plain, reused, strict=True)
-    )
-    return modules if same else []
 
 
 def walk(outputs: PolicyOutputs, start_position: float = 0.0) -> Walk:
