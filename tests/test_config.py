@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -374,3 +375,25 @@ def test_validation_sharpe_reaches_metrics_csv(tmp_path):
     assert all(math.isnan(v) for i, v in enumerate(validated) if i not in ends)
     best = max(validated[i] for i in ends)
     assert load_checkpoint(run / "best.pt")["trainer"]["best_sharpe"] == best
+
+
+GPU_PRESET = Path(__file__).resolve().parents[1] / "configs" / "gpu.toml"
+
+
+def test_gpu_preset_is_a_valid_large_batch_config():
+    config, explicit, _ = resolve_config(["--config", str(GPU_PRESET)])
+    assert config.device == "cuda" and config.env.num_envs >= 1024
+    assert {"device", "total_steps", "env.num_envs", "ppo.num_minibatches"} <= explicit
+    # Its length is in env steps, a whole number of updates, each cut into equal minibatches.
+    rollout = config.env.num_envs * config.ppo.num_steps
+    assert config.total_steps % rollout == 0
+    assert rollout % config.ppo.num_minibatches == 0
+
+
+def test_gpu_preset_trains_on_the_cpu_when_told_to(tmp_path):
+    run = tmp_path / "run"
+    argv = ["--config", str(GPU_PRESET), "--device", "cpu", "--bars", "3000"]
+    argv += ["--num-envs", "16", "--total-steps", "1024", "--run-dir", str(run), "--quiet"]
+    assert train_main(argv) == 0
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["ppo"]["num_minibatches"] == 4 and saved["ppo"]["lr"] == 3e-4
