@@ -176,6 +176,15 @@ class PPOUpdate:
         total, mean = sums[-1], sums[:k] / sums[-1]
         return (sums[k : 2 * k] - total * mean.square()) / (total - 1).clamp_min(1)
 
+    def _kl_exceeded(self, kl_sum: Tensor, batches: Tensor | int) -> bool:
+        """Whether the epoch's mean approximate KL, over every process's minibatch steps,
+        exceeds ``target_kl``: one host read per epoch, and the same answer on every process
+        (a process stopping alone would leave the others waiting in their all-reduces)."""
+        totals = torch.stack([kl_sum, torch.as_tensor(batches, device=self.device).float()])
+        if self.process_group is not None:
+            totals = all_reduce_sum_(totals, self.process_group)
+        return float(totals[0] / totals[1].clamp_min(1)) > self.config.target_kl
+
     def run(
         self, buffer: RolloutBuffer, generator: torch.Generator, counters: NaNCounters, *, aux: bool
     ) -> dict[str, Tensor]:
@@ -207,9 +216,7 @@ class PPOUpdate:
                 sums += stats
                 epoch_batches += 1 if keep is None else keep
             n_batches += epoch_batches
-            if cfg.target_kl is not None:  # one host read per epoch
-                count = torch.as_tensor(epoch_batches, dtype=torch.float32).clamp_min(1)
-                if float(epoch_kl / count) > cfg.target_kl:
-                    break
+            if cfg.target_kl is not None and self._kl_exceeded(epoch_kl, epoch_batches):
+                break
         count = torch.as_tensor(n_batches, dtype=torch.float32, device=self.device).clamp_min(1)
         return dict(zip(names, (sums / count).unbind(), strict=True))

@@ -5,6 +5,7 @@ every rank and leaves what each rank saw in OUT for the test to compare.
 
 ``nan``: rank 1 plants NaN into its aux_1h weight gradient at its first two minibatch steps.
 ``skip``: the trainer runs with nan_policy="skip".
+``kl``: the trainer runs with a target_kl that stops some updates after their first epoch.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ import torch
 import torch.distributed as dist
 
 from pyppo import PPOTrainer, TradingActorCritic, TradingEnv, synthetic_market
+
+# In the first update, the first epoch's mean approximate KL is 1.064e-7 over both ranks'
+# minibatches, but 1.043e-7 over rank 0's own and 1.085e-7 over rank 1's: a rank deciding
+# alone would stop or go on without the other (and leave it waiting in an all-reduce).
+KL_TARGET = 1.055e-7
 
 
 def main(out: Path, flags: set[str]) -> None:
@@ -36,6 +42,7 @@ def main(out: Path, flags: set[str]) -> None:
         run_dir=out,
         progress=False,
         nan_policy="skip" if "skip" in flags else "zero",
+        target_kl=KL_TARGET if "kl" in flags else None,
     )
     initial = [p.detach().clone() for p in model.parameters()]
     planted = []

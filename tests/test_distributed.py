@@ -78,6 +78,15 @@ def test_skip_policy_every_rank_skips_the_same_steps(tmp_path):
     assert r0["adam_steps"][0] == minibatch_steps - planted_steps
 
 
+def test_target_kl_stops_every_rank_at_the_same_epoch(tmp_path):
+    r0, r1 = worker(tmp_path / "out", "kl")
+    assert identical(r0["final"], r1["final"])
+    assert r0["adam_steps"] == r1["adam_steps"]
+    epoch_steps = 4  # 128 samples / 32 per rank
+    steps = r0["adam_steps"][0]
+    assert steps % epoch_steps == 0 and steps < 3 * 2 * epoch_steps  # some epochs were cut
+
+
 def cli(run: Path, *extra: str) -> list[str]:
     return [
         "--standalone",
