@@ -181,6 +181,11 @@ class PPOConfig(_Validated):
         None, "stop an update's epochs when the mean KL exceeds this", valid=POSITIVE
     )
     seed: int = _opt(0, "seeds the model, the environment and the trainer")
+    compile: bool = _opt(
+        False,
+        "torch.compile the update's forward pass and loss (as CUDA graphs on GPUs; on a "
+        "2-core CPU training was no faster)",
+    )
     checkpoint_every: int = _opt(
         10, "save checkpoint.pt every this many updates (0: at the end)", valid=AT_LEAST_0
     )

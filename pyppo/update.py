@@ -20,7 +20,7 @@ from pyppo.buffer import RolloutBatch, RolloutBuffer
 from pyppo.config import PPOConfig
 from pyppo.distributed import all_reduce_sum_, rank_and_world
 from pyppo.guard import GradientGuard
-from pyppo.loss import ppo_loss
+from pyppo.loss import PPOLossTerms, ppo_loss
 from pyppo.metrics import GUARD_STATS, STEP_STATS, NaNCounters
 
 # policy(obs) -> (outputs, non-finite output counts or None): the trainer's guarded forward.
@@ -73,28 +73,29 @@ class PPOUpdate:
                 f"{world} processes; change batch_size or num_minibatches"
             )
         self.batch_size = batch // world
+        # The forward pass and loss, compiled on request: on CUDA "reduce-overhead" replays
+        # them as CUDA graphs; the guard and the optimizer step stay eager.
+        self.loss = self.forward_and_loss
+        if config.compile:
+            mode = "reduce-overhead" if device.type == "cuda" else None
+            self.loss = torch.compile(self.forward_and_loss, mode=mode, dynamic=False)
 
     def stat_names(self, aux: bool) -> list[str]:
         """The metric names of the statistics :meth:`step` returns, in order."""
         aux_losses = [f"loss/{name}" for name in self.aux_names] if aux else []
         return [*STEP_STATS, *aux_losses, *(GUARD_STATS if self.config.guards else ())]
 
-    def step(
+    def forward_and_loss(
         self,
         batch: RolloutBatch,
         aux_scale: Tensor | None,
-        counters: NaNCounters,
         adv_stats: tuple[Tensor, Tensor] | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """One minibatch. Returns its statistics (ordered as :meth:`stat_names`) as one device
-        tensor, and, under the ``skip`` policy, 1.0, or 0.0 when the step was skipped (its
-        statistics then do not count); None when no step can be skipped. ``adv_stats``: the
-        advantages' (mean, std) over the global minibatch (across processes); None normalizes
-        by the minibatch's own."""
+    ) -> tuple[PPOLossTerms, Tensor | None]:
+        """The minibatch's guarded forward pass and its loss terms (see :meth:`step`), and the
+        forward pass's non-finite output counts (None where the model counts them itself).
+        With ``compile`` this is what :attr:`loss` compiles."""
         cfg = self.config
         out, bad = self.policy(batch.obs)
-        if bad is not None:
-            counters.outputs += bad
         aux = {}
         if aux_scale is not None:
             predictions = torch.stack([out[n].reshape(-1) for n in self.pred_names], 1)
@@ -118,6 +119,24 @@ class PPOUpdate:
             advantage_stats=adv_stats,
             **aux,
         )
+        return terms, bad
+
+    def step(
+        self,
+        batch: RolloutBatch,
+        aux_scale: Tensor | None,
+        counters: NaNCounters,
+        adv_stats: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """One minibatch. Returns its statistics (ordered as :meth:`stat_names`) as one device
+        tensor, and, under the ``skip`` policy, 1.0, or 0.0 when the step was skipped (its
+        statistics then do not count); None when no step can be skipped. ``adv_stats``: the
+        advantages' (mean, std) over the global minibatch (across processes); None normalizes
+        by the minibatch's own."""
+        cfg = self.config
+        terms, bad = self.loss(batch, aux_scale, adv_stats)
+        if bad is not None:
+            counters.outputs += bad
         stats = [terms.policy, terms.value, terms.entropy, terms.approx_kl, terms.clip_fraction]
         if aux_scale is not None:
             stats += list(terms.aux.unbind())

@@ -134,6 +134,7 @@ def test_every_flag_in_help_is_covered():
         "--overwrite",
         "--debug",
         "--num-minibatches",
+        "--compile",
     }
     assert flags - covered == new
 

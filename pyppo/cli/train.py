@@ -49,6 +49,7 @@ RESUMABLE = {
     "quiet",
     "debug",
     "ppo.checkpoint_every",
+    "ppo.compile",
 }
 # What a run dir holds; a folder with any of these holds a run.
 RUN_FILES = (
