@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from common import machine, print_machine, print_table, synchronize, write_json
+from common import Timed, machine, print_machine, print_table, synchronize, write_json
 from torch import nn
 
 from pyppo import TradingEnv, synthetic_market
@@ -35,23 +35,6 @@ from pyppo.trainer import PPOTrainer
 def make_env(device: str, num_envs: int, seed: int = 0) -> TradingEnv:
     train, _ = synthetic_market(seed=0).split(0.7)
     return TradingEnv(train, num_envs=num_envs, device=device, seed=seed)
-
-
-class Timed:
-    """Wraps a method so that its wall time adds up under a name (synchronizing on CUDA)."""
-
-    def __init__(self, totals: dict[str, float], name: str, fn, device: str) -> None:
-        self.totals, self.name, self.fn, self.device = totals, name, fn, device
-
-    def __call__(self, *args, **kwargs):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = self.fn(*args, **kwargs)
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        self.totals[self.name] += time.perf_counter() - start
-        return out
 
 
 class SB3SizedMLP(nn.Module):

@@ -26,6 +26,21 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+class Timed:
+    """Wraps a method so that its wall time adds up under a name (synchronizing on CUDA)."""
+
+    def __init__(self, totals: dict[str, float], name: str, fn, device: str) -> None:
+        self.totals, self.name, self.fn, self.device = totals, name, fn, device
+
+    def __call__(self, *args, **kwargs):
+        synchronize(self.device)
+        start = time.perf_counter()
+        out = self.fn(*args, **kwargs)
+        synchronize(self.device)
+        self.totals[self.name] += time.perf_counter() - start
+        return out
+
+
 def check_device(parser: argparse.ArgumentParser, device: str) -> None:
     """Stop with a clear message, before any work, when ``device`` cannot run pyppo's ops."""
     if not device.startswith("cuda"):

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# One GPU session: build pyppo with its CUDA kernels, run the kernel benchmarks, the CUDA
-# tests and CUDA training (a short run of the train script, one NCCL rank under torchrun,
-# the training and process benchmarks) and a backtest on the GPU.
+# One GPU session: build pyppo with its CUDA kernels, run the CUDA tests, the training
+# sweep over the number of envs (eager, and compiled when triton is there), the GPU preset
+# against the CPU default, then the kernel benchmarks and CUDA training (the train script,
+# one NCCL rank under torchrun, the training and process benchmarks) and a backtest.
 # Results go to $OUT (default ./bench-out): gpu.txt, bench.log, tests.log, train.log and one
-# JSON per benchmark (build.log only when the build fails). The gae and guard benchmarks
-# come first, so that a session cut short still brings their numbers back.
+# JSON per benchmark (build.log only when the build fails). The newest measurements come
+# first, so that a session cut short still brings their numbers back; KERNELS=0 skips the
+# kernel and older training benchmarks.
 #   bash benchmarks/gpu_session.sh     # on a machine with a GPU, torch, nvcc, cmake, ninja
 set -uo pipefail
 OUT=${OUT:-bench-out}
@@ -24,9 +26,26 @@ $PY -m pip install --no-build-isolation --no-deps -q -C build-dir=build/gpu \
   || { cp /tmp/pyppo-build.log "$OUT/build.log"; tail -40 "$OUT/build.log"; exit 1; }
 $PY -c "import pyppo; assert pyppo.cuda_kernels_available(); print('CUDA kernels built')" || exit 1
 
+step "cuda tests"
+timeout 150 $PY -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tail -25 | tee "$OUT/tests.log"
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_compile.py 2>&1 | tail -5 \
+  | tee -a "$OUT/tests.log"
+
+step "training sweep over num_envs on cuda (eager)"
+timeout 240 $PY benchmarks/bench_scale.py --device cuda --json "$OUT/scale_cuda.json" 2>&1 \
+  | tee "$OUT/bench.log"
+if $PY -c "import triton; print('triton', triton.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"; then
+  step "training sweep on cuda, compiled (reduce-overhead: CUDA graphs)"
+  timeout 240 $PY benchmarks/bench_scale.py --device cuda --compile --num-envs 4096 16384 \
+    --json "$OUT/scale_cuda_compile.json" 2>&1 | tee -a "$OUT/bench.log"
+fi
+step "GPU preset against the CPU default, seeds 0-2"
+timeout 420 $PY benchmarks/bench_preset.py --json "$OUT/preset.json" 2>&1 | tee -a "$OUT/bench.log"
+[ "${KERNELS:-1}" = 1 ] || { step done; exit 0; }
+
 step "gae benchmark"
 timeout 90 $PY benchmarks/bench_gae.py --device cuda --json "$OUT/gae_cuda.json" 2>&1 \
-  | tee "$OUT/bench.log"
+  | tee -a "$OUT/bench.log"
 step "guard benchmark (1 GB of fp32 gradients)"
 timeout 90 $PY benchmarks/bench_guard.py --device cuda --numel 268435456 --repeats 20 \
   --json "$OUT/guard_cuda.json" 2>&1 | tee -a "$OUT/bench.log"
@@ -37,9 +56,6 @@ for chunk in 65536 1048576; do
     --numel 268435456 --repeats 10 2>&1 | grep -E "fused is" | sed "s/^/chunk $chunk: /" \
     | tee -a "$OUT/bench.log"
 done
-
-step "cuda tests"
-timeout 150 $PY -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tail -25 | tee "$OUT/tests.log"
 
 step "training benchmark on cuda"
 timeout 120 $PY benchmarks/bench_training.py --device cuda --updates 4 \

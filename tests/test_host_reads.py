@@ -4,50 +4,11 @@ host reads per update does not grow with the rollout length or the number of min
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from pyppo import PPOTrainer, TradingActorCritic, TradingEnv, synthetic_market
-
-READ_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default}
-READ_METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy")
-
-
-class CountReads(TorchDispatchMode):
-    """Counts the dispatcher ops that copy a value to the host."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in READ_OPS:
-            self.reads += 1
-        return func(*args, **(kwargs or {}))
-
-
-@contextlib.contextmanager
-def counting_python_reads(counter: list[int]):
-    """Counts calls of the Tensor methods that read values to the host."""
-    originals = {name: getattr(torch.Tensor, name) for name in READ_METHODS}
-
-    def wrap(fn):
-        def call(self, *a, **kw):
-            counter[0] += 1
-            return fn(self, *a, **kw)
-
-        return call
-
-    try:
-        for name, fn in originals.items():
-            setattr(torch.Tensor, name, wrap(fn))
-        yield
-    finally:
-        for name, fn in originals.items():
-            setattr(torch.Tensor, name, fn)
+from pyppo.diagnostics import HostReads
 
 
 def reads_per_update(num_steps: int, batch_size: int, **settings) -> tuple[int, int]:
@@ -66,10 +27,9 @@ def reads_per_update(num_steps: int, batch_size: int, **settings) -> tuple[int, 
         **settings,
     )
     trainer.train(total_steps=8 * num_steps)  # warm-up: first-call work is not per update
-    python = [0]
-    with CountReads() as dispatch, counting_python_reads(python):
+    with HostReads() as reads:
         trainer.train(total_steps=2 * 8 * num_steps)
-    return dispatch.reads, python[0]
+    return reads.dispatch, reads.python
 
 
 @pytest.mark.parametrize(
@@ -83,3 +43,14 @@ def test_host_reads_do_not_grow_with_steps_or_minibatches(settings):
     many_minibatches = reads_per_update(num_steps=16, batch_size=16, **settings)  # 8
     assert small == long_rollout == many_minibatches, (small, long_rollout, many_minibatches)
     assert small[0] + small[1] < 100  # and they are few: one read at the end of the update
+
+
+def test_host_reads_counts_both_levels():
+    x = torch.arange(4.0)
+    with HostReads() as reads:
+        x.sum().item()  # one Python read, one dispatcher read
+        bool(x[0] > 0)
+        torch.nonzero(x)  # a dispatcher read only
+    assert (reads.python, reads.dispatch) == (2, 3)
+    x.sum().item()  # after the block: not counted, the methods are restored
+    assert reads.python == 2 and "call" not in torch.Tensor.item.__qualname__
