@@ -186,6 +186,11 @@ class PPOConfig(_Validated):
         "torch.compile the update's forward pass and loss (as CUDA graphs on GPUs; on a "
         "2-core CPU training was no faster)",
     )
+    bf16: bool = _opt(
+        False,
+        "run the model's forward passes under bfloat16 autocast (weights, Adam and the "
+        "gradient guard stay float32); for GPUs: on a 2-core CPU it trained 0.77x as fast",
+    )
     checkpoint_every: int = _opt(
         10, "save checkpoint.pt every this many updates (0: at the end)", valid=AT_LEAST_0
     )

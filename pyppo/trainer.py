@@ -181,7 +181,14 @@ class PPOTrainer:
     def _forward(self, obs: Tensor) -> tuple[dict[str, Tensor], Tensor | None]:
         """Model outputs, repaired, and their non-finite counts (one per ``output_names``),
         or None where the model guards and counts its outputs itself."""
-        out = self.model(obs)
+        if self.config.bf16:
+            # Matrix multiplies in bfloat16; the loss, its gradients' guard and Adam see
+            # float32 (the outputs are cast back, the weights never leave float32).
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                out = self.model(obs)
+            out = {name: value.float() for name, value in out.items()}
+        else:
+            out = self.model(obs)
         if isinstance(self.model, OutputGuardedModel) or not self.config.guards:
             return out, None
         present = {name: out[name] for name in self.output_names if name in out}

@@ -1,5 +1,6 @@
-"""``compile=True``: the update's forward pass and loss under torch.compile compute what the
-eager ones compute, and a compiled trainer trains."""
+"""The ways to compute faster: ``compile=True`` (the update's forward pass and loss under
+torch.compile compute what the eager ones compute, and a compiled trainer trains) and
+``bf16=True`` (bfloat16 autocast, float32 weights and gradients)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,20 @@ def test_a_compiled_trainer_trains(nan_policy):
     assert all(math.isfinite(rows[-1][k]) for k in ("loss/policy", "loss/value"))
     assert all(torch.isfinite(p).all() for p in compiled.model.parameters())
     assert dataclasses.asdict(compiled.config)["compile"] is True
+
+
+def test_bf16_autocast_trains_with_float32_weights_and_guards():
+    plain, bf16 = trainer(), trainer(bf16=True)
+    counters = NaNCounters.zeros(bf16.metric_schema(), bf16.device)
+    bf16.collect_rollout(counters)
+    batch = next(bf16.buffer.minibatches(64, torch.Generator().manual_seed(0)))
+    out, _ = bf16._forward(batch.obs)
+    reference, _ = plain._forward(batch.obs)  # the same initial weights, in float32
+    for name, value in out.items():
+        assert value.dtype == torch.float32  # cast back for the loss
+        torch.testing.assert_close(value, reference[name], rtol=0.05, atol=0.05)
+    assert not torch.equal(out["value"], reference["value"])  # it did compute in bfloat16
+    rows = bf16.train(total_steps=8 * 32 * 2)
+    assert all(math.isfinite(rows[-1][k]) for k in ("loss/policy", "loss/value"))
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in bf16.model.parameters())

@@ -135,6 +135,7 @@ def test_every_flag_in_help_is_covered():
         "--debug",
         "--num-minibatches",
         "--compile",
+        "--bf16",
     }
     assert flags - covered == new
 
