@@ -181,16 +181,9 @@ class PPOConfig(_Validated):
         None, "stop an update's epochs when the mean KL exceeds this", valid=POSITIVE
     )
     seed: int = _opt(0, "seeds the model, the environment and the trainer")
-    compile: bool = _opt(
-        False,
-        "torch.compile the update's forward pass and loss (as CUDA graphs on GPUs; on a "
-        "2-core CPU training was no faster)",
-    )
-    bf16: bool = _opt(
-        False,
-        "run the model's forward passes under bfloat16 autocast (weights, Adam and the "
-        "gradient guard stay float32); for GPUs: on a 2-core CPU it trained 0.77x as fast",
-    )
+    # For GPUs (README, "Settings"): on a 2-core CPU neither made training faster.
+    compile: bool = _opt(False, "torch.compile the update's forward pass and loss")
+    bf16: bool = _opt(False, "model forward passes under bfloat16 autocast (weights float32)")
     checkpoint_every: int = _opt(
         10, "save checkpoint.pt every this many updates (0: at the end)", valid=AT_LEAST_0
     )
