@@ -37,7 +37,7 @@ train: setup
 
 bench: setup
 	$(BIN)/pip install -q stable-baselines3
-	for b in kernels env training backtest predict; do \
+	for b in kernels env training scale backtest predict; do \
 		$(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 lint: setup
