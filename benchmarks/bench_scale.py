@@ -29,9 +29,18 @@ import time
 from collections import defaultdict
 
 import torch
-from common import Timed, check_device, machine, print_machine, print_table, synchronize, write_json
+from common import (
+    Timed,
+    check_device,
+    machine,
+    print_machine,
+    print_table,
+    synchronize,
+    training_env,
+    write_json,
+)
 
-from pyppo import PPOTrainer, TradingActorCritic, TradingEnv, synthetic_market
+from pyppo import PPOTrainer, TradingActorCritic
 from pyppo.diagnostics import HostReads
 
 PARTS = ("env step", "rollout forward", "buffer add", "GAE", "gradient guard", "PPO update")
@@ -39,8 +48,7 @@ OVERHEAD = ("env step", "buffer add", "GAE", "gradient guard")
 
 
 def make_trainer(args: argparse.Namespace, num_envs: int) -> PPOTrainer:
-    train, _ = synthetic_market(seed=0).split(0.7)
-    env = TradingEnv(train, num_envs=num_envs, device=args.device, seed=0)
+    env = training_env(args.device, num_envs)
     torch.manual_seed(0)
     model = TradingActorCritic(env.obs_spec, hidden_dim=args.hidden_dim)
     return PPOTrainer(

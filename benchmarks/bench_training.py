@@ -24,17 +24,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from common import Timed, machine, print_machine, print_table, synchronize, write_json
+from common import Timed, machine, print_machine, print_table, synchronize, training_env, write_json
 from torch import nn
 
 from pyppo import TradingEnv, synthetic_market
 from pyppo.model import TradingActorCritic
 from pyppo.trainer import PPOTrainer
-
-
-def make_env(device: str, num_envs: int, seed: int = 0) -> TradingEnv:
-    train, _ = synthetic_market(seed=0).split(0.7)
-    return TradingEnv(train, num_envs=num_envs, device=device, seed=seed)
 
 
 class SB3SizedMLP(nn.Module):
@@ -71,7 +66,7 @@ class Runner:
 
 
 def pyppo_runner(args: argparse.Namespace, model_kind: str, totals: dict[str, float]) -> Runner:
-    env = make_env(args.device, args.num_envs)
+    env = training_env(args.device, args.num_envs)
     torch.manual_seed(0)
     if model_kind == "TradingActorCritic":
         model = TradingActorCritic(env.obs_spec, hidden_dim=args.hidden_dim)
@@ -186,7 +181,7 @@ def sb3_env(kind: str, num_envs: int):
         def env_is_wrapped(self, wrapper_class, indices=None):
             return [False] * self.num_envs
 
-    return TradingVecEnv(make_env("cpu", num_envs))
+    return TradingVecEnv(training_env("cpu", num_envs))
 
 
 def sb3_runner(args: argparse.Namespace, env_kind: str) -> Runner:

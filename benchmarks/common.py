@@ -41,6 +41,13 @@ class Timed:
         return out
 
 
+def training_env(device: str, num_envs: int, seed: int = 0) -> pyppo.TradingEnv:
+    """The env the training benchmarks train on: the default synthetic market's training
+    split (its first 70 %), ``num_envs`` episodes on ``device``."""
+    train, _ = pyppo.synthetic_market(seed=0).split(0.7)
+    return pyppo.TradingEnv(train, num_envs=num_envs, device=device, seed=seed)
+
+
 def check_device(parser: argparse.ArgumentParser, device: str) -> None:
     """Stop with a clear message, before any work, when ``device`` cannot run pyppo's ops."""
     if not device.startswith("cuda"):
