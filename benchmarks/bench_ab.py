@@ -37,8 +37,7 @@ def worker(updates: int) -> None:
     sys.meta_path[:] = [f for f in sys.meta_path if "ScikitBuild" not in type(f).__name__]
     import torch
 
-    from pyppo import TradingActorCritic, TradingEnv, synthetic_market
-    from pyppo.trainer import PPOTrainer
+    from pyppo import PPOTrainer, TradingActorCritic, TradingEnv, synthetic_market
 
     train, _ = synthetic_market(seed=0).split(0.7)
     env = TradingEnv(train, num_envs=GEOMETRY["num_envs"], seed=0)

@@ -11,10 +11,10 @@ allowed (3 positions) and the default aux horizons (1h, 24h). Stages, each timed
 and the best run is the one least slowed by neighbours):
 
 - features: :func:`pyppo.features.compute_features` (the observation table),
-- forward passes: :func:`pyppo.evaluation.policy_outputs` on that table (every decision
+- forward passes: :func:`pyppo.inference.policy_outputs` on that table (every decision
   bar once per position, in batches of ``--batch-size`` bars; with ``--plain`` also without
   reusing the model's position-free part),
-- walk: :func:`pyppo.evaluation.walk` (the greedy run through the outputs),
+- walk: :func:`pyppo.inference.walk` (the greedy run through the outputs),
 - total: :func:`pyppo.evaluation.backtest` end to end (features, passes, walk, rewards).
 
 Target on the CPU: a 2,000,000-bar backtest in at most 10 s.
@@ -31,14 +31,9 @@ import torch
 from common import check_device, machine, print_machine, print_table, synchronize, write_json
 
 from pyppo import ObsSpec, TradingActorCritic, synthetic_market
-from pyppo.evaluation import (
-    BATCH_SIZE,
-    PolicyOutputs,
-    backtest,
-    policy_outputs,
-    walk,
-)
+from pyppo.evaluation import backtest
 from pyppo.features import compute_features
+from pyppo.inference import BATCH_SIZE, PolicyOutputs, policy_outputs, walk
 
 TARGET_SECONDS = 10.0  # CPU target for 2,000,000 bars
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from pyppo import TradingEnv, synthetic_market
 from pyppo.model import TradingActorCritic
-from pyppo.trainer import PPOTrainer
+from pyppo.training import PPOTrainer
 
 
 class SB3SizedMLP(nn.Module):

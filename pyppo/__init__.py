@@ -14,11 +14,11 @@ from pyppo.agent import Agent, export_agent
 from pyppo.buffer import RolloutBatch, RolloutBuffer
 from pyppo.config import DataConfig, EnvConfig, ModelConfig, PPOConfig, RunConfig
 from pyppo.data import MarketData, MarketDataError, load_market_data, synthetic_market
-from pyppo.env import ObsSpec, TradingEnv
+from pyppo.env import EnvSpec, ObsSpec, TradingEnv
 from pyppo.guard import GradientGuard, guard_outputs, validate_outputs
 from pyppo.loss import PPOLossTerms, ppo_loss
-from pyppo.model import TradingActorCritic
-from pyppo.trainer import NonFiniteParametersError, PPOTrainer
+from pyppo.model import ModelSpec, TradingActorCritic
+from pyppo.training import NonFiniteParametersError, PPOTrainer, TrainingCallback
 
 __all__ = [
     "Agent",
@@ -43,7 +43,10 @@ __all__ = [
     "TradingEnv",
     "ObsSpec",
     "TradingActorCritic",
+    "ModelSpec",
+    "EnvSpec",
     "PPOTrainer",
+    "TrainingCallback",
     "NonFiniteParametersError",
     "ppo_loss",
     "PPOLossTerms",

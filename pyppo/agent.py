@@ -5,7 +5,7 @@ and without the training data: the model's shape, the observation's window, the 
 the bar interval all come from the checkpoint. ``agent.predict(bars, position)`` validates
 the bars with the training data's rules, builds the observations with the same feature
 pipeline and runs the same inference path as the backtest
-(:func:`pyppo.evaluation.policy_outputs` and :func:`pyppo.evaluation.walk`), so a prediction
+(:func:`pyppo.inference.policy_outputs` and :func:`pyppo.inference.walk`), so a prediction
 is exactly what the backtest would have done on those bars.
 
 The auxiliary predictions ``pred_<label>`` are simple returns over their horizon
@@ -21,12 +21,16 @@ from typing import Any
 
 import pandas as pd
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from pyppo.checkpoint import CheckpointError, load_checkpoint
+from pyppo.checkpoint import CheckpointError, build_model, find_checkpoint, load_checkpoint
 from pyppo.data import MarketData, MarketDataError, load_market_data
 from pyppo.device import resolve_device
-from pyppo.evaluation import action_positions, policy_outputs, walk
-from pyppo.model import TradingActorCritic
+from pyppo.env import EnvSpec
+from pyppo.heads import AuxHeads
+from pyppo.inference import action_positions, policy_outputs, walk
+from pyppo.model import ModelSpec, TradingActorCritic
 
 EXPORT_CONFIG, EXPORT_WEIGHTS = "agent.json", "model.safetensors"
 POSITION_NAMES = {-1.0: "short", 0.0: "flat", 1.0: "long"}
@@ -42,13 +46,13 @@ class Agent:
     """A trained :class:`~pyppo.TradingActorCritic` and what it takes to feed it.
 
     :param model: the model, in eval mode, on ``device``.
-    :param spec: the observation's settings (``TradingEnv.describe()``: window,
+    :param spec: the observation's settings (:meth:`pyppo.TradingEnv.describe`: window,
         allow_short, horizon labels and bars, bar interval, ...).
     :param device: where the forward passes run.
     """
 
     model: TradingActorCritic
-    spec: dict[str, Any]
+    spec: EnvSpec
     device: torch.device
 
     @classmethod
@@ -61,63 +65,48 @@ class Agent:
         path = Path(source)
         if (path / EXPORT_CONFIG).is_file():
             return cls._from_export(path, device)
-        if path.is_dir():
-            path = path / "best.pt" if (path / "best.pt").exists() else path / "checkpoint.pt"
-        state = load_checkpoint(path)
-        agent = state["agent"]
-        if agent["model"] is None or agent["env"] is None:
+        path = find_checkpoint(path)
+        checkpoint = load_checkpoint(path)
+        spec = checkpoint.agent
+        if spec.model is None or spec.env is None:
             raise CheckpointError(
                 f"checkpoint {path} was not trained on a TradingEnv with a "
                 "TradingActorCritic: pyppo.Agent cannot rebuild it"
             )
-        return cls._build(agent["model"], agent["env"], state["model"], device, str(path))
+        model = build_model(spec.model, checkpoint.model, source=path)
+        return cls(model.to(device), spec.env, device)
 
     @classmethod
     def _from_export(cls, folder: Path, device: torch.device) -> Agent:
-        from safetensors.torch import load_file
-
         try:
             config = json.loads((folder / EXPORT_CONFIG).read_text())
             weights = load_file(folder / EXPORT_WEIGHTS)
-        except (OSError, ValueError) as err:
+            model_spec = ModelSpec.from_dict(config["model"])
+            env_spec = EnvSpec.from_dict(config["env"])
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
             raise CheckpointError(f"export {folder} cannot be read: {err}") from None
-        return cls._build(config["model"], config["env"], weights, device, str(folder))
-
-    @classmethod
-    def _build(
-        cls, model_spec: dict, env_spec: dict, weights: dict, device: torch.device, source: str
-    ) -> Agent:
-        model = TradingActorCritic.from_description(model_spec)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as err:
-            raise CheckpointError(
-                f"{source} does not fit this version's model: {str(err).splitlines()[0]}"
-            ) from None
-        bad = sum(int((~torch.isfinite(p)).sum()) for p in model.parameters())
-        if bad:
-            raise CheckpointError(f"{source} has {bad} NaN/inf weights and cannot be used")
-        return cls(model.to(device).eval(), dict(env_spec), device)
+        model = build_model(model_spec, weights, source=folder)
+        return cls(model.to(device), env_spec, device)
 
     # -- what it knows ------------------------------------------------------------------
 
     @property
     def window(self) -> int:
-        return int(self.spec["window"])
+        return self.spec.window
 
     @property
     def bar_interval(self) -> pd.Timedelta:
-        return pd.Timedelta(seconds=self.spec["bar_interval_seconds"])
+        return pd.Timedelta(seconds=self.spec.bar_interval_seconds)
 
     @property
     def pred_names(self) -> list[str]:
         """The return predictions' names, after the horizons: ``pred_1h``, ``pred_24h``."""
-        return [f"pred_{label}" for label in self.spec["aux_labels"]]
+        return list(AuxHeads.from_labels(self.spec.aux_labels).outputs)
 
     @property
     def action_names(self) -> list[str]:
         """``short, flat, long`` (or ``flat, long`` for a long-only agent), by action."""
-        return [POSITION_NAMES[float(p)] for p in action_positions(self.spec["allow_short"])]
+        return [POSITION_NAMES[float(p)] for p in action_positions(self.spec.allow_short)]
 
     @property
     def min_bars(self) -> int:
@@ -154,7 +143,7 @@ class Agent:
         held = self._position(position)
         start = self.window if all_bars else len(market) - 1
         outputs = policy_outputs(
-            self.model, market, self.window, self.spec["allow_short"], self.device, start=start
+            self.model, market, self.window, self.spec.allow_short, self.device, start=start
         )
         run = walk(outputs, held)
         frame = self._frame(market, run)
@@ -179,7 +168,7 @@ class Agent:
     def _position(self, position: str | float) -> float:
         by_name = {name: float(p) for p, name in POSITION_NAMES.items()}
         value = by_name.get(position) if isinstance(position, str) else float(position)
-        allowed = action_positions(self.spec["allow_short"]).tolist()
+        allowed = action_positions(self.spec.allow_short).tolist()
         if value not in allowed:
             names = ", ".join(POSITION_NAMES[p] for p in allowed)
             raise ValueError(f"position {position!r}: this agent holds one of {names}")
@@ -204,8 +193,6 @@ class Agent:
 def export_agent(agent: Agent, out: str | Path) -> Path:
     """Write ``agent`` as ``model.safetensors`` (the weights) and ``agent.json`` (what
     :meth:`Agent.load` needs to rebuild it): a portable agent, without pickles."""
-    from safetensors.torch import save_file
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in agent.model.state_dict().items()}
@@ -213,8 +200,8 @@ def export_agent(agent: Agent, out: str | Path) -> Path:
     config = {
         "format": "pyppo-agent",
         "version": 1,
-        "model": agent.model.describe(),
-        "env": agent.spec,
+        "model": agent.model.describe().to_dict(),
+        "env": agent.spec.to_dict(),
     }
     (out / EXPORT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return out

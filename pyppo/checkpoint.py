@@ -1,28 +1,46 @@
-"""Checkpoints that are never half-written and never silently wrong.
+"""Checkpoints that are never half-written, never silently wrong, and typed.
 
 A checkpoint is one ``torch.save`` file written to a temporary name beside its target and
 renamed over it (``os.replace`` is atomic on POSIX), so a crash mid-write leaves the last
 good checkpoint in place (and at worst a stray temporary file, :func:`stray_temporaries`).
 Loading cannot run code (``weights_only=True``), verifies the zip members' CRC-32, checks the
 format version and keys, refuses NaN/inf weights and, when asked, a different data
-fingerprint. A checkpoint holds only tensors and plain data (dicts,
-lists, strings, numbers, booleans, None): the trainer's :meth:`~pyppo.PPOTrainer.state_dict`.
+fingerprint. On disk a checkpoint holds only tensors and plain data (dicts, lists, strings,
+numbers, booleans, None); in memory it is a :class:`Checkpoint` (:meth:`Checkpoint.to_dict`,
+:meth:`Checkpoint.from_dict`, as :class:`pyppo.RunConfig` does).
+
+:func:`find_checkpoint` is the one rule for which file of a run dir to use, and
+:func:`build_model` the one way to rebuild a model from its :class:`~pyppo.model.ModelSpec`
+and weights (the trainer, :class:`pyppo.Agent` and ``pyppo-eval`` all use them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import tempfile
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
-# Version 2: plain data only (the config as dicts, the agent's description, the state of
-# each process in "ranks"); version 1 pickled its settings.
-FORMAT_VERSION = 2
+from pyppo.config import PPOConfig, RunConfig, apply
+from pyppo.env import EnvSpec, TradingEnv
+from pyppo.model import ModelSpec, TradingActorCritic
+
+# Version 3: typed sections (trainer state without the best score, which belongs to the
+# validation callback, under "callbacks"). Version 2 loads too (its best score moves there);
+# version 1 pickled its settings and is refused.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
+# The names of a run dir's checkpoints: the latest state, and the one validation picked.
+LATEST, BEST = "checkpoint.pt", "best.pt"
+# Where the validation callback keeps its state, and under which key it kept it in format 2.
+BEST_CHECKPOINT_CALLBACK = "best_checkpoint"
 
 
 class CheckpointError(RuntimeError):
@@ -63,19 +81,183 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return path
 
 
-# The keys every checkpoint has, and the keys of its "trainer" section.
-REQUIRED_KEYS = (
-    "model",
-    "optimizer",
-    "config",
-    "run_config",
-    "agent",
-    "trainer",
-    "ranks",
-    "data_fingerprint",
-    "data",
-)
-TRAINER_KEYS = ("update", "env_steps", "epoch", "best_sharpe", "history")
+# The keys of each format version, and of its "trainer" section.
+REQUIRED_KEYS = {
+    2: ("model", "optimizer", "config", "run_config", "agent", "trainer", "ranks",
+        "data_fingerprint", "data"),
+    3: ("model", "optimizer", "config", "run_config", "agent", "trainer", "ranks",
+        "data_fingerprint", "data", "callbacks"),
+}  # fmt: skip
+TRAINER_KEYS = {
+    2: ("update", "env_steps", "epoch", "best_sharpe", "history"),
+    3: ("update", "env_steps", "epoch", "history"),
+}
+
+
+# -- the typed checkpoint ---------------------------------------------------------------
+
+
+@dataclass
+class TrainerState:
+    """Where a run is: its counters and the metrics rows of every update so far."""
+
+    update: int = 0
+    env_steps: int = 0
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """What it takes to use the trained model without the training data: the model's shape
+    and the env's observation settings (None for models or envs that are not pyppo's)."""
+
+    model: ModelSpec | None = None
+    env: EnvSpec | None = None
+
+    @classmethod
+    def of(cls, model: nn.Module, env: Any) -> AgentSpec:
+        """The spec of a trainer's model and env."""
+        return cls(
+            model.describe() if isinstance(model, TradingActorCritic) else None,
+            env.describe() if isinstance(env, TradingEnv) else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": None if self.model is None else self.model.to_dict(),
+            "env": None if self.env is None else self.env.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> AgentSpec:
+        model, env = values.get("model"), values.get("env")
+        return cls(
+            None if model is None else ModelSpec.from_dict(model),
+            None if env is None else EnvSpec.from_dict(env),
+        )
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """The data a run trained on: its path (None for the synthetic market), where it came
+    from, and the training period (train and validation bars) as timestamps."""
+
+    path: str | None
+    source: str
+    train_start: str
+    train_end: str
+
+
+@dataclass
+class Checkpoint:
+    """Everything a saved run holds (:meth:`pyppo.PPOTrainer.checkpoint`).
+
+    :param model: the model's state dict.
+    :param optimizer: the optimizer's state dict.
+    :param config: the PPO settings it trained with.
+    :param trainer: counters and metrics history.
+    :param agent: how to rebuild the model and its observations.
+    :param ranks: per process, its rollout, env and random-stream state (resume).
+    :param run_config: the command line's whole configuration (None from the Python API).
+    :param data_fingerprint: the training data's SHA-256 (resuming on other data is refused).
+    :param data: the training data's path and period (None from the Python API).
+    :param callbacks: each callback's state by name (the best validation score).
+    """
+
+    model: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    config: PPOConfig
+    trainer: TrainerState
+    agent: AgentSpec = field(default_factory=AgentSpec)
+    ranks: list[dict[str, Any]] = field(default_factory=list)
+    run_config: RunConfig | None = None
+    data_fingerprint: str | None = None
+    data: DataInfo | None = None
+    callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data and tensors, as written to disk (without the format version)."""
+        return {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "config": dataclasses.asdict(self.config),
+            "trainer": dataclasses.asdict(self.trainer),
+            "agent": self.agent.to_dict(),
+            "ranks": self.ranks,
+            "run_config": None if self.run_config is None else self.run_config.to_dict(),
+            "data_fingerprint": self.data_fingerprint,
+            "data": None if self.data is None else dataclasses.asdict(self.data),
+            "callbacks": self.callbacks,
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any], version: int = FORMAT_VERSION) -> Checkpoint:
+        """The inverse of :meth:`to_dict`, also for format ``version`` 2 (whose best
+        validation score moves into the validation callback's state). Raises
+        ``ValueError`` for a malformed section."""
+        trainer = dict(state["trainer"])
+        callbacks = dict(state.get("callbacks") or {})
+        if version == 2:
+            best = trainer.pop("best_sharpe")
+            callbacks[BEST_CHECKPOINT_CALLBACK] = {"best_score": float(best)}
+        run_config, data = state["run_config"], state["data"]
+        return cls(
+            model=state["model"],
+            optimizer=state["optimizer"],
+            config=_ppo_config(state["config"]),
+            trainer=TrainerState(**{k: trainer[k] for k in TRAINER_KEYS[FORMAT_VERSION]}),
+            agent=AgentSpec.from_dict(state["agent"]),
+            ranks=list(state["ranks"]),
+            run_config=None if run_config is None else RunConfig.from_dict(run_config),
+            data_fingerprint=state["data_fingerprint"],
+            data=None if data is None else DataInfo(**data),
+            callbacks=callbacks,
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write this checkpoint to ``path`` atomically (:func:`save_checkpoint`)."""
+        return save_checkpoint(path, self.to_dict())
+
+
+def _ppo_config(values: dict[str, Any]) -> PPOConfig:
+    # Through the config's reader: the same conversions and checks as a TOML file.
+    return apply(RunConfig(), {"ppo": values}).ppo
+
+
+def find_checkpoint(run: str | os.PathLike) -> Path:
+    """The checkpoint to use of ``run``: a checkpoint file as given; in a run dir the one
+    validation picked (``best.pt``), else the latest (``checkpoint.pt``). Raises
+    :class:`CheckpointError` when there is none."""
+    path = Path(run)
+    if not path.is_dir():
+        return path
+    for name in (BEST, LATEST):
+        if (path / name).is_file():
+            return path / name
+    raise CheckpointError(f"{path} holds no checkpoint ({BEST} or {LATEST}): is it a run dir?")
+
+
+def build_model(
+    spec: ModelSpec, weights: dict[str, Tensor], source: str | os.PathLike = "the checkpoint"
+) -> TradingActorCritic:
+    """The :class:`~pyppo.TradingActorCritic` that ``spec`` describes, with ``weights``, in
+    eval mode on the CPU. Raises :class:`CheckpointError` naming ``source`` when the weights
+    do not fit or are not finite."""
+    model = TradingActorCritic.from_spec(spec)
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(
+            f"{source} does not fit this version's model: {str(err).splitlines()[0]}"
+        ) from None
+    bad = sum(int((~torch.isfinite(p)).sum()) for p in model.parameters())
+    if bad:
+        raise CheckpointError(f"{source} has {bad} NaN/inf weights and cannot be used")
+    return model.eval()
+
+
+# -- files ------------------------------------------------------------------------------
 
 
 def stray_temporaries(folder: str | os.PathLike) -> list[Path]:
@@ -90,7 +272,7 @@ def load_checkpoint(
     expect_fingerprint: str | None = None,
     map_location: str | torch.device | None = "cpu",
     require_finite: bool = True,
-) -> dict[str, Any]:
+) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`, safely.
 
     Nothing in the file can run code: it is read with ``torch.load(weights_only=True)``,
@@ -147,21 +329,29 @@ def load_checkpoint(
                 f"checkpoint {path} has {bad} NaN/inf weights and cannot be used; take an "
                 "earlier checkpoint or retrain"
             )
-    return state
+    try:
+        return Checkpoint.from_dict(state, state["format_version"])
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} is malformed ({err}); it was not written by pyppo's trainer. "
+            "Use another checkpoint or retrain"
+        ) from None
 
 
 def _check_schema(path: Path, state: Any) -> None:
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path} is not a pyppo checkpoint")
-    if state["format_version"] != FORMAT_VERSION:
+    version = state["format_version"]
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"checkpoint {path} has format version {state['format_version']}, this pyppo "
-            f"reads version {FORMAT_VERSION}; retrain, or use the pyppo version that wrote it"
+            f"checkpoint {path} has format version {version}, this pyppo reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; retrain, or use the pyppo version "
+            "that wrote it"
         )
-    missing = [k for k in REQUIRED_KEYS if k not in state]
+    missing = [k for k in REQUIRED_KEYS[version] if k not in state]
     trainer = state.get("trainer")
     if isinstance(trainer, dict):
-        missing += [f"trainer.{k}" for k in TRAINER_KEYS if k not in trainer]
+        missing += [f"trainer.{k}" for k in TRAINER_KEYS[version] if k not in trainer]
     elif "trainer" not in missing:
         missing.append("trainer (not a table)")
     if not isinstance(state.get("model"), dict):

@@ -2,10 +2,10 @@
 
 :class:`RunConfig` holds the four sections a run is made of (:class:`DataConfig`,
 :class:`EnvConfig`, :class:`ModelConfig`, :class:`PPOConfig`) plus how long and where to
-train. The command line (:func:`parse_run_config`), TOML files (``--config``), ``config.json``
-in each run dir, checkpoints, :class:`pyppo.TradingEnv`, :class:`pyppo.TradingActorCritic`
-and :class:`pyppo.PPOTrainer` all read their defaults from these dataclasses, so the command
-line and the Python API train the same run.
+train. The command line (generated from these fields by :mod:`pyppo.cli.flags`), TOML files
+(``--config``), ``config.json`` in each run dir, checkpoints, :class:`pyppo.TradingEnv`,
+:class:`pyppo.TradingActorCritic` and :class:`pyppo.PPOTrainer` all read their defaults
+from these dataclasses, so the command line and the Python API train the same run.
 
 A field's ``metadata`` says how it appears on the command line: ``help``; ``flag`` when the
 flag is not ``--field-name`` (``--no-aux`` for ``enable_auxiliary_losses``: a boolean whose
@@ -21,7 +21,6 @@ columns, prediction fields) is named after the horizon labels: ``aux_1h``, ``pre
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -60,7 +59,7 @@ class _Validated:
             if "valid" in f.metadata and value is not None:
                 what, ok = f.metadata["valid"]
                 if not ok(value):
-                    flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+                    flag = flag_of(f)
                     raise ValueError(f"{f.name} ({flag}) must be {what}, got {value!r}")
             choices = f.metadata.get("choices")
             if choices and value is not None and value not in choices:
@@ -252,8 +251,14 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _field_types(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
+    """The type hint of each field of a config dataclass, by name."""
     return typing.get_type_hints(cls)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """A setting's command-line flag: its ``flag`` metadata, else ``--field-name``."""
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
 
 def _convert(value: Any, hint: Any, name: str) -> Any:
@@ -298,7 +303,7 @@ def _convert(value: Any, hint: Any, name: str) -> Any:
 def _setting(obj: Any, name: str, value: Any, where: str) -> Any:
     """``obj`` with field ``name`` set to ``value`` (converted and checked)."""
     name = ALIASES.get(name, name)
-    hints = _field_types(type(obj))
+    hints = field_types(type(obj))
     if name not in hints or name in SECTIONS:
         known = ", ".join(f.name for f in dataclasses.fields(obj) if f.name not in SECTIONS)
         raise ValueError(f"unknown setting {where}{name!r} (known: {known})")
@@ -346,88 +351,6 @@ def ppo_config(config: PPOConfig | None = None, **overrides: Any) -> PPOConfig:
             raise TypeError(f"unknown PPO setting {name!r}")
         updates[key] = value
     return dataclasses.replace(config, **updates)
-
-
-# -- the command line ----------------------------------------------------------------------
-
-
-def _flag(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
-
-
-def _cli_fields() -> list[tuple[str | None, dataclasses.Field, Any]]:
-    """(section or None, field, type hint) for every setting, in --help order."""
-    rows: list[tuple[str | None, dataclasses.Field, Any]] = []
-    run_hints = _field_types(RunConfig)
-    rows += [
-        (None, f, run_hints[f.name])
-        for f in dataclasses.fields(RunConfig)
-        if f.name not in SECTIONS
-    ]
-    for section, cls in SECTIONS.items():
-        hints = _field_types(cls)
-        rows += [(section, f, hints[f.name]) for f in dataclasses.fields(cls)]
-    return rows
-
-
-def _dest(section: str | None, name: str) -> str:
-    return f"{section}.{name}" if section else name
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting to ``parser``; flags not given stay absent from the parsed
-    namespace (``argparse.SUPPRESS``), so that explicit values can be told from defaults."""
-    titles = {
-        None: "run",
-        "data": "data",
-        "env": "environment",
-        "model": "model",
-        "ppo": "PPO and NaN protection",
-    }
-    groups = {key: parser.add_argument_group(title) for key, title in titles.items()}
-    for section, f, hint in _cli_fields():
-        default = f.default
-        names = [_flag(f), *f.metadata.get("aliases", ())]
-        kwargs: dict[str, Any] = {"dest": _dest(section, f.name), "default": argparse.SUPPRESS}
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        help_text = f.metadata["help"]
-        if hint is bool:
-            # The flag flips the default: --no-aux sets enable_auxiliary_losses=False.
-            kwargs.update(action="store_const", const=not default, help=help_text)
-        else:
-            if default is not None:
-                help_text = f"{help_text} (default: {shown})"
-            kwargs.update(help=help_text, metavar=f.name.upper())
-            if "choices" in f.metadata:
-                kwargs.update(choices=f.metadata["choices"], metavar=None)
-        groups[section].add_argument(*names, **kwargs)
-
-
-def config_from_namespace(
-    namespace: argparse.Namespace, base: RunConfig | None = None
-) -> tuple[RunConfig, set[str]]:
-    """The config the parsed flags describe, on top of ``base``, and the dotted names of the
-    settings the flags set explicitly."""
-    values: dict[str, Any] = {}
-    explicit: set[str] = set()
-    for section, f, _ in _cli_fields():
-        dest = _dest(section, f.name)
-        if dest in vars(namespace):
-            explicit.add(dest)
-            target = values.setdefault(section, {}) if section else values
-            target[f.name] = getattr(namespace, dest)
-    return apply(base or RunConfig(), values), explicit
-
-
-def explicit_names(values: dict[str, Any]) -> set[str]:
-    """Dotted names of every setting in ``values`` (as read from a TOML file)."""
-    names = set()
-    for key, value in values.items():
-        if key in SECTIONS and isinstance(value, dict):
-            names |= {f"{key}.{ALIASES.get(k, k)}" for k in value}
-        else:
-            names.add(ALIASES.get(key, key))
-    return names
 
 
 def get(config: RunConfig, dotted: str) -> Any:

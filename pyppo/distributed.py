@@ -74,13 +74,13 @@ def broadcast_module_(module: nn.Module, group: Any = None) -> None:
             dist.broadcast(tensor.data, src=0, group=group)
 
 
-def broadcast_float(value: float, device: torch.device, group: Any = None) -> float:
-    """Rank 0's ``value`` on every process."""
-    if rank_and_world(group)[1] == 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+def broadcast_floats(values: list[float], device: torch.device, group: Any = None) -> list[float]:
+    """Rank 0's ``values`` on every process (each process passes a list of the same length)."""
+    if rank_and_world(group)[1] == 1 or not values:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.broadcast(tensor, src=0, group=group)
-    return float(tensor)
+    return tensor.tolist()
 
 
 def to_cpu(obj: Any) -> Any:

@@ -29,8 +29,10 @@ backtest (:mod:`pyppo.evaluation`) and live.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,7 +57,7 @@ except ImportError:  # pragma: no cover - exercised only without gymnasium
     _VectorEnvBase = object
     _AUTORESET = "SameStep"
 
-__all__ = ["TradingEnv", "ObsSpec"]
+__all__ = ["EnvSpec", "TradingEnv", "ObsSpec"]
 
 
 class _Discrete:
@@ -76,6 +78,60 @@ class _Box:
 
     def __repr__(self) -> str:
         return f"Box({self.low}, {self.high}, {self.shape}, float32)"
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What an agent needs to know of the env it was trained in, without the market: how to
+    build its observations and act (:meth:`TradingEnv.describe`).
+
+    :param window: the observation's return window.
+    :param fee: cost per unit of position change.
+    :param allow_short: short/flat/long actions, else flat/long.
+    :param episode_length: steps per training episode.
+    :param aux_labels: the auxiliary horizons' labels.
+    :param aux_horizon_bars: the auxiliary horizons in bars.
+    :param bar_interval_seconds: the bar interval the agent was trained on.
+    :param observation_names: the observation's columns (:attr:`ObsSpec.names`).
+    """
+
+    window: int
+    fee: float
+    allow_short: bool
+    episode_length: int
+    aux_labels: tuple[str, ...]
+    aux_horizon_bars: tuple[int, ...]
+    bar_interval_seconds: float
+    observation_names: tuple[str, ...]
+
+    @property
+    def observation_size(self) -> int:
+        return len(self.observation_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for checkpoints and ``agent.json``)."""
+        values = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EnvSpec:
+        """The inverse of :meth:`to_dict`. Raises ``ValueError`` naming a missing or
+        ill-typed field."""
+        try:
+            return cls(
+                window=int(values["window"]),
+                fee=float(values["fee"]),
+                allow_short=bool(values["allow_short"]),
+                episode_length=int(values["episode_length"]),
+                aux_labels=tuple(str(v) for v in values["aux_labels"]),
+                aux_horizon_bars=tuple(int(v) for v in values["aux_horizon_bars"]),
+                bar_interval_seconds=float(values["bar_interval_seconds"]),
+                observation_names=tuple(str(v) for v in values["observation_names"]),
+            )
+        except KeyError as err:
+            raise ValueError(f"the env description lacks {err.args[0]!r}") from None
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"the env description is malformed: {err}") from None
 
 
 class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
@@ -282,20 +338,19 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         returns and the auxiliary targets it sanitized (see :mod:`pyppo.protocols`)."""
         return {"returns": self.return_counts, "aux_targets": self.aux_target_counts}
 
-    def describe(self) -> dict[str, Any]:
-        """What it takes to rebuild this env's observations without its market, as plain
-        data (stored in checkpoints)."""
-        return {
-            "window": self.window,
-            "fee": self.fee,
-            "allow_short": self.allow_short,
-            "episode_length": self.episode_length,
-            "aux_labels": list(self.aux_labels),
-            "aux_horizon_bars": list(self.aux_horizon_bars),
-            "bar_interval_seconds": self.market.bar_interval.total_seconds(),
-            "observation_size": self.obs_spec.size,
-            "observation_names": list(self.obs_spec.names),
-        }
+    def describe(self) -> EnvSpec:
+        """What it takes to rebuild this env's observations without its market (stored in
+        checkpoints and exports)."""
+        return EnvSpec(
+            window=self.window,
+            fee=self.fee,
+            allow_short=self.allow_short,
+            episode_length=self.episode_length,
+            aux_labels=self.aux_labels,
+            aux_horizon_bars=self.aux_horizon_bars,
+            bar_interval_seconds=self.market.bar_interval.total_seconds(),
+            observation_names=self.obs_spec.names,
+        )
 
     def counters(self) -> dict[str, int]:
         """Host copies of the sanitizer counts (reading them synchronizes once)."""

@@ -39,6 +39,7 @@ from torch.utils.hooks import RemovableHandle
 
 from pyppo import ops
 from pyppo.distributed import averaged_gradients_, rank_and_world
+from pyppo.heads import output_log_name
 
 logger = logging.getLogger("pyppo")
 
@@ -288,29 +289,35 @@ def validate_outputs(outputs: Mapping[str, Tensor], log: bool = True) -> dict[st
         for name, count in zip(names, counts.tolist(), strict=True):
             if count:
                 logger.warning(
-                    "Model output %s contains NaN/inf (%d non-finite elements)", name, count
+                    "Model output %s contains NaN/inf (%d non-finite elements)",
+                    output_log_name(name),
+                    count,
                 )
     return dict(zip(names, counts.unbind(0), strict=True))
 
 
 def guard_outputs(
-    raw: Mapping[str, Tensor], aux_limit: float = 1.0
+    raw: Mapping[str, Tensor], limits: Mapping[str, float] | None = None
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Count the non-finite elements of each output in one fused call, then repair them.
 
     Returns ``(outputs, counts)``: the outputs through the differentiable
-    :func:`pyppo.ops.sanitize` (``pred_*`` outputs clamped to ``±aux_limit``, the others only
-    NaN/inf -> 0, with a zero gradient where a value was repaired) and the int64 counts in
-    the order of ``raw``'s keys. No host synchronisation. Outputs that share a limit are
-    repaired in one call (all outputs share the batch dimension).
+    :func:`pyppo.ops.sanitize` (NaN/inf -> 0 with a zero gradient there, and values beyond
+    ``limits[name]`` clamped to it; an output without a limit is only repaired) and the int64
+    counts in the order of ``raw``'s keys. No host synchronisation. Outputs that share a
+    limit are repaired in one call (all outputs share the batch dimension).
+
+    :param raw: model outputs by name, each with the batch as its first dimension.
+    :param limits: the clamp limit of each output, e.g. ``{"pred_1h": 1.0}``
+        (:meth:`pyppo.heads.AuxHeads.output_limits`); missing names get ``inf``.
     """
     names = list(raw)
     counts = ops.count_nonfinite([raw[name] for name in names])
+    by_limit: dict[float, list[str]] = {}
+    for name in names:
+        by_limit.setdefault(float((limits or {}).get(name, math.inf)), []).append(name)
     guarded: dict[str, Tensor] = {}
-    for limit in (math.inf, aux_limit):
-        group = [n for n in names if (limit == aux_limit) == n.startswith("pred_")]
-        if not group:
-            continue
+    for limit, group in by_limit.items():
         flat = [raw[n].reshape(raw[n].shape[0], -1) for n in group]
         clean = ops.sanitize(torch.cat(flat, dim=1), limit)[0]
         for n, part in zip(group, clean.split([f.shape[1] for f in flat], dim=1), strict=True):

@@ -1,4 +1,5 @@
-"""What a training run records: the metric names, their writers, and the NaN-event tables.
+"""What a training run records: the metric names, the schema of metrics.csv, its reader
+and the NaN-event tables (no torch: the report reads these).
 
 Every update writes one row. Its columns are fixed by :class:`MetricSchema` before the first
 row (so metrics.csv has one header for the whole run) and are grouped by prefix, the way
@@ -10,8 +11,8 @@ CleanRL and Stable-Baselines3 group TensorBoard scalars::
     train/...                             lr, approx_kl, clip_fraction, explained_variance,
                                           grad_norm, clip_coef
     rollout/...                           mean_step_reward, mean_episode_return
-    validation/sharpe                     the greedy policy's Sharpe on validation bars
-                                          (updates that end an epoch; empty otherwise)
+    validation/sharpe                     a callback's columns, e.g. the greedy policy's
+                                          Sharpe on validation bars (empty when not run)
     nonfinite/grad/<group>                NaN/inf gradient elements zeroed, per guard group
     nonfinite/output/<output>             NaN/inf model outputs repaired, per output
     nonfinite/loss/aux_<label>            minibatches whose auxiliary loss was NaN/inf -> 0
@@ -19,7 +20,8 @@ CleanRL and Stable-Baselines3 group TensorBoard scalars::
     sanitized/<source>/<what>/nonfinite   NaN/inf rewards or aux targets zeroed, by the env
     sanitized/<source>/<what>/clamped     or the buffer, and values clamped to +-100 %
 
-docs/design.md has the table of these names against the columns of earlier versions.
+The run-time half (device counters, the row across processes, the writers, the progress
+bar) is :mod:`pyppo.training.recorder`.
 """
 
 from __future__ import annotations
@@ -30,12 +32,8 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-from torch import Tensor
-
-from pyppo.distributed import all_reduce_sum_, rank_and_world
+from pyppo.heads import AuxHeads, output_log_name
 
 logger = logging.getLogger("pyppo")
 
@@ -57,26 +55,34 @@ NAN_EVENT_KINDS = {
 }
 
 
+def update_stats(heads: AuxHeads, *, aux: bool, guards: bool) -> list[str]:
+    """The statistics one minibatch step reports, in order: the step's own, then
+    ``loss/aux_<label>`` per head (``aux``), then the guard's (``guards``)."""
+    return [*STEP_STATS, *(heads.loss_columns if aux else ()), *(GUARD_STATS if guards else ())]
+
+
 @dataclass(frozen=True)
 class MetricSchema:
     """The column names of one run's metrics, in order.
 
     :param guard_groups: the gradient guard's groups (``trunk``, ``actor``, ... ``aux_1h``).
     :param output_names: the model outputs whose NaN/inf are counted.
-    :param aux_names: the auxiliary heads (``aux_1h``, ``aux_24h``); empty without them.
+    :param heads: the auxiliary heads (their losses and loss counters).
     :param sanitizers: ``(source, what)`` pairs that count sanitized values, e.g.
         ``("env", "returns")``, ``("buffer", "rewards")``.
+    :param extra: columns filled by callbacks (``validation/sharpe``).
     """
 
     guard_groups: Sequence[str]
     output_names: Sequence[str]
-    aux_names: Sequence[str]
+    heads: AuxHeads
     sanitizers: Sequence[tuple[str, str]]
+    extra: Sequence[str] = ()
 
     @property
     def stats(self) -> list[str]:
         """The statistics of the PPO update: losses by name, KL, clipping, gradient norm."""
-        return [*STEP_STATS, *(f"loss/{name}" for name in self.aux_names), *GUARD_STATS]
+        return update_stats(self.heads, aux=True, guards=True)
 
     @property
     def columns(self) -> list[str]:
@@ -88,10 +94,10 @@ class MetricSchema:
             *self.stats,
             *TRAIN_EXTRA,
             *ROLLOUT,
-            VALIDATION_SHARPE,
+            *self.extra,
             *(f"nonfinite/grad/{g}" for g in self.guard_groups),
             *(f"nonfinite/output/{o}" for o in self.output_names),
-            *(f"nonfinite/loss/{name}" for name in self.aux_names),
+            *(head.loss_zeroed_column for head in self.heads),
             SKIPPED_STEPS,
             *(
                 f"sanitized/{s}/{w}/{kind}"
@@ -99,51 +105,6 @@ class MetricSchema:
                 for kind in ("nonfinite", "clamped")
             ),
         ]
-
-
-@dataclass
-class NaNCounters:
-    """One update's NaN/inf counters, int64 device tensors until the row is written (one host
-    read per update, not per minibatch)."""
-
-    grads: Tensor  # per guard group: gradient elements zeroed
-    outputs: Tensor  # per model output: elements repaired
-    aux_losses: Tensor  # per auxiliary head: minibatches whose loss was zeroed
-    skipped: Tensor  # optimizer steps skipped (nan_policy="skip")
-
-    @classmethod
-    def zeros(cls, schema: MetricSchema, device: torch.device) -> NaNCounters:
-        def z(n: int | tuple) -> Tensor:
-            return torch.zeros(n, dtype=torch.int64, device=device)
-
-        return cls(
-            z(len(schema.guard_groups)),
-            z(len(schema.output_names)),
-            z(len(schema.aux_names)),
-            z(()),
-        )
-
-    def row(self, schema: MetricSchema) -> dict[str, float]:
-        """The counter columns of a metrics row (reads the counters)."""
-        row: dict[str, float] = {}
-        for prefix, names, counts in (
-            ("nonfinite/grad/", schema.guard_groups, self.grads),
-            ("nonfinite/output/", schema.output_names, self.outputs),
-            ("nonfinite/loss/", schema.aux_names, self.aux_losses),
-        ):
-            row.update(zip([prefix + n for n in names], counts.tolist(), strict=True))
-        row[SKIPPED_STEPS] = int(self.skipped)
-        return row
-
-
-def sanitized_row(counts: dict[tuple[str, str], Tensor]) -> dict[str, float]:
-    """The ``sanitized/...`` columns from ``[nonfinite, clamped]`` counts by (source, what)."""
-    row: dict[str, float] = {}
-    for (source, what), count in counts.items():
-        nonfinite, clamped = count.tolist()
-        row[f"sanitized/{source}/{what}/nonfinite"] = nonfinite
-        row[f"sanitized/{source}/{what}/clamped"] = clamped
-    return row
 
 
 def log_nan_events(row: dict[str, float], schema: MetricSchema) -> None:
@@ -160,120 +121,16 @@ def log_nan_events(row: dict[str, float], schema: MetricSchema) -> None:
         if row[f"nonfinite/output/{name}"]:
             logger.warning(
                 "Model output %s contains NaN/inf (%d elements this update)",
-                name.replace("action_logits", "logits"),
+                output_log_name(name),
                 row[f"nonfinite/output/{name}"],
             )
-    for name in schema.aux_names:
-        if row[f"nonfinite/loss/{name}"]:
+    for head in schema.heads:
+        if row[head.loss_zeroed_column]:
             logger.warning(
-                "%s_loss was NaN/inf, setting to 0 (%d minibatches this update)",
-                name,
-                row[f"nonfinite/loss/{name}"],
+                "%s was NaN/inf, setting to 0 (%d minibatches this update)",
+                head.loss_log_name,
+                row[head.loss_zeroed_column],
             )
-
-
-# Columns that are the same on every process (already global), and those that add up over
-# processes; every other column is averaged over them.
-GLOBAL_COLUMNS = (
-    "update",
-    "epoch",
-    "env_steps",
-    "nonfinite/grad/",
-    SKIPPED_STEPS,
-    VALIDATION_SHARPE,
-)
-SUMMED_COLUMNS = ("nonfinite/output/", "nonfinite/loss/", "sanitized/", "perf/steps_per_sec")
-
-
-def reduce_row(row: dict[str, float], device: torch.device) -> dict[str, float]:
-    """One metrics row for all processes: counters summed, losses and statistics averaged
-    (one all-reduce; the row itself in a single process)."""
-    world = rank_and_world()[1]
-    if world == 1:
-        return row
-    values = all_reduce_sum_(
-        torch.tensor(list(row.values()), dtype=torch.float64, device=device)
-    ).tolist()
-    out = {}
-    for (key, local), total in zip(row.items(), values, strict=True):
-        if key.startswith(GLOBAL_COLUMNS):
-            out[key] = local
-        else:
-            out[key] = total if key.startswith(SUMMED_COLUMNS) else total / world
-    return out
-
-
-class MetricsWriter:
-    """Writes metric rows to ``run_dir/metrics.csv`` and, when the ``tensorboard`` package
-    is installed, to ``run_dir/tensorboard`` (scalars by the same names, x = env steps).
-
-    :param run_dir: the run's folder; ``None`` writes nothing.
-    :param columns: the schema's columns (the CSV header).
-    :param resume_from: ``(update, env_steps)`` of the state training continues from, or
-        None for a new run. Rows a killed run wrote after that state are dropped from
-        metrics.csv, and TensorBoard purges its events after that step, so each update
-        appears exactly once.
-    """
-
-    def __init__(
-        self, run_dir: Path | None, columns: Sequence[str], *, resume_from: tuple[int, int] | None
-    ) -> None:
-        self.run_dir = run_dir
-        self.columns = list(columns)
-        self.resume_from = resume_from
-        self._started = False
-        self._tensorboard: Any = None
-
-    def write(self, row: dict[str, float]) -> None:
-        if self.run_dir is None:
-            return
-        path = self.run_dir / "metrics.csv"
-        if not self._started:
-            self._start(path)
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore", restval="")
-            writer.writerow(row)
-        board = self._board()
-        if board is not None:
-            for key, value in row.items():
-                if key not in ("update", "env_steps") and value == value:
-                    board.add_scalar(key, value, int(row["env_steps"]))
-
-    def _start(self, path: Path) -> None:
-        """A new metrics.csv with its header, or a resumed one cut after ``resume_from``."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        kept: list[dict[str, str]] = []
-        if self.resume_from is not None and path.exists():
-            with open(path, newline="") as f:
-                kept = [
-                    r
-                    for r in csv.DictReader(f)
-                    if r.get("update") and float(r["update"]) <= self.resume_from[0]
-                ]
-        tmp = path.with_name(".metrics.csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore", restval="")
-            writer.writeheader()
-            writer.writerows(kept)
-        tmp.replace(path)
-        self._started = True
-
-    def _board(self) -> Any:
-        if self._tensorboard is None and self.run_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                self._tensorboard = False
-            else:
-                purge = None if self.resume_from is None else self.resume_from[1] + 1
-                self._tensorboard = SummaryWriter(
-                    str(self.run_dir / "tensorboard"), purge_step=purge
-                )
-        return self._tensorboard or None
-
-    def flush(self) -> None:
-        if self._tensorboard:
-            self._tensorboard.flush()
 
 
 def read_metrics(path: str | Path) -> Iterator[dict[str, float]]:
@@ -326,37 +183,3 @@ def nan_events_table(history: Sequence[dict[str, float]]) -> str:
             + f"  {sum(counts.values()):>15,}"
         )
     return "\n".join(lines)
-
-
-class ProgressBar:
-    """A tqdm bar over updates when tqdm is installed and wanted; otherwise a line every
-    10 % of the updates (or nothing with ``enabled=False``)."""
-
-    def __init__(self, total: int, done: int, enabled: bool) -> None:
-        self.total, self.done, self.enabled = total, done, enabled
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                pass
-            else:
-                self.bar = tqdm(total=total, initial=done, unit="update", dynamic_ncols=True)
-
-    def update(self, row: dict[str, float]) -> None:
-        self.done += 1
-        text = (
-            f"epoch {row['epoch']:.0f} | {row['perf/steps_per_sec']:,.0f} steps/s | return "
-            f"{row['rollout/mean_episode_return']:+.3f} | NaN events {nan_event_count(row)}"
-        )
-        if self.bar is not None:
-            self.bar.set_description_str(text, refresh=False)
-            self.bar.update(1)
-        elif self.enabled and (
-            self.done == self.total or self.done % max(1, self.total // 10) == 0
-        ):
-            print(f"update {self.done}/{self.total} | {text}", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

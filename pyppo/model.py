@@ -19,7 +19,9 @@ on the device until the trainer takes them, once per update (:meth:`take_output_
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 from pyppo.config import ModelConfig
 from pyppo.features import ObsSpec
 from pyppo.guard import guard_outputs
+from pyppo.heads import DEFAULT_AUX_LABELS, AuxHeads
 
 
 def _layer(layer: nn.Module, std: float = math.sqrt(2)) -> nn.Module:
@@ -153,15 +156,60 @@ def fast_tanh_(x: Tensor) -> Tensor:
     return x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """What it takes to rebuild a :class:`TradingActorCritic` without its training data, as
+    checkpoints and exports store it (:meth:`to_dict`).
+
+    :param window: the observation's return window (:meth:`pyppo.ObsSpec.for_window`).
+    :param num_actions: 3 (short, flat, long) or 2 (flat, long).
+    :param hidden_dim: width of the trunk.
+    :param aux_limit: the clamp of the auxiliary predictions.
+    :param aux_labels: the horizon labels of the auxiliary heads.
+    :param members: models in the checkpoint's weights (a leading member dimension when > 1).
+    """
+
+    window: int
+    num_actions: int = 3
+    hidden_dim: int = ModelConfig.hidden_dim
+    aux_limit: float = ModelConfig.aux_limit
+    aux_labels: tuple[str, ...] = DEFAULT_AUX_LABELS
+    members: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for checkpoints and ``agent.json``)."""
+        return {**dataclasses.asdict(self), "aux_labels": list(self.aux_labels)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelSpec:
+        """The inverse of :meth:`to_dict`; ``members`` defaults to 1 (older checkpoints).
+        Raises ``ValueError`` naming a missing or ill-typed field."""
+        try:
+            return cls(
+                window=int(values["window"]),
+                num_actions=int(values["num_actions"]),
+                hidden_dim=int(values["hidden_dim"]),
+                aux_limit=float(values["aux_limit"]),
+                aux_labels=tuple(str(label) for label in values["aux_labels"]),
+                members=int(values.get("members", 1)),
+            )
+        except KeyError as err:
+            raise ValueError(f"the model description lacks {err.args[0]!r}") from None
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"the model description is malformed: {err}") from None
+
+
 class TradingActorCritic(nn.Module):
     """Actor-critic for :class:`pyppo.TradingEnv` observations.
 
     :param obs_spec: the env's :class:`pyppo.ObsSpec` (``env.obs_spec``).
     :param num_actions: 3 (short, flat, long) or 2 (flat, long).
     :param hidden_dim: width of the trunk.
-    :param aux_limit: the auxiliary predictions are clamped to ``±aux_limit`` (1.0 = ±100 %).
+    :param aux_limit: the auxiliary predictions are clamped to ``±aux_limit`` (1.0 = ±100 %;
+        ``inf`` only repairs NaN/inf).
     :param aux_labels: the labels of the short and long horizon (``env.aux_labels``); the
-        heads are ``aux_<label>`` and their outputs ``pred_<label>``.
+        heads' names follow them (:class:`pyppo.heads.AuxHeads`: module ``aux_<label>``,
+        output ``pred_<label>``).
 
     ``forward(obs)`` returns ``{"action_logits", "value", "pred_<short>", "pred_<long>"}``;
     the predictions are produced whether or not the trainer uses auxiliary losses.
@@ -176,7 +224,7 @@ class TradingActorCritic(nn.Module):
         num_actions: int = 3,
         hidden_dim: int = ModelConfig.hidden_dim,
         aux_limit: float = ModelConfig.aux_limit,
-        aux_labels: tuple[str, str] = ("1h", "24h"),
+        aux_labels: tuple[str, str] = DEFAULT_AUX_LABELS,
     ) -> None:
         super().__init__()
         if len(aux_labels) != 2:
@@ -185,13 +233,13 @@ class TradingActorCritic(nn.Module):
         self.num_actions = int(num_actions)
         self.hidden_dim = int(hidden_dim)
         self.aux_limit = float(aux_limit)
-        self.aux_labels = tuple(aux_labels)
-        self.aux_names = tuple(f"aux_{label}" for label in aux_labels)
-        self.output_names = ("action_logits", "value", *(f"pred_{lab}" for lab in aux_labels))
+        self.heads = AuxHeads.from_labels(aux_labels)
+        self.output_names = self.heads.output_names()
+        self._output_limits = self.heads.output_limits(self.aux_limit)
         self.trunk = TradingTrunk(obs_spec, hidden_dim)
         self.actor = _layer(nn.Linear(hidden_dim, num_actions), std=0.01)
         self.critic = _layer(nn.Linear(hidden_dim, 1), std=1.0)
-        for name in self.aux_names:
+        for name in self.heads.modules:
             self.add_module(name, _layer(nn.Linear(hidden_dim, 1), std=0.01))
         # Non-finite elements seen per output since they were last taken (device tensor).
         self.register_buffer(
@@ -200,26 +248,26 @@ class TradingActorCritic(nn.Module):
             persistent=False,
         )
 
-    @classmethod
-    def from_description(cls, description: dict[str, Any]) -> TradingActorCritic:
-        """The model :meth:`describe` describes (untrained weights: load a state dict)."""
-        return cls(
-            ObsSpec.for_window(int(description["window"])),
-            num_actions=int(description["num_actions"]),
-            hidden_dim=int(description["hidden_dim"]),
-            aux_limit=float(description["aux_limit"]),
-            aux_labels=tuple(description["aux_labels"]),
+    def describe(self) -> ModelSpec:
+        """What it takes to rebuild this model (:meth:`from_spec`), without its weights."""
+        return ModelSpec(
+            window=self.obs_spec.window_len,
+            num_actions=self.num_actions,
+            hidden_dim=self.hidden_dim,
+            aux_limit=self.aux_limit,
+            aux_labels=self.heads.labels,
         )
 
-    def describe(self) -> dict[str, Any]:
-        """What it takes to rebuild this model, as plain data (stored in checkpoints)."""
-        return {
-            "num_actions": self.num_actions,
-            "hidden_dim": self.hidden_dim,
-            "aux_limit": self.aux_limit,
-            "aux_labels": list(self.aux_labels),
-            "window": self.obs_spec.window_len,
-        }
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> TradingActorCritic:
+        """The model ``spec`` describes (untrained weights: load a state dict)."""
+        return cls(
+            ObsSpec.for_window(spec.window),
+            num_actions=spec.num_actions,
+            hidden_dim=spec.hidden_dim,
+            aux_limit=spec.aux_limit,
+            aux_labels=spec.aux_labels,
+        )
 
     def take_output_counts(self) -> Tensor:
         """Non-finite elements per output (``output_names``) since the previous call."""
@@ -238,19 +286,13 @@ class TradingActorCritic(nn.Module):
         # The four heads read the same h: one matrix multiply over their stacked weights
         # costs less than four thin ones, and each head keeps its own parameters (and so
         # its own gradient-guard group).
-        heads = [self.actor, self.critic, *(getattr(self, n) for n in self.aux_names)]
+        heads = [self.actor, self.critic, *(getattr(self, n) for n in self.heads.modules)]
         weight = torch.cat([head.weight for head in heads])
         bias = torch.cat([head.bias for head in heads])
-        logits, value, pred_short, pred_long = nn.functional.linear(h, weight, bias).split(
-            [self.num_actions, 1, 1, 1], dim=1
+        logits, *scalars = nn.functional.linear(h, weight, bias).split(
+            [self.num_actions, 1, *(1 for _ in self.heads)], dim=1
         )
-        names = self.output_names
-        raw = {
-            names[0]: logits,
-            names[1]: value.squeeze(-1),
-            names[2]: pred_short.squeeze(-1),
-            names[3]: pred_long.squeeze(-1),
-        }
-        outputs, counts = guard_outputs(raw, self.aux_limit)
+        raw = dict(zip(self.output_names, [logits, *(s.squeeze(-1) for s in scalars)], strict=True))
+        outputs, counts = guard_outputs(raw, self._output_limits)
         self.output_nonfinite += counts
         return outputs

@@ -302,6 +302,16 @@ def sharpe_ratio(returns: np.ndarray, bars_per_year: float) -> float:
     return float(np.mean(r) / np.std(r, ddof=1) * math.sqrt(bpy))
 
 
+def sharpe_for_ranking(sharpe: float) -> float:
+    """A Sharpe ratio as it counts wherever Sharpes are ranked or aggregated (the best
+    checkpoint, means over seeds): a policy that never trades has no Sharpe (NaN, shown as
+    "no trades" in reports) and counts as 0 here.
+
+    :param sharpe: a value of :func:`sharpe_ratio`.
+    """
+    return 0.0 if math.isnan(sharpe) else float(sharpe)
+
+
 def sortino_ratio(returns: np.ndarray, bars_per_year: float) -> float:
     """``mean(r) / sqrt(mean(min(r, 0) ** 2)) * sqrt(bars_per_year)``, the downside
     deviation taken over all bars (target 0). NaN for fewer than 2 bars or when every return
@@ -337,6 +347,34 @@ def cagr(returns: np.ndarray, bars_per_year: float) -> float:
         return -1.0
     with np.errstate(over="ignore"):
         return float(np.expm1(np.log(end) * (bpy / len(r))))
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of ``a`` and ``b``; 0 when either is constant or has fewer than 2
+    values (a prediction that never varies carries no information).
+
+    :param a: (n,) one series.
+    :param b: (n,) the other.
+    """
+    x, y = _vector("a", a), _vector("b", b, len(_vector("a", a)))
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def direction_accuracy(predictions: np.ndarray, realized: np.ndarray) -> float:
+    """Share of the bars with a non-zero realized value whose prediction has its sign; NaN
+    when every realized value is 0.
+
+    :param predictions: (n,) predicted returns.
+    :param realized: (n,) realized returns.
+    """
+    pred = _vector("predictions", predictions)
+    real = _vector("realized", realized, len(pred))
+    moved = real != 0
+    if not moved.any():
+        return math.nan
+    return float(np.mean(np.sign(pred[moved]) == np.sign(real[moved])))
 
 
 def _trade_stats(returns: np.ndarray) -> dict[str, float]:

@@ -14,7 +14,6 @@ import torch
 from pyppo import Agent, MarketDataError, export_agent
 from pyppo.checkpoint import CheckpointError, load_checkpoint
 from pyppo.cli import export_main, load_data, predict_main, split_data, train_main
-from pyppo.config import RunConfig
 from pyppo.evaluation import backtest
 
 FIELDS = {
@@ -41,8 +40,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def held_out(run):
-    state = load_checkpoint(run / "best.pt")
-    config = RunConfig.from_dict(state["run_config"])
+    config = load_checkpoint(run / "best.pt").run_config
     market, _ = load_data(config, {"data.horizons"})
     return split_data(market)[2], config
 

@@ -22,7 +22,7 @@ def train(run, *extra: str) -> int:
 def test_bad_ticks_run_completes_with_finite_parameters(tmp_path, capsys):
     assert train(tmp_path / "r", "--epochs", "2", "--bad-ticks", "0.01") == 0
     state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
-    assert all(torch.isfinite(p).all() for p in state["model"].values())
+    assert all(torch.isfinite(p).all() for p in state.model.values())
     rows = list(read_metrics(tmp_path / "r" / "metrics.csv"))
     assert sum(r["sanitized/env/returns/nonfinite"] for r in rows) > 0
     out = capsys.readouterr().out

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pyppo import PPOTrainer, TradingActorCritic, TradingEnv, synthetic_market
-from pyppo.metrics import NaNCounters
+from pyppo.training.recorder import NaNCounters
 
 TERMS = ("total", "policy", "value", "entropy", "approx_kl", "clip_fraction", "aux")
 

@@ -23,9 +23,10 @@ from pyppo import (
     TradingEnv,
     synthetic_market,
 )
-from pyppo.checkpoint import load_checkpoint
+from pyppo.checkpoint import CheckpointError, load_checkpoint
 from pyppo.cli import UserError, resolve_config, train_main
 from pyppo.config import apply
+from pyppo.metrics import read_metrics
 
 SMALL = SMALL_RUN
 
@@ -179,7 +180,7 @@ def test_toml_file_plus_flag_override_lands_in_config_json(tmp_path):
     } <= set(saved["explicit"])
     assert "ppo.gamma" not in saved["explicit"]
     # The checkpoint holds the same plain data.
-    assert load_checkpoint(run / "checkpoint.pt")["run_config"] == config
+    assert load_checkpoint(run / "checkpoint.pt").run_config.to_dict() == config
 
 
 def test_print_config_round_trips(tmp_path, capsys):
@@ -269,8 +270,6 @@ def test_checkpoint_holds_only_tensors_and_plain_data(tmp_path):
 
 
 def test_older_checkpoint_format_is_a_clear_error(tmp_path):
-    from pyppo.checkpoint import CheckpointError
-
     path = tmp_path / "old.pt"
     torch.save({"format_version": 1, "model": {}}, path)
     with pytest.raises(CheckpointError, match="format version 1"):
@@ -360,13 +359,11 @@ def test_todays_flags_all_at_once_train(tmp_path):
     }
     assert config["ppo"]["nan_policy"] == "skip" and config["ppo"]["aux_long_coef"] == 0.02
     state = load_checkpoint(run / "checkpoint.pt")
-    assert state["agent"]["model"]["num_actions"] == 2  # --long-only: flat/long
-    assert state["trainer"]["env_steps"] == 512
+    assert state.agent.model.num_actions == 2  # --long-only: flat/long
+    assert state.trainer.env_steps == 512
 
 
 def test_validation_sharpe_reaches_metrics_csv(tmp_path):
-    from pyppo.metrics import read_metrics
-
     run = tmp_path / "run"
     assert train_main([*SMALL, "--run-dir", str(run), "--epochs", "2"]) == 0
     rows = list(read_metrics(run / "metrics.csv"))
@@ -376,7 +373,7 @@ def test_validation_sharpe_reaches_metrics_csv(tmp_path):
     assert all(math.isfinite(v) for i, v in enumerate(validated) if i in ends)
     assert all(math.isnan(v) for i, v in enumerate(validated) if i not in ends)
     best = max(validated[i] for i in ends)
-    assert load_checkpoint(run / "best.pt")["trainer"]["best_sharpe"] == best
+    assert load_checkpoint(run / "best.pt").callbacks["best_checkpoint"]["best_score"] == best
 
 
 GPU_PRESET = Path(__file__).resolve().parents[1] / "configs" / "gpu.toml"

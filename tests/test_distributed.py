@@ -125,7 +125,7 @@ def test_a_killed_two_rank_run_resumes_exactly(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     saved = load_checkpoint(run / "checkpoint.pt")
-    assert len(saved["ranks"]) == 2 and saved["trainer"]["update"] < len(straight)
+    assert len(saved.ranks) == 2 and saved.trainer.update < len(straight)
 
     torchrun(
         "--standalone",
@@ -183,4 +183,4 @@ def test_a_two_node_launch_on_one_machine_writes_one_metrics_csv(tmp_path):
     rows = list(read_metrics(run / "metrics.csv"))
     assert rows and rows[-1]["epoch"] == 1
     assert sorted(p.name for p in run.iterdir() if p.suffix == ".csv") == ["metrics.csv"]
-    assert len(load_checkpoint(run / "checkpoint.pt")["ranks"]) == 2
+    assert len(load_checkpoint(run / "checkpoint.pt").ranks) == 2

@@ -177,7 +177,7 @@ def test_a_signal_stops_at_an_update_boundary_and_resume_continues_exactly(
     assert proc.returncode == code, err
     assert "Traceback" not in err
     assert f"resume with: python scripts/train_rl_agent.py --resume --run-dir {run}" in err
-    stopped = load_checkpoint(run / "checkpoint.pt")["trainer"]["update"]
+    stopped = load_checkpoint(run / "checkpoint.pt").trainer.update
     assert 2 <= stopped < len(straight)
     assert len(list(read_metrics(run / "metrics.csv"))) == stopped
 
@@ -192,7 +192,7 @@ def test_after_kill_9_resume_writes_each_update_once(straight, tmp_path):
     proc.kill()
     proc.communicate(timeout=60)
     rows_before = len(list(read_metrics(run / "metrics.csv")))
-    saved = load_checkpoint(run / "checkpoint.pt")["trainer"]["update"]
+    saved = load_checkpoint(run / "checkpoint.pt").trainer.update
     assert saved < rows_before  # rows written after the last checkpoint
     assert train_main(["--resume", "--run-dir", str(run), "--quiet"]) == 0
     same_rows(straight, list(read_metrics(run / "metrics.csv")))
@@ -219,7 +219,7 @@ def test_evaluation_checks_its_data(tmp_path, capsys):
     data = write_csv(tmp_path / "bars.csv", "1h")
     run = tmp_path / "run"
     assert train(run, "--epochs", "1", "--data", str(data)) == 0
-    assert load_checkpoint(run / "checkpoint.pt")["run_config"]["data"]["path"] == str(data)
+    assert load_checkpoint(run / "checkpoint.pt").run_config.data.path == str(data)
     # Other data overlapping the training period: evaluated, with a warning.
     assert eval_main([str(run), "--device", "cpu", "--data", str(data)]) == 0
     assert "lie in the training period" in capsys.readouterr().err
@@ -241,7 +241,7 @@ def test_hourly_four_hour_and_daily_csvs_train_and_evaluate(freq, labels, tmp_pa
     run = tmp_path / "run"
     assert train(run, "--total-steps", "512", "--data", str(data)) == 0
     state = load_checkpoint(run / "checkpoint.pt")
-    assert state["agent"]["model"]["aux_labels"] == list(labels)
+    assert state.agent.model.aux_labels == labels
     assert eval_main([str(run), "--device", "cpu"]) == 0
     assert f"| pred_{labels[0]} |" in (run / "report.md").read_text()
 

@@ -184,7 +184,7 @@ def test_observation_is_the_bar_and_the_position_only():
     spec = env.obs_spec
     assert spec.size == 60 + 9 + 4 + 1
     assert "episode_progress" not in spec.names and spec.names[spec.position_col] == "position"
-    assert env.describe()["observation_size"] == spec.size
+    assert env.describe().observation_size == spec.size
     obs, _ = env.reset()
     gen = torch.Generator().manual_seed(0)
     for _ in range(30):  # across episode boundaries: nothing about the episode shows

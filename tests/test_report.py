@@ -13,7 +13,8 @@ from helpers import SMALL_RUN
 from pyppo import stats, synthetic_market
 from pyppo.cli import eval_main, evaluate_run, train_main
 from pyppo.data import bars_per_year
-from pyppo.plots import NO_EVENTS, training_figure
+from pyppo.evaluation.plots import NO_EVENTS, training_figure
+from pyppo.heads import DEFAULT_AUX_LABELS, AuxHeads
 
 SMALL = [*SMALL_RUN, "--bars", "4000"]
 
@@ -23,6 +24,9 @@ def run(tmp_path_factory):
     run = tmp_path_factory.mktemp("report") / "run"
     assert train_main([*SMALL, "--run-dir", str(run), "--epochs", "2"]) == 0
     return run
+
+
+DEFAULT_HEADS = AuxHeads.from_labels(DEFAULT_AUX_LABELS)
 
 
 def test_statistics_recompute_from_equity_csv_and_agree_with_empyrical(run):
@@ -101,7 +105,7 @@ def test_figures_read_at_a_glance(run):
     history = [dict(r) for r in pd.read_csv(run / "metrics.csv").to_dict("records")]
     for row in history:
         row["validation/sharpe"] = float(row["validation/sharpe"])
-    fig = training_figure(history, buy_and_hold_sharpe=1.0)
+    fig = training_figure(history, buy_and_hold_sharpe=1.0, heads=DEFAULT_HEADS)
     assert overlapping_labels(fig) == []
     for ax in fig.axes:
         assert ax.xaxis.get_offset_text().get_text() == ""
@@ -119,7 +123,7 @@ def test_a_run_with_bad_ticks_shows_its_events(tmp_path):
         == 0
     )
     history = pd.read_csv(run / "metrics.csv").to_dict("records")
-    fig = training_figure(history, None)
+    fig = training_figure(history, None, DEFAULT_HEADS)
     nan_panel = next(ax for ax in fig.axes if ax.get_title().startswith("NaN/inf"))
     assert NO_EVENTS not in [t.get_text() for t in nan_panel.texts]
     assert len(nan_panel.patches) > 0 and not math.isnan(nan_panel.get_ylim()[1])
@@ -139,7 +143,7 @@ def test_large_step_counts_get_thousands_separators():
         }
         for i in range(40)
     ]
-    fig = training_figure(history, None)
+    fig = training_figure(history, None, DEFAULT_HEADS)
     fig.canvas.draw()
     labels = [t.get_text() for t in fig.axes[1].xaxis.get_ticklabels() if t.get_text()]
     assert any("," in label for label in labels) and len(labels) <= 7

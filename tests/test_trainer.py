@@ -15,7 +15,7 @@ from pyppo import TradingEnv, reference, synthetic_market
 from pyppo.checkpoint import CheckpointError
 from pyppo.metrics import read_metrics
 from pyppo.model import TradingActorCritic
-from pyppo.trainer import NonFiniteParametersError, PPOTrainer
+from pyppo.training import NonFiniteParametersError, PPOTrainer
 
 
 class RecordingEnv(TradingEnv):

@@ -15,7 +15,18 @@ from typing import Any
 
 import torch
 
+from pyppo.checkpoint import CheckpointError
 from pyppo.config import RunConfig, apply
+from pyppo.data import (
+    MarketData,
+    MarketDataError,
+    format_duration,
+    horizon_to_bars,
+    load_market_data,
+    synthetic_market,
+)
+from pyppo.env import TradingEnv
+from pyppo.model import TradingActorCritic
 
 TRAIN_FRACTION, VALIDATION_FRACTION = 0.7, 0.1
 
@@ -48,9 +59,6 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None) -> int:
 
 
 def _one_line(err: Exception) -> str:
-    from pyppo.checkpoint import CheckpointError
-    from pyppo.data import MarketDataError
-
     text = " ".join(str(err).split())
     if isinstance(err, (UserError, MarketDataError, CheckpointError, ValueError)):
         return text
@@ -69,22 +77,17 @@ def horizons_of(config: RunConfig) -> tuple[int | str, ...]:
 
 def default_horizons(interval: Any) -> tuple[str, str]:
     """1h and 24h where the bars divide them; else one bar and 24 bars (4h bars: 4h, 4d)."""
-    from pyppo.data import horizon_to_bars
-    from pyppo.data.horizons import _fmt_td
-
     try:
         for h in ("1h", "24h"):
             horizon_to_bars(h, interval)
         return ("1h", "24h")
     except ValueError:
-        return (_fmt_td(interval).lower(), _fmt_td(24 * interval).lower())
+        return (format_duration(interval).lower(), format_duration(24 * interval).lower())
 
 
 def load_data(config: RunConfig, explicit: set[str] = frozenset()) -> tuple[Any, RunConfig]:
     """The full MarketData a run trains on (the embedded synthetic market or a file) and the
     config with its horizons resolved: unless set explicitly they adapt to the bar interval."""
-    from pyppo.data import MarketData, horizon_to_bars, load_market_data, synthetic_market
-
     data = config.data
     if not data.path:
         market = synthetic_market(
@@ -139,8 +142,6 @@ def split_data(market):
 def make_env(market, config: RunConfig, device: torch.device, *, rank: int = 0, world: int = 1):
     """The run's training TradingEnv over ``market``: process ``rank``'s share of the envs,
     with its own seed."""
-    from pyppo.env import TradingEnv
-
     env = config.env
     return TradingEnv(
         market,
@@ -157,8 +158,6 @@ def make_env(market, config: RunConfig, device: torch.device, *, rank: int = 0, 
 
 def make_model(env, config: RunConfig):
     """The run's model, initialised from the run's seed (the same weights every time)."""
-    from pyppo.model import TradingActorCritic
-
     torch.manual_seed(config.ppo.seed)
     return TradingActorCritic(
         env.obs_spec,

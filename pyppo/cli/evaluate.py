@@ -10,10 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
+import pandas as pd
+
+from pyppo.checkpoint import Checkpoint, build_model, find_checkpoint, load_checkpoint
 from pyppo.cli.common import Parser, UserError, check_writable, load_data, run_cli, split_data
 from pyppo.config import RunConfig, apply
+from pyppo.device import resolve_device
+from pyppo.evaluation.report import write_report
+from pyppo.metrics import read_metrics
 
 # What pyppo-eval writes into the run dir.
 REPORT_FILES = (
@@ -48,18 +53,16 @@ def eval_parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluation_data(config: RunConfig, state: dict[str, Any], data: str | None):
+def evaluation_data(config: RunConfig, checkpoint: Checkpoint, data: str | None):
     """``(bars to evaluate on, validation bars or None)``: the run's held-out split (its data
     checked against the training fingerprint), or ``data`` (with a warning when it overlaps
     the training period)."""
-    import pandas as pd
-
     if data:
         config = apply(config, {"data": {"path": str(Path(data).resolve()), "bad_ticks": 0.0}})
         market, _ = load_data(config, {"data.horizons"})
-        period = state.get("data") or {}
-        if "train_start" in period:
-            start, end = pd.Timestamp(period["train_start"]), pd.Timestamp(period["train_end"])
+        period = checkpoint.data
+        if period is not None:
+            start, end = pd.Timestamp(period.train_start), pd.Timestamp(period.train_end)
             index = market.frame.index
             overlap = int(((index >= start) & (index <= end)).sum())
             if overlap:
@@ -75,7 +78,7 @@ def evaluation_data(config: RunConfig, state: dict[str, Any], data: str | None):
             "pass --data FILE to evaluate on a file",
         )
     market, _ = load_data(config, {"data.horizons"})
-    if market.fingerprint() != state["data_fingerprint"]:
+    if market.fingerprint() != checkpoint.data_fingerprint:
         raise UserError(
             f"the data at {config.data.path or market.source} changed since the run "
             "trained on it (its fingerprint differs)",
@@ -90,35 +93,25 @@ def evaluate_run(
 ) -> tuple[dict[str, dict[str, float]], Path]:
     """Backtest a run's best checkpoint (else its last) on the held-out bars, or on ``data``;
     write report.md and the plots. Returns ``(metrics by policy, report path)``."""
-    from pyppo.checkpoint import CheckpointError, load_checkpoint
-    from pyppo.device import resolve_device
-    from pyppo.metrics import read_metrics
-    from pyppo.model import TradingActorCritic
-    from pyppo.report import write_report
-
-    path = Path(run)
-    if path.is_dir():
-        path = path / "best.pt" if (path / "best.pt").exists() else path / "checkpoint.pt"
+    path = find_checkpoint(run)
     resolved = resolve_device(device)
-    state = load_checkpoint(path)
+    checkpoint = load_checkpoint(path)
     check_writable(path.parent, "the run dir", REPORT_FILES)
-    config = RunConfig.from_dict(state["run_config"])
-    if state["agent"]["model"] is None:
+    if checkpoint.run_config is None:
+        raise UserError(
+            f"checkpoint {path} was not written by pyppo-train (it has no run configuration)",
+            "evaluate it with your own code",
+        )
+    if checkpoint.agent.model is None:
         raise UserError(
             f"checkpoint {path} holds a model other than TradingActorCritic",
             "evaluate it with your own code",
         )
     if folds < 0:
         raise UserError(f"--folds {folds}", "give a number of sub-periods >= 1, or leave it out")
-    test, validation = evaluation_data(config, state, data)
-    model = TradingActorCritic.from_description(state["agent"]["model"]).to(resolved)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit this version's model: {str(err).splitlines()[0]}"
-        ) from None
-    model.eval()
+    config = checkpoint.run_config
+    test, validation = evaluation_data(config, checkpoint, data)
+    model = build_model(checkpoint.agent.model, checkpoint.model, source=path).to(resolved)
     # The whole run's learning curve, not only up to the (best) checkpoint's update.
     metrics_csv = path.parent / "metrics.csv"
     history = list(read_metrics(metrics_csv)) if metrics_csv.is_file() else None
@@ -127,7 +120,7 @@ def evaluate_run(
         model,
         test,
         config,
-        state,
+        checkpoint,
         device=resolved,
         folds=folds,
         validation=validation,

@@ -7,6 +7,9 @@ import json
 import math
 from typing import Any
 
+import pandas as pd
+
+from pyppo.agent import Agent, export_agent
 from pyppo.cli.common import Parser, run_cli
 
 
@@ -48,10 +51,6 @@ def predict_main(argv: list[str] | None = None) -> int:
 
 
 def _predict(argv: list[str]) -> int:
-    import pandas as pd
-
-    from pyppo.agent import Agent
-
     args = predict_parser().parse_args(argv)
     agent = Agent.load(args.run, device=args.device)
     result = agent.predict(args.data, args.position, all_bars=args.all_bars)
@@ -84,8 +83,6 @@ def export_main(argv: list[str] | None = None) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    from pyppo.agent import Agent, export_agent
-
     args = export_parser().parse_args(argv)
     out = export_agent(Agent.load(args.run), args.out)
     print(f"exported to {out}: load it with pyppo.Agent.load({str(out)!r})")

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from pyppo.checkpoint import DataInfo, load_checkpoint, stray_temporaries
 from pyppo.cli.common import (
     Parser,
     UserError,
@@ -27,15 +28,17 @@ from pyppo.cli.common import (
     run_cli,
     split_data,
 )
-from pyppo.config import (
-    RunConfig,
-    add_config_arguments,
-    apply,
-    config_from_namespace,
-    explicit_names,
-    get,
-    load_toml,
-    same_value,
+from pyppo.cli.flags import add_config_arguments, config_from_namespace, explicit_names
+from pyppo.config import RunConfig, apply, get, load_toml, same_value
+from pyppo.distributed import init_from_environment, on_rank0, rank_and_world
+from pyppo.evaluation import BestCheckpoint
+from pyppo.metrics import nan_events_table
+from pyppo.training import (
+    NonFiniteParametersError,
+    PPOTrainer,
+    StopRequest,
+    TrainingInterrupted,
+    stop_on_signals,
 )
 
 # Settings a resumed run may change: how long and where it trains, and how often it saves.
@@ -127,8 +130,6 @@ def resumed_config(config: RunConfig, explicit: set[str], saved: RunConfig) -> R
 def prepare_run_dir(config: RunConfig) -> Path:
     """The run dir, checked before any data loads: writable, holding a run exactly when
     ``--resume`` says so (``--overwrite`` deletes an old run), no stray temporary files."""
-    from pyppo.checkpoint import stray_temporaries
-
     run_dir = Path(config.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     if config.resume and config.overwrite:
         raise UserError("--resume and --overwrite contradict each other", "give one of them")
@@ -163,12 +164,6 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from pyppo.checkpoint import load_checkpoint
-    from pyppo.distributed import init_from_environment, on_rank0, rank_and_world
-    from pyppo.metrics import nan_events_table
-    from pyppo.stop import StopRequest, TrainingInterrupted, stop_on_signals
-    from pyppo.trainer import NonFiniteParametersError, PPOTrainer
-
     config, explicit, print_only = resolve_config(argv)
     if print_only:
         print(config.to_toml(), end="")
@@ -185,8 +180,13 @@ def _train(argv: list[str]) -> int:
     if rank:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (rank 0 alone prints)
     if config.resume:
-        saved = load_checkpoint(run_dir / "checkpoint.pt")
-        config = resumed_config(config, explicit, RunConfig.from_dict(saved["run_config"]))
+        saved = load_checkpoint(run_dir / "checkpoint.pt").run_config
+        if saved is None:
+            raise UserError(
+                f"{run_dir / 'checkpoint.pt'} was not written by pyppo-train",
+                "resume it from your own code, or start a new run",
+            )
+        config = resumed_config(config, explicit, saved)
     elif config.data.path:
         config = apply(config, {"data": {"path": str(Path(config.data.path).resolve())}})
 
@@ -201,17 +201,17 @@ def _train(argv: list[str]) -> int:
         config.ppo,
         device=device,
         run_dir=run_dir,
-        validation=validation,
+        callbacks=[BestCheckpoint(validation)],
         data_fingerprint=market.fingerprint(),
         progress=not config.quiet,
     )
-    trainer.run_config = config.to_dict()
-    trainer.data_info = {
-        "path": config.data.path,
-        "source": market.source,
-        "train_start": str(train.frame.index[0]),
-        "train_end": str(validation.frame.index[-1]),
-    }
+    trainer.run_config = config
+    trainer.data_info = DataInfo(
+        path=config.data.path,
+        source=market.source,
+        train_start=str(train.frame.index[0]),
+        train_end=str(validation.frame.index[-1]),
+    )
     if rank == 0:
         (run_dir / "config.json").write_text(
             json.dumps({"config": config.to_dict(), "explicit": sorted(explicit)}, indent=2) + "\n"

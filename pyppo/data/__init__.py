@@ -10,7 +10,8 @@ Modules, from the bottom up:
 
 - :mod:`~pyppo.data.errors`: :class:`MarketDataError` and how its messages name rows.
 - :mod:`~pyppo.data.horizons`: :func:`horizon_to_bars` and :func:`horizon_label`, the one
-  conversion from an auxiliary horizon to bars and to its label (``"1h"``, ``"3bars"``).
+  conversion from an auxiliary horizon to bars and to its label (``"1h"``, ``"3bars"``), and
+  :func:`format_duration`, how every message writes a bar interval (``"1h"``, ``"15min"``).
 - :mod:`~pyppo.data.market`: :class:`MarketData` (the validated bars, their returns and
   forward returns, the horizons), :class:`RepairSummary`, :func:`infer_bar_interval`,
   :func:`bars_per_year`.
@@ -25,7 +26,7 @@ Modules, from the bottom up:
 from __future__ import annotations
 
 from pyppo.data.errors import MarketDataError
-from pyppo.data.horizons import horizon_label, horizon_to_bars
+from pyppo.data.horizons import format_duration, horizon_label, horizon_to_bars
 from pyppo.data.loading import load_market_data
 from pyppo.data.market import MarketData, RepairSummary, bars_per_year, infer_bar_interval
 from pyppo.data.synthetic import SyntheticParams, synthetic_market
@@ -37,6 +38,7 @@ __all__ = [
     "SyntheticParams",
     "load_market_data",
     "synthetic_market",
+    "format_duration",
     "horizon_to_bars",
     "horizon_label",
     "infer_bar_interval",

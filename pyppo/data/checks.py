@@ -1,11 +1,11 @@
 """The checks of :func:`~pyppo.data.load_market_data` on parsed bars, and ``repair=``.
 
-Timestamps (:func:`_check_order`): unique; no single mistyped timestamp (a row beyond
+Timestamps (:func:`check_order`): unique; no single mistyped timestamp (a row beyond
 ``_TYPO_FACTOR`` times the median bar spacing from both neighbours while they are regular,
 or at the first or last row from its one neighbour while the spacing next to it is regular,
 see :func:`_timestamp_typos`); sorted.
 
-Prices (:func:`_check_prices`), open/high/low/close; each bad row is counted once, under
+Prices (:func:`check_prices`), open/high/low/close; each bad row is counted once, under
 the first of these that applies:
 
 1. NaN or missing;
@@ -22,7 +22,7 @@ values is wrong cannot be told. Rows before the first good value of a column can
 filled: they are dropped (and counted as dropped). Inconsistent rows that are most of the
 data are a mislabelled or swapped column, not bad ticks: an error even with ``repair=``.
 
-Last (:func:`_check_returns`): the return between consecutive closes must be a finite
+Last (:func:`check_returns`): the return between consecutive closes must be a finite
 number above -100 %, which prices that are each finite and positive can still miss (a
 close of ``1e-320`` then ``100``).
 """
@@ -33,14 +33,14 @@ import numpy as np
 import pandas as pd
 
 from pyppo.data.errors import (
-    _MAX_EXAMPLES,
+    MAX_EXAMPLES,
     MarketDataError,
-    _examples,
-    _row_examples,
-    _row_name,
+    examples_text,
+    row_examples,
+    row_name,
 )
-from pyppo.data.horizons import _fmt_td
-from pyppo.data.market import RepairSummary, _ns
+from pyppo.data.horizons import format_duration
+from pyppo.data.market import RepairSummary, as_nanoseconds
 
 __all__ = ["OHLC_TOLERANCE", "PRICE_COLUMNS"]
 
@@ -52,20 +52,20 @@ _TYPO_FACTOR = 100  # a timestamp this many median spacings from both neighbours
 # ----------------------------------------------------------------------------- timestamps
 
 
-def _check_order(frame: pd.DataFrame, name: str) -> None:
+def check_order(frame: pd.DataFrame, name: str) -> None:
     """Unique timestamps, no single mistyped timestamp, sorted; else a MarketDataError."""
     idx = frame.index
     dup = np.flatnonzero(idx.duplicated(keep=False))
     if len(dup):
         stamps = sorted({str(idx[p]) for p in dup})
-        rows = ", ".join(_row_name(p, name) for p in dup[:_MAX_EXAMPLES])
+        rows = ", ".join(row_name(p, name) for p in dup[:MAX_EXAMPLES])
         raise MarketDataError(
-            f"{name}: duplicate timestamps: {_examples(stamps)} ({rows}"
-            f"{', ...' if len(dup) > _MAX_EXAMPLES else ''}; {len(dup)} rows involved). Each bar "
+            f"{name}: duplicate timestamps: {examples_text(stamps)} ({rows}"
+            f"{', ...' if len(dup) > MAX_EXAMPLES else ''}; {len(dup)} rows involved). Each bar "
             "needs a unique timestamp: remove the duplicates (e.g. df[~df.index.duplicated()]) "
             "or check the timestamp column and timestamp_format"
         )
-    ns = _ns(idx)
+    ns = as_nanoseconds(idx)
     typos, spacing = _timestamp_typos(ns)
     back = np.flatnonzero(np.diff(ns) < 0) + 1
     # A typo in the middle also breaks the order; the typo is the better explanation when
@@ -74,8 +74,7 @@ def _check_order(frame: pd.DataFrame, name: str) -> None:
         raise MarketDataError(_typo_message(idx, typos, spacing, name))
     if len(back):
         shown = "; ".join(
-            f"{_row_name(p, name)} ({idx[p]}) comes after {idx[p - 1]}"
-            for p in back[:_MAX_EXAMPLES]
+            f"{row_name(p, name)} ({idx[p]}) comes after {idx[p - 1]}" for p in back[:MAX_EXAMPLES]
         )
         raise MarketDataError(
             f"{name}: timestamps are not sorted ({len(back)} places go back in time): {shown}. "
@@ -120,26 +119,26 @@ def _timestamp_typos(ns: np.ndarray) -> tuple[np.ndarray, float]:
 
 def _typo_message(idx: pd.DatetimeIndex, typos: np.ndarray, spacing: float, name: str) -> str:
     n = len(idx)
-    step = _fmt_td(pd.Timedelta(int(spacing), unit="ns"))
+    step = format_duration(pd.Timedelta(int(spacing), unit="ns"))
     far = f"beyond {_TYPO_FACTOR}x the median bar spacing ({step}) from"
     items = []
-    for p in typos[:_MAX_EXAMPLES]:
+    for p in typos[:MAX_EXAMPLES]:
         if 0 < p < n - 1:
-            gap = _fmt_td(idx[p + 1] - idx[p - 1])
+            gap = format_duration(idx[p + 1] - idx[p - 1])
             items.append(
-                f"{_row_name(p, name)} has {idx[p]}, {far} both neighbours "
-                f"({_row_name(p - 1, name)}: {idx[p - 1]}, {_row_name(p + 1, name)}: "
+                f"{row_name(p, name)} has {idx[p]}, {far} both neighbours "
+                f"({row_name(p - 1, name)}: {idx[p - 1]}, {row_name(p + 1, name)}: "
                 f"{idx[p + 1]}), while they are regular ({gap} apart)"
             )
         else:
             q, r = (1, 2) if p == 0 else (n - 2, n - 3)
-            gap = _fmt_td(abs(idx[q] - idx[r]))
+            gap = format_duration(abs(idx[q] - idx[r]))
             items.append(
-                f"{_row_name(p, name)} has {idx[p]}, {far} its one neighbour "
-                f"({_row_name(q, name)}: {idx[q]}), while the spacing next to it is regular "
+                f"{row_name(p, name)} has {idx[p]}, {far} its one neighbour "
+                f"({row_name(q, name)}: {idx[q]}), while the spacing next to it is regular "
                 f"({gap})"
             )
-    total = f"; ... {len(typos)} rows in total" if len(typos) > _MAX_EXAMPLES else ""
+    total = f"; ... {len(typos)} rows in total" if len(typos) > MAX_EXAMPLES else ""
     return (
         f"{name}: a timestamp looks mistyped: {'; '.join(items)}{total}. Correct the timestamp "
         "(e.g. its year), or remove the row"
@@ -171,7 +170,7 @@ def _inconsistent(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return swapped, outside & ~swapped
 
 
-def _check_prices(
+def check_prices(
     frame: pd.DataFrame, repair: str | None, name: str
 ) -> tuple[pd.DataFrame, RepairSummary]:
     """Find the bad rows (see the module docstring); raise, or repair and count them."""
@@ -234,7 +233,7 @@ def _check_prices(
                 raise MarketDataError(_ohlc_message(frame, swapped, outside, how, name, fix) + also)
             raise MarketDataError(
                 f"{name}: {what} in {int(rows.sum())} rows: "
-                f"{_row_examples(np.flatnonzero(rows), frame, how, name)}. "
+                f"{row_examples(np.flatnonzero(rows), frame, how, name)}. "
                 f"Fix the file, or {fix}{also}"
             )
     summary = RepairSummary(method=repair)
@@ -303,22 +302,20 @@ def _ohlc_message(
     else:
         advice = f"Fix the data, {fix}"
     return (
-        f"{name}: {', '.join(heads)}: {_row_examples(rows, frame, how, name)}. Check that the "
+        f"{name}: {', '.join(heads)}: {row_examples(rows, frame, how, name)}. Check that the "
         f"{which} columns are not swapped or mislabelled. {advice}, or drop the high and low "
         "columns (pyppo trades on close; high and low are only checked)"
     )
 
 
-def _check_returns(frame: pd.DataFrame, name: str) -> None:
+def check_returns(frame: pd.DataFrame, name: str) -> None:
     """The return between consecutive closes is finite and above -100 %."""
     close = frame["close"].to_numpy(dtype=np.float64)
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
         ratio = close[1:] / close[:-1]
     rows = np.flatnonzero(~np.isfinite(ratio) | (ratio <= 0)) + 1
     if len(rows):
-        shown = _row_examples(
-            rows, frame, lambda p: f"close {close[p - 1]!r} -> {close[p]!r}", name
-        )
+        shown = row_examples(rows, frame, lambda p: f"close {close[p - 1]!r} -> {close[p]!r}", name)
         raise MarketDataError(
             f"{name}: the return from the bar before is not a finite number in {len(rows)} "
             f"rows: {shown}. Prices this far apart cannot both be right: fix the data"

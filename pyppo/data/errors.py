@@ -1,10 +1,10 @@
 """MarketDataError, and the helpers that name the offending rows in its messages.
 
 The rule of :mod:`pyppo.data`: bad data raises a :class:`MarketDataError` that names the
-offending rows and says how to fix them. A message shows a few rows (``_MAX_EXAMPLES``) and
+offending rows and says how to fix them. A message shows a few rows (``MAX_EXAMPLES``) and
 always the total count. Rows are named the way a user finds them: ``line N`` of a file (the
 header is line 1; blank lines, which the CSV reader skips, are counted where the reader
-recorded where each row came from, see :class:`_Source`), ``row N`` of a DataFrame.
+recorded where each row came from, see :class:`DataSource`), ``row N`` of a DataFrame.
 """
 
 from __future__ import annotations
@@ -17,27 +17,27 @@ import pandas as pd
 
 __all__ = ["MarketDataError"]
 
-_MAX_EXAMPLES = 5  # rows shown in an error message; the total count is always given
+MAX_EXAMPLES = 5  # rows shown in an error message; the total count is always given
 
 
 class MarketDataError(ValueError):
     """Market data that pyppo refuses to train on; the message says what and how to fix it."""
 
 
-class _Source(str):
+class DataSource(str):
     """The name of the data in messages (a path, or ``"DataFrame"``), carrying the file line
     of each data row when the file has blank lines (``lines[p]`` is the 1-based line of data
     row ``p``); ``lines`` is ``None`` when data row ``p`` is simply on line ``p + 2``."""
 
     lines: np.ndarray | None
 
-    def __new__(cls, name: str, lines: np.ndarray | None = None) -> _Source:
+    def __new__(cls, name: str, lines: np.ndarray | None = None) -> DataSource:
         obj = super().__new__(cls, name)
         obj.lines = lines
         return obj
 
 
-def _examples(labels: Sequence[object], limit: int = _MAX_EXAMPLES) -> str:
+def examples_text(labels: Sequence[object], limit: int = MAX_EXAMPLES) -> str:
     """``a, b, c, ... (N in total)``: a few examples plus the total count."""
     shown = ", ".join(str(x) for x in list(labels)[:limit])
     more = (
@@ -46,7 +46,7 @@ def _examples(labels: Sequence[object], limit: int = _MAX_EXAMPLES) -> str:
     return shown + more
 
 
-def _row_name(p: int, name: str) -> str:
+def row_name(p: int, name: str) -> str:
     """How a user finds row ``p`` (0-based data row): the line in a file (the header is
     line 1), the position in a DataFrame."""
     if name == "DataFrame":
@@ -57,11 +57,11 @@ def _row_name(p: int, name: str) -> str:
     return f"line {int(p) + 2}"
 
 
-def _row_examples(positions: np.ndarray, frame: pd.DataFrame, what: Any, name: str) -> str:
+def row_examples(positions: np.ndarray, frame: pd.DataFrame, what: Any, name: str) -> str:
     """A few rows as ``line N (timestamp): what`` plus the total count."""
     items = []
-    for p in positions[:_MAX_EXAMPLES]:
-        items.append(f"{_row_name(p, name)} ({frame.index[p]}): {what(p)}")
+    for p in positions[:MAX_EXAMPLES]:
+        items.append(f"{row_name(p, name)} ({frame.index[p]}): {what(p)}")
     total = len(positions)
-    tail = f"; ... {total} rows in total" if total > _MAX_EXAMPLES else f" ({total} in total)"
+    tail = f"; ... {total} rows in total" if total > MAX_EXAMPLES else f" ({total} in total)"
     return "; ".join(items) + tail

@@ -45,14 +45,16 @@ def horizon_to_bars(horizon: int | str | pd.Timedelta, bar_interval: pd.Timedelt
         ) from err
     if duration < bar_interval:
         raise MarketDataError(
-            f"horizon {horizon!r} is shorter than the bar interval ({_fmt_td(bar_interval)}); "
-            f"use a horizon of at least one bar, or give horizons in bars, e.g. (1, 24)"
+            f"horizon {horizon!r} is shorter than the bar interval "
+            f"({format_duration(bar_interval)}); use a horizon of at least one bar, or give "
+            "horizons in bars, e.g. (1, 24)"
         )
     ratio = duration / bar_interval
     if abs(ratio - round(ratio)) > 1e-9:
         raise MarketDataError(
             f"horizon {horizon!r} is not a whole multiple of the bar interval "
-            f"({_fmt_td(bar_interval)}); give it in bars instead, e.g. {max(1, round(ratio))}"
+            f"({format_duration(bar_interval)}); give it in bars instead, "
+            f"e.g. {max(1, round(ratio))}"
         )
     return int(round(ratio))
 
@@ -71,13 +73,13 @@ def horizon_label(horizon: int | str | pd.Timedelta) -> str:
     if isinstance(horizon, (int, np.integer)):
         text = f"{int(horizon)}bars"
     elif isinstance(horizon, (datetime.timedelta, np.timedelta64)):
-        text = _fmt_td(pd.Timedelta(horizon))
+        text = format_duration(pd.Timedelta(horizon))
     else:
         text = str(horizon).strip()
     return re.sub(r"[^0-9A-Za-z]", "_", text)
 
 
-def _fmt_td(td: pd.Timedelta) -> str:
+def format_duration(td: pd.Timedelta) -> str:
     """'1h', '15min', '1D' style: short and the same as what users type."""
     seconds = td.total_seconds()
     for unit, size in (("D", 86400), ("h", 3600), ("min", 60), ("s", 1)):

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pyppo.data.checks import _check_order, _check_prices, _check_returns
-from pyppo.data.errors import MarketDataError, _examples
+from pyppo.data.checks import check_order, check_prices, check_returns
+from pyppo.data.errors import MarketDataError, examples_text
 from pyppo.data.horizons import horizon_label, horizon_to_bars
-from pyppo.data.market import MarketData, _check_length, infer_bar_interval
-from pyppo.data.parsing import _extract_prices, _extract_timestamps
-from pyppo.data.reading import _read
+from pyppo.data.market import MarketData, check_length, infer_bar_interval
+from pyppo.data.parsing import extract_prices, extract_timestamps
+from pyppo.data.reading import read_table
 
 __all__ = ["load_market_data"]
 
@@ -75,21 +75,21 @@ def load_market_data(
     """
     if repair not in (None, "drop", "ffill"):
         raise MarketDataError(f"repair={repair!r}: use None, 'drop' or 'ffill'")
-    raw, name = _read(source)
+    raw, name = read_table(source)
     if len(raw) == 0:
         raise MarketDataError(f"{name}: no rows; the data needs a header and bars")
     dup = raw.columns[raw.columns.duplicated()]
     if len(dup):
         raise MarketDataError(
-            f"{name}: columns appear more than once: {_examples([repr(str(c)) for c in dup])}; "
+            f"{name}: columns appear more than once: {examples_text([repr(str(c)) for c in dup])}; "
             "drop or rename the copies"
         )
-    stamps, rest = _extract_timestamps(raw, timestamp_col, timestamp_format, name)
-    frame = _extract_prices(rest, price_col, name)
+    stamps, rest = extract_timestamps(raw, timestamp_col, timestamp_format, name)
+    frame = extract_prices(rest, price_col, name)
     frame.index = pd.DatetimeIndex(stamps, name="timestamp")
-    _check_order(frame, name)
-    frame, summary = _check_prices(frame, repair, name)
-    _check_returns(frame, name)
+    check_order(frame, name)
+    frame, summary = check_prices(frame, repair, name)
+    check_returns(frame, name)
     if len(frame) < 2:
         raise MarketDataError(f"{name}: only {len(frame)} bar(s) left; need a series of bars")
     interval = infer_bar_interval(frame.index)
@@ -97,7 +97,7 @@ def load_market_data(
         raise MarketDataError(f"{name}: could not infer a positive bar interval")
     bars = tuple(horizon_to_bars(h, interval) for h in horizons)
     labels = tuple(horizon_label(h) for h in horizons)
-    _check_length(frame, window, bars, labels, what=name)
+    check_length(frame, window, bars, labels, what=name)
     return MarketData(
         frame,
         bar_interval=interval,

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from pyppo.data.errors import MarketDataError
-from pyppo.data.horizons import _fmt_td, horizon_label, horizon_to_bars
+from pyppo.data.horizons import format_duration, horizon_label, horizon_to_bars
 
 __all__ = [
     "MarketData",
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 
-def _ns(index: pd.DatetimeIndex) -> np.ndarray:
+def as_nanoseconds(index: pd.DatetimeIndex) -> np.ndarray:
     """Timestamps as int64 nanoseconds (pandas 3 parses to second or microsecond units)."""
     return index.as_unit("ns").asi8
 
@@ -196,7 +196,7 @@ class MarketData:
         parts = []
         for name, lo, hi in (("train", 0, cut), ("test", cut, len(self))):
             sub = self.frame.iloc[lo:hi]
-            _check_length(
+            check_length(
                 sub,
                 self.window,
                 self.horizons,
@@ -228,7 +228,7 @@ class MarketData:
         larger than the bar interval, e.g. a weekend in forex or stock data."""
         if len(self) < 2:
             return 0, 0, pd.Timedelta(0)
-        spacing = np.diff(_ns(self.frame.index))
+        spacing = np.diff(as_nanoseconds(self.frame.index))
         step = self.bar_interval.value
         gap = spacing > step
         missing = int(np.sum(np.round(spacing[gap] / step) - 1))
@@ -241,7 +241,7 @@ class MarketData:
         data is noticed. Independent of where the data came from (path, DataFrame).
         """
         h = hashlib.sha256()
-        h.update(np.ascontiguousarray(_ns(self.frame.index)).tobytes())
+        h.update(np.ascontiguousarray(as_nanoseconds(self.frame.index)).tobytes())
         for col in self.frame.columns:
             h.update(str(col).encode())
             h.update(np.ascontiguousarray(self.frame[col].to_numpy(np.float64)).tobytes())
@@ -266,7 +266,7 @@ class MarketData:
         lines = [
             f"market data: {self.source}",
             f"  bars:      {n:,} from {idx[0]} to {idx[-1]}",
-            f"  interval:  {_fmt_td(self.bar_interval)} (median spacing)",
+            f"  interval:  {format_duration(self.bar_interval)} (median spacing)",
             f"  gaps:      {n_gaps:,} ({missing:,} missing bars; largest spacing {largest})"
             if n_gaps
             else "  gaps:      none",
@@ -284,7 +284,7 @@ class MarketData:
     def __repr__(self) -> str:
         return (
             f"MarketData({len(self)} bars, {self.frame.index[0]} .. {self.frame.index[-1]}, "
-            f"interval={_fmt_td(self.bar_interval)}, source={self.source!r})"
+            f"interval={format_duration(self.bar_interval)}, source={self.source!r})"
         )
 
 
@@ -292,7 +292,7 @@ def infer_bar_interval(index: pd.DatetimeIndex) -> pd.Timedelta:
     """Median spacing between consecutive timestamps: robust to gaps such as weekends."""
     if len(index) < 2:
         raise MarketDataError("need at least 2 bars to infer the bar interval")
-    spacing = np.diff(_ns(index))
+    spacing = np.diff(as_nanoseconds(index))
     return pd.Timedelta(int(np.median(spacing)), unit="ns")
 
 
@@ -331,7 +331,7 @@ def bars_per_year(index: pd.DatetimeIndex) -> float:
     return float((n - 1 - 2 * k) / (span / _YEAR.value))
 
 
-def _check_length(
+def check_length(
     frame: pd.DataFrame, window: int, horizons: Sequence[int], labels: Sequence[str], what: str
 ) -> None:
     """An agent needs ``window`` returns of history (window + 1 bars), one bar to act on that

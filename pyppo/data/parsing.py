@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pyppo.data.errors import _MAX_EXAMPLES, MarketDataError, _row_name
-from pyppo.data.timestamp_checks import _check_range, _check_zones, _shown
+from pyppo.data.errors import MAX_EXAMPLES, MarketDataError, row_name
+from pyppo.data.timestamp_checks import check_range, check_zones, shown_value
 
 # Accepted column names, matched case-insensitively after normalising spaces/dashes to "_".
 _TIMESTAMP_NAMES = (
@@ -109,7 +109,7 @@ def _explicit_column(frame: pd.DataFrame, wanted: str, option: str, name: str) -
     return matches[0] if matches else None
 
 
-def _extract_timestamps(
+def extract_timestamps(
     raw: pd.DataFrame, timestamp_col: str | None, fmt: str | None, name: str
 ) -> tuple[pd.DatetimeIndex, pd.DataFrame]:
     """Find the timestamp source, parse it, and return (timestamps, the other columns)."""
@@ -264,17 +264,17 @@ def _parse_timestamps(
 
         def show(p: int) -> str:
             empty = missing[p] or (text is not None and text.iloc[p] == "")
-            return f"{_row_name(p, name)}: {'empty' if empty else _shown(values.iloc[p])}"
+            return f"{row_name(p, name)}: {'empty' if empty else shown_value(values.iloc[p])}"
 
-        shown = "; ".join(show(p) for p in bad[:_MAX_EXAMPLES])
+        shown = "; ".join(show(p) for p in bad[:MAX_EXAMPLES])
         total = f" ({len(bad)} of {len(values)} rows)"
         raise MarketDataError(
             f"{name}: cannot parse timestamps in column {label!s}{total}: {shown}; {hint}"
         )
     idx = pd.DatetimeIndex(parsed)
-    _check_range(idx, values, name, label)
+    check_range(idx, values, name, label)
     if text is not None and idx.tz is not None:
-        _check_zones(text, name, label)
+        check_zones(text, name, label)
     return idx
 
 
@@ -293,7 +293,7 @@ def _resolve_day_month(text: pd.Series, name: str, label: object) -> pd.Series:
         sample = text.iloc[p]
         raise MarketDataError(
             f"{name}: timestamps in column {label!s} are ambiguous: {sample!r} "
-            f"({_row_name(p, name)}) "
+            f"({row_name(p, name)}) "
             f"reads as {day_first.iloc[p]:%Y-%m-%d} day-first or {month_first.iloc[p]:%Y-%m-%d} "
             f"month-first, and no day above 12 settles it ({len(differ)} rows differ). Pass "
             f"timestamp_format='{_guess_format(sample, True)}' (day-first) or "
@@ -320,7 +320,7 @@ def _guess_format(sample: str, dayfirst: bool) -> str:
     return date
 
 
-def _extract_prices(rest: pd.DataFrame, price_col: str | None, name: str) -> pd.DataFrame:
+def extract_prices(rest: pd.DataFrame, price_col: str | None, name: str) -> pd.DataFrame:
     """OHLCV columns by name (case-insensitive), as float64; at least a close."""
     found: dict[str, Any] = {}
     if price_col is not None:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pyppo.data.errors import MarketDataError, _Source
+from pyppo.data.errors import DataSource, MarketDataError
 
 __all__: list[str] = []
 
@@ -59,10 +59,10 @@ _BROKEN_TEXT = (
 )
 
 
-def _read(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, _Source]:
+def read_table(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, DataSource]:
     """The raw table and the name messages use for it (with file lines where needed)."""
     if isinstance(source, pd.DataFrame):
-        return source.copy(), _Source("DataFrame")
+        return source.copy(), DataSource("DataFrame")
     path = Path(source)
     if not path.exists():
         raise MarketDataError(
@@ -73,7 +73,7 @@ def _read(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, _Source]:
         raise MarketDataError(f"{path} is a directory; pass a CSV or Parquet file")
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in (".parquet", ".pq"):
-        return _read_parquet(path), _Source(str(path))
+        return _read_parquet(path), DataSource(str(path))
     return _read_csv(path)
 
 
@@ -206,7 +206,7 @@ def _has_blank_line(text: str, first: str) -> bool:
     return blank.search(text, 0, end) is not None
 
 
-def _read_csv(path: Path) -> tuple[pd.DataFrame, _Source]:
+def _read_csv(path: Path) -> tuple[pd.DataFrame, DataSource]:
     data = _read_bytes(path)
     text = _decode(data, path)
     if "\x00" in text:
@@ -260,4 +260,4 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, _Source]:
     row_lines = None
     if numbered is not None and len(numbered) - 1 == len(frame):
         row_lines = np.array([n for n, _ in numbered[1:]], dtype=np.int64)
-    return frame, _Source(str(path), row_lines)
+    return frame, DataSource(str(path), row_lines)

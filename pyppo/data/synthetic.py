@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pyppo.data.errors import MarketDataError
-from pyppo.data.horizons import _fmt_td
+from pyppo.data.horizons import format_duration
 from pyppo.data.market import MarketData
 
 __all__ = ["SyntheticParams", "synthetic_market"]
@@ -157,7 +157,8 @@ def synthetic_market(
             frame.iloc[planted["spike"], hi], frame.iloc[planted["spike"], ci]
         )
     label = (
-        f"synthetic(n_bars={n_bars}, interval={_fmt_td(step)}, seed={seed}, bad_ticks={bad_ticks})"
+        f"synthetic(n_bars={n_bars}, interval={format_duration(step)}, seed={seed}, "
+        f"bad_ticks={bad_ticks})"
     )
     return MarketData(
         frame,

@@ -8,10 +8,10 @@ import re
 import numpy as np
 import pandas as pd
 
-from pyppo.data.errors import _MAX_EXAMPLES, MarketDataError, _row_name
+from pyppo.data.errors import MAX_EXAMPLES, MarketDataError, row_name
 
 
-def _shown(value: object) -> str:
+def shown_value(value: object) -> str:
     """A raw value as a message shows it: text quoted, anything else as printed."""
     return repr(value) if isinstance(value, str) else str(value)
 
@@ -20,7 +20,7 @@ def _shown(value: object) -> str:
 _FIRST_YEAR, _LAST_YEAR = 1678, 2261
 
 
-def _check_range(idx: pd.DatetimeIndex, values: pd.Series, name: str, label: object) -> None:
+def check_range(idx: pd.DatetimeIndex, values: pd.Series, name: str, label: object) -> None:
     """Every timestamp within the years pandas can represent in nanoseconds."""
     utc = idx.tz_convert(None) if idx.tz is not None else idx
     seconds = utc.to_numpy().astype("datetime64[s]").astype(np.int64)
@@ -29,7 +29,7 @@ def _check_range(idx: pd.DatetimeIndex, values: pd.Series, name: str, label: obj
     out = np.flatnonzero((seconds < lo) | (seconds >= hi))
     if len(out):
         shown = "; ".join(
-            f"{_row_name(p, name)}: {_shown(values.iloc[p])}" for p in out[:_MAX_EXAMPLES]
+            f"{row_name(p, name)}: {shown_value(values.iloc[p])}" for p in out[:MAX_EXAMPLES]
         )
         raise MarketDataError(
             f"{name}: timestamps out of range in column {label!s} ({len(out)} of {len(idx)} "
@@ -47,18 +47,18 @@ def _check_range(idx: pd.DatetimeIndex, values: pd.Series, name: str, label: obj
 _ZONE = re.compile(r"\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)$", re.I)
 
 
-def _check_zones(text: pd.Series, name: str, label: object) -> None:
+def check_zones(text: pd.Series, name: str, label: object) -> None:
     """Timestamps with a UTC offset mixed with timestamps without one: pandas would read the
     latter as UTC, a guess about the user's data that pyppo does not make."""
     zoned = text.str.contains(_ZONE).to_numpy(dtype=bool)
     if zoned.all() or not zoned.any():
         return
     plain, with_zone = np.flatnonzero(~zoned), np.flatnonzero(zoned)
-    shown = "; ".join(f"{_row_name(p, name)}: {text.iloc[p]!r}" for p in plain[:_MAX_EXAMPLES])
+    shown = "; ".join(f"{row_name(p, name)}: {text.iloc[p]!r}" for p in plain[:MAX_EXAMPLES])
     raise MarketDataError(
         f"{name}: timestamps in column {label!s} mix UTC offsets and none: "
         f"{len(plain)} of {len(text)} rows have no offset ({shown}), while e.g. "
-        f"{_row_name(with_zone[0], name)} has one ({text.iloc[with_zone[0]]!r}); pyppo cannot "
+        f"{row_name(with_zone[0], name)} has one ({text.iloc[with_zone[0]]!r}); pyppo cannot "
         "tell which time zone the rows without one are in. Give every timestamp an offset "
         "(or none)"
     )

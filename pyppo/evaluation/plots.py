@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from pyppo.metrics import nan_events_by_epoch
+from pyppo.heads import AuxHeads
+from pyppo.metrics import VALIDATION_SHARPE, nan_events_by_epoch
 
 COLORS = {"agent": "tab:blue", "buy_and_hold": "tab:gray", "random": "tab:orange"}
 NO_EVENTS = "no NaN/inf events"
@@ -96,16 +97,16 @@ def equity_figure(timestamps: Any, equity: Mapping[str, np.ndarray]) -> Any:
 
 
 def predictions_figure(preds: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray]) -> Any:
-    """Each return prediction against the realized return (simple returns)."""
+    """Each return prediction against the realized return it predicts (simple returns; both
+    keyed by the prediction's name)."""
+    from matplotlib.ticker import FuncFormatter
+
     plt = _pyplot()
     fig, axes = plt.subplots(1, max(len(preds), 1), figsize=(10, 4), squeeze=False)
     for ax, (name, pred) in zip(axes[0], preds.items(), strict=False):
-        target = targets[name.removeprefix("pred_")]
-        ax.scatter(target, pred, s=2, alpha=0.3)
+        ax.scatter(targets[name], pred, s=2, alpha=0.3)
         ax.set(title=f"{name} vs realized", xlabel="realized return", ylabel="predicted return")
         readable(ax, percent=True)
-        from matplotlib.ticker import FuncFormatter
-
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1%}"))
     fig.tight_layout()
     return fig
@@ -118,19 +119,21 @@ def _smooth(values: np.ndarray, width: int) -> np.ndarray:
     return np.convolve(values, kernel, mode="valid")
 
 
-def training_figure(history: Sequence[dict[str, float]], buy_and_hold_sharpe: float | None) -> Any:
+def training_figure(
+    history: Sequence[dict[str, float]], buy_and_hold_sharpe: float | None, heads: AuxHeads
+) -> Any:
     """Learning at a glance: the greedy policy's validation Sharpe per epoch against
-    buy-and-hold, the smoothed per-step reward, NaN/inf events per epoch, and the losses,
-    one panel each."""
+    buy-and-hold, the smoothed per-step reward, NaN/inf events per epoch, and the losses
+    (``heads``' auxiliary losses too), one panel each."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
     steps = np.array([r["env_steps"] for r in history], dtype=float)
 
     ax = axes[0, 0]
     validated = [
-        (r["epoch"], r["validation/sharpe"])
+        (r["epoch"], r[VALIDATION_SHARPE])
         for r in history
-        if r.get("validation/sharpe") == r.get("validation/sharpe")
+        if r.get(VALIDATION_SHARPE) == r.get(VALIDATION_SHARPE)
     ]
     if validated:
         epochs, sharpe = zip(*validated, strict=True)
@@ -190,9 +193,9 @@ def training_figure(history: Sequence[dict[str, float]], buy_and_hold_sharpe: fl
         ax.set(title=title, xlabel="env steps")
         readable(ax, x_integer=True)
     ax = axes[1, 2]
-    aux = [k for k in history[0] if k.startswith("loss/aux_")] if history else []
-    for key in aux:
-        ax.plot(steps, [r.get(key, np.nan) for r in history], label=key.removeprefix("loss/"))
+    aux = [head for head in heads if history and head.loss_column in history[0]]
+    for head in aux:
+        ax.plot(steps, [r.get(head.loss_column, np.nan) for r in history], label=head.module)
     ax.set(title="auxiliary losses (1 = predicting the mean)", xlabel="env steps")
     if aux:
         ax.legend(loc="best", fontsize=8)

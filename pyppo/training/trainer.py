@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,41 +30,44 @@ from torch import Tensor, nn
 
 from pyppo import ops
 from pyppo.buffer import RolloutBuffer
-from pyppo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pyppo.config import PPOConfig, ppo_config, same_value
+from pyppo.checkpoint import (
+    AgentSpec,
+    Checkpoint,
+    CheckpointError,
+    DataInfo,
+    TrainerState,
+    load_checkpoint,
+)
+from pyppo.config import ModelConfig, PPOConfig, RunConfig, ppo_config, same_value
 from pyppo.device import resolve_device
 from pyppo.distributed import (
     all_reduce_max,
-    broadcast_float,
     broadcast_module_,
     gather_to_rank0,
     rank_and_world,
     to_cpu,
 )
 from pyppo.guard import GradientGuard, guard_outputs
-from pyppo.metrics import (
-    VALIDATION_SHARPE,
-    MetricSchema,
-    MetricsWriter,
-    NaNCounters,
-    ProgressBar,
-    log_nan_events,
-    reduce_row,
-    sanitized_row,
-)
+from pyppo.heads import DEFAULT_AUX_LABELS, AuxHeads
+from pyppo.metrics import MetricSchema, log_nan_events
 from pyppo.protocols import (
     AuxTargetEnv,
-    Describable,
     EpochEnv,
     OutputGuardedModel,
     SanitizingEnv,
     StatefulEnv,
 )
-from pyppo.rollout import Rollout
-from pyppo.stop import StopRequest, TrainingInterrupted
-from pyppo.update import PPOUpdate
-
-DEFAULT_AUX_LABELS = ("1h", "24h")
+from pyppo.training.callbacks import TrainingCallback, broadcast_metrics
+from pyppo.training.recorder import (
+    MetricsWriter,
+    NaNCounters,
+    ProgressBar,
+    reduce_row,
+    sanitized_row,
+)
+from pyppo.training.rollout import Rollout
+from pyppo.training.stop import StopRequest, TrainingInterrupted
+from pyppo.training.update import PPOUpdate
 
 
 class NonFiniteParametersError(RuntimeError):
@@ -85,8 +89,9 @@ class PPOTrainer:
         ``PPOTrainer(model, env, enable_auxiliary_losses=False, aux_1h_coef=0.01)``.
     :param device: where training runs (default: the environment's device, else the CPU).
     :param run_dir: where ``metrics.csv``, checkpoints and TensorBoard logs go (none if None).
-    :param validation: held-out :class:`pyppo.MarketData`; when given, the greedy policy is
-        backtested on it after every epoch and the best Sharpe is saved as ``best.pt``.
+    :param callbacks: run between updates (:class:`pyppo.training.TrainingCallback`), e.g.
+        :class:`pyppo.evaluation.BestCheckpoint`, which backtests the greedy policy on
+        validation bars after every epoch and keeps the best as ``best.pt``.
     :param data_fingerprint: the training data's fingerprint, stored in checkpoints so that
         resuming on other data is refused.
     :param progress: show a progress bar.
@@ -100,7 +105,7 @@ class PPOTrainer:
         *,
         device: str | torch.device | None = None,
         run_dir: str | Path | None = None,
-        validation: Any = None,
+        callbacks: Sequence[TrainingCallback] = (),
         data_fingerprint: str | None = None,
         progress: bool = True,
         **overrides: Any,
@@ -129,29 +134,34 @@ class PPOTrainer:
             policy=cfg.nan_policy,
             process_group=group,
         )
-        self.validation = validation
+        self.callbacks = list(callbacks)
+        names = [cb.name for cb in self.callbacks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"callbacks need distinct names, got {names}")
         self.data_fingerprint = data_fingerprint
         self.progress = progress and self.rank == 0
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        # The run's whole configuration as plain data, when a caller has one (the CLI does).
-        self.run_config: dict[str, Any] | None = None
+        # The run's whole configuration and data, when a caller has them (the CLI does).
+        self.run_config: RunConfig | None = None
+        self.data_info: DataInfo | None = None
 
         labels = (
             environment.aux_labels if isinstance(environment, AuxTargetEnv) else DEFAULT_AUX_LABELS
         )
-        self.aux_names = tuple(f"aux_{label}" for label in labels)
-        self.pred_names = tuple(f"pred_{label}" for label in labels)
+        self.heads = AuxHeads.from_labels(labels)
         if isinstance(model, OutputGuardedModel):
             self.output_names = tuple(model.output_names)
         else:
-            self.output_names = ("action_logits", "value", *self.pred_names)
+            self.output_names = self.heads.output_names()
+        # Other models' outputs are repaired here, predictions clamped as pyppo's model does.
+        self._output_limits = self.heads.output_limits(ModelConfig.aux_limit)
         obs_shape = tuple(environment.single_observation_space.shape)
         self.buffer = RolloutBuffer(
             cfg.num_steps,
             self.num_envs,
             obs_shape,
             device=self.device,
-            num_aux=len(self.aux_names),
+            num_aux=len(self.heads),
             sanitize=cfg.guards,
         )
         # Each process its own episodes, actions and minibatches: seeds offset by the rank.
@@ -160,20 +170,24 @@ class PPOTrainer:
             environment, self.buffer, seed=seed, want_aux=cfg.enable_auxiliary_losses
         )
         self.batch_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
-        update = (self._forward, self.optimizer, self.guard, cfg, self.aux_names, self.device)
-        self.updater = PPOUpdate(*update, group, num_envs=self.num_envs)
+        self.updater = PPOUpdate(
+            self._forward,
+            self.optimizer,
+            self.guard,
+            cfg,
+            self.heads,
+            self.device,
+            group,
+            num_envs=self.num_envs,
+        )
 
-        # Set (e.g. by SIGINT, see pyppo.stop) to stop at the next update boundary.
+        # Set (e.g. by SIGINT, see pyppo.training.stop) to stop at the next update boundary.
         self.stop = StopRequest()
-        # Anything else about the run's data a caller wants in checkpoints (the CLI keeps the
-        # training period and the data's path here).
-        self.data_info: dict[str, Any] | None = None
 
         # Training state (saved in checkpoints).
         self.update = 0
         self.env_steps = 0
         self.epoch = 0
-        self.best_sharpe = -math.inf
         self.history: list[dict[str, float]] = []
 
     # -- the policy and the rollout ----------------------------------------------------
@@ -192,7 +206,7 @@ class PPOTrainer:
         if isinstance(self.model, OutputGuardedModel) or not self.config.guards:
             return out, None
         present = {name: out[name] for name in self.output_names if name in out}
-        guarded, counts = guard_outputs(present)
+        guarded, counts = guard_outputs(present, self._output_limits)
         full = torch.zeros(len(self.output_names), dtype=torch.int64, device=self.device)
         full[[self.output_names.index(n) for n in present]] = counts
         return {**out, **guarded}, full
@@ -211,7 +225,7 @@ class PPOTrainer:
 
     def ppo_update(self, counters: NaNCounters) -> dict[str, Tensor]:
         """``num_epochs`` passes of minibatch updates over the buffer (see
-        :class:`pyppo.update.PPOUpdate`); returns the mean statistics by metric name."""
+        :class:`pyppo.training.update.PPOUpdate`); returns the mean statistics by name."""
         return self.updater.run(self.buffer, self.batch_generator, counters, aux=self.aux_losses_on)
 
     # -- training ----------------------------------------------------------------------------
@@ -231,12 +245,14 @@ class PPOTrainer:
             else []
         )
         sanitizers += [("buffer", name) for name in self.buffer.sanitize_counts]
-        return MetricSchema(self.guard.groups, self.output_names, self.aux_names, sanitizers)
+        extra = [column for cb in self.callbacks for column in cb.columns]
+        return MetricSchema(self.guard.groups, self.output_names, self.heads, sanitizers, extra)
 
     def train(self, epochs: int | None = None, *, total_steps: int | None = None) -> list[dict]:
         """Train for ``epochs`` passes over the training bars or ``total_steps`` env steps
         (counted over all envs), continuing from the current state (e.g. after
-        :meth:`load_checkpoint`). Returns the metrics rows of all updates so far."""
+        :meth:`load_checkpoint`). A callback may end training early. Returns the metrics
+        rows of all updates so far."""
         if (epochs is None) == (total_steps is None):
             raise ValueError("give exactly one of epochs or total_steps")
         per_update = self.config.num_steps * self.num_envs * self.world_size
@@ -255,7 +271,7 @@ class PPOTrainer:
         bar = ProgressBar(target_updates, self.update, enabled=self.progress)
         try:
             while self.update < target_updates:
-                row = self._one_update(updates_per_epoch)
+                row, callbacks_stop = self._one_update(updates_per_epoch)
                 writer.write(row)
                 bar.update(row)
                 # Decided here, between updates (a resumable state), by every process at once.
@@ -263,13 +279,16 @@ class PPOTrainer:
                 if stop:
                     self.save("checkpoint.pt")
                     raise TrainingInterrupted(int(stop), self.update)
+                if callbacks_stop:
+                    break
             self.save("checkpoint.pt")
         finally:
             bar.close()
             writer.flush()
         return self.history
 
-    def _one_update(self, updates_per_epoch: int | None) -> dict[str, float]:
+    def _one_update(self, updates_per_epoch: int | None) -> tuple[dict[str, float], bool]:
+        """One update; returns its metrics row and whether a callback asked to stop."""
         start = time.perf_counter()
         schema = self.metric_schema()
         counters = NaNCounters.zeros(schema, self.device)
@@ -286,19 +305,26 @@ class PPOTrainer:
         row = reduce_row(row, self.device)
         self._check_parameters()
         epoch_done = updates_per_epoch is not None and self.update % updates_per_epoch == 0
-        if epoch_done and self.validation is not None:
-            # On rank 0 only; every process takes its "best" decision from rank 0's value.
-            sharpe = self._validate() if self.rank == 0 else math.nan
-            row[VALIDATION_SHARPE] = broadcast_float(sharpe, self.device)
+        due = [cb for cb in self.callbacks if cb.due(self, epoch_done)]
+        results = [self._run_callback(cb) for cb in due]
+        for result in results:
+            row.update(result)
         self.history.append(row)
         if self.config.guards and self.rank == 0:
             log_nan_events(row, schema)
-        if epoch_done and self.validation is not None and row[VALIDATION_SHARPE] > self.best_sharpe:
-            self.best_sharpe = row[VALIDATION_SHARPE]
-            self.save("best.pt")
+        stop = False
+        for cb, result in zip(due, results, strict=True):
+            stop |= bool(cb.on_result(self, result))
         if self.config.checkpoint_every and self.update % self.config.checkpoint_every == 0:
             self.save("checkpoint.pt")
-        return row
+        return row, stop
+
+    def _run_callback(self, callback: TrainingCallback) -> dict[str, Any]:
+        """``callback``'s metrics, computed on rank 0 and broadcast to every process."""
+        metrics = callback.evaluate(self) if self.rank == 0 else None
+        if isinstance(self.model, OutputGuardedModel):
+            self.model.take_output_counts()  # a callback's forward passes are not training's
+        return broadcast_metrics(metrics, callback.columns, 1, self.device)
 
     def _env_counts(self) -> dict[str, Tensor]:
         """Running sanitizer counts of the env, cloned (their change is what an update saw)."""
@@ -329,7 +355,6 @@ class PPOTrainer:
             "train/explained_variance": float(explained),
             "rollout/mean_step_reward": float(self.buffer.rewards.mean()),
             "rollout/mean_episode_return": float(self.rollout.last_episode_return),
-            VALIDATION_SHARPE: math.nan,
         }
         row.update(
             {name: float(stats[name]) if name in stats else math.nan for name in schema.stats}
@@ -352,24 +377,7 @@ class PPOTrainer:
                 "learning rate."
             )
 
-    # -- validation and checkpoints ------------------------------------------------------
-
-    def _validate(self) -> float:
-        """The greedy policy's Sharpe ratio on the validation bars."""
-        from pyppo.evaluation import backtest  # evaluation imports the env; keep it lazy
-
-        env = self.env
-        result = backtest(
-            self.validation,
-            self.model,
-            window=env.window,
-            fee=env.fee,
-            allow_short=env.allow_short,
-            device=self.device,
-        )
-        if isinstance(self.model, OutputGuardedModel):
-            self.model.take_output_counts()  # validation's outputs are not training's counts
-        return result.metrics()["sharpe"]
+    # -- checkpoints ---------------------------------------------------------------------
 
     def _process_state(self) -> dict[str, Any]:
         """What differs between processes: their episodes, envs and random streams."""
@@ -379,69 +387,69 @@ class PPOTrainer:
             "rng": {"torch": torch.get_rng_state(), "batch": self.batch_generator.get_state()},
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs, as tensors and plain data (no pickled objects).
-        Under torch.distributed every process must call it (it gathers their states); the
-        result is complete on rank 0."""
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "config": dataclasses.asdict(self.config),
-            "run_config": self.run_config,
-            "agent": {
-                "model": self.model.describe() if isinstance(self.model, Describable) else None,
-                "env": self.env.describe() if isinstance(self.env, Describable) else None,
-            },
-            "trainer": {
-                "update": self.update,
-                "env_steps": self.env_steps,
-                "epoch": self.epoch,
-                "best_sharpe": self.best_sharpe,
-                "history": self.history,
-            },
-            "ranks": gather_to_rank0(to_cpu(self._process_state())),
-            "data_fingerprint": self.data_fingerprint,
-            "data": self.data_info,
-        }
+    def checkpoint(self) -> Checkpoint:
+        """Everything a resumed run needs (:class:`pyppo.checkpoint.Checkpoint`). Under
+        torch.distributed every process must call it (it gathers their states); the result is
+        complete on rank 0."""
+        return Checkpoint(
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            config=self.config,
+            trainer=TrainerState(self.update, self.env_steps, self.epoch, self.history),
+            agent=AgentSpec.of(self.model, self.env),
+            ranks=gather_to_rank0(to_cpu(self._process_state())),
+            run_config=self.run_config,
+            data_fingerprint=self.data_fingerprint,
+            data=self.data_info,
+            callbacks={cb.name: cb.state_dict() for cb in self.callbacks},
+        )
 
     def save(self, name: str) -> Path | None:
-        """Write a checkpoint into ``run_dir`` atomically (never with NaN parameters)."""
+        """Write a checkpoint into ``run_dir`` atomically (never with NaN parameters). Every
+        process must call it under torch.distributed; rank 0 writes."""
         if self.run_dir is None:
             return None
         self._check_parameters()
-        state = self.state_dict()
-        return save_checkpoint(self.run_dir / name, state) if self.rank == 0 else None
+        checkpoint = self.checkpoint()
+        return checkpoint.save(self.run_dir / name) if self.rank == 0 else None
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a run saved by :meth:`save`; raises CheckpointError if it does not fit."""
-        state = load_checkpoint(
+        saved = load_checkpoint(
             path, expect_fingerprint=self.data_fingerprint, map_location=self.device
         )
         try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.model.load_state_dict(saved.model)
+            self.optimizer.load_state_dict(saved.optimizer)
         except (RuntimeError, KeyError, ValueError) as err:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {err}") from err
-        saved, mine = state["config"], dataclasses.asdict(self.config)
         differ = {
-            k: (saved.get(k), v)
-            for k, v in mine.items()
-            if k != "checkpoint_every" and not same_value(saved.get(k), v)
+            f.name: (getattr(saved.config, f.name), getattr(self.config, f.name))
+            for f in dataclasses.fields(PPOConfig)
+            if f.name != "checkpoint_every"
+            and not same_value(getattr(saved.config, f.name), getattr(self.config, f.name))
         }
         if differ:
             raise CheckpointError(
                 f"checkpoint {path} was made with other settings: "
                 + ", ".join(f"{k}={a} (now {b})" for k, (a, b) in differ.items())
             )
-        t = state["trainer"]
-        self.update, self.env_steps, self.epoch = t["update"], t["env_steps"], t["epoch"]
-        self.best_sharpe, self.history = t["best_sharpe"], t["history"]
-        if len(state["ranks"]) != self.world_size:
+        if len(saved.ranks) != self.world_size:
             raise CheckpointError(
-                f"checkpoint {path} was written by {len(state['ranks'])} processes, this run "
+                f"checkpoint {path} was written by {len(saved.ranks)} processes, this run "
                 f"has {self.world_size}: resume with the same number of processes"
             )
-        mine = state["ranks"][self.rank]
+        t = saved.trainer
+        self.update, self.env_steps, self.epoch, self.history = (
+            t.update,
+            t.env_steps,
+            t.epoch,
+            t.history,
+        )
+        for cb in self.callbacks:
+            if cb.name in saved.callbacks:
+                cb.load_state_dict(saved.callbacks[cb.name])
+        mine = saved.ranks[self.rank]
         env_restored = mine["env"] is not None and isinstance(self.env, StatefulEnv)
         if env_restored:
             self.env.load_state_dict(mine["env"])

@@ -1,4 +1,4 @@
-"""Backtests on held-out bars, and the one inference path they (and live predictions) use.
+"""The one inference path: a model's outputs at every bar, once per position, then the walk.
 
 An observation holds the bar's features and the position the agent holds (nothing else:
 see :mod:`pyppo.features`), so a model's outputs at a bar can only take as many values as
@@ -8,117 +8,25 @@ bars in order, picking at each bar the outputs for the position that the previou
 action left and acting greedily on them. This is exactly what stepping a one-env
 :class:`pyppo.TradingEnv` bar by bar with argmax actions does, at a fraction of the cost.
 
-:func:`backtest` runs a model this way over every decision bar of a market, fees included;
-buy-and-hold and the random policy know their positions up front and are plain numpy.
-Rewards are computed as the env computes them (:func:`net_returns`).
+Backtests (:mod:`pyppo.evaluation`) and live predictions (:class:`pyppo.Agent`) both use it.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pyppo import ops
-from pyppo.data import MarketData, MarketDataError
+from pyppo.data import MarketData
 from pyppo.features import MarketFeatures, compute_features
 
 # Bars per forward pass: small enough for a pass's activations to stay in the CPU's caches
 # (on a 2-core CPU, 4,096 and 8,192 were ~1.5x as fast as 16,384 and 2,048), large enough
 # to keep a GPU busy.
 BATCH_SIZE = 8_192
-
-
-@dataclass
-class Backtest:
-    """Per-bar record of one policy over a market (all numpy arrays of equal length).
-
-    ``preds`` holds the model's auxiliary predictions per bar, keyed by output name
-    (``"pred_" + label`` for each of the market's horizon labels, e.g. ``"pred_1h"``), and
-    ``targets`` the realized forward returns they predict, keyed by label (``"1h"``): a label
-    is in ``targets`` exactly when ``"pred_" + label`` is in ``preds``. Both are empty for
-    ``"buy_and_hold"`` and ``"random"``.
-    """
-
-    policy: str
-    log_returns: np.ndarray  # the strategy's net log return per bar (position x return - fee)
-    positions: np.ndarray  # position held over each bar (-1, 0, +1)
-    market_returns: np.ndarray  # the market's log return over each bar (sanitized, ±1)
-    bars_per_year: float
-    preds: dict[str, np.ndarray] = field(default_factory=dict)  # "pred_<label>" -> (bars,)
-    targets: dict[str, np.ndarray] = field(default_factory=dict)  # "<label>" -> (bars,)
-
-    @property
-    def equity(self) -> np.ndarray:
-        """Growth of 1 unit of capital after each bar."""
-        return np.exp(np.cumsum(self.log_returns))
-
-    def metrics(self) -> dict[str, float]:
-        """Total return, annualized Sharpe, max drawdown, turnover per bar, hit rate, bar
-        count and, per predicted label, correlation and direction accuracy."""
-        r = self.log_returns
-        equity = self.equity
-        peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:]
-        active = self.positions != 0
-        hits = np.sign(self.positions[active]) == np.sign(self.market_returns[active])
-        changes = np.abs(np.diff(np.concatenate([[0.0], self.positions])))
-        out = {
-            "total_return": float(equity[-1] - 1.0) if len(r) else 0.0,
-            "sharpe": sharpe(r, self.bars_per_year),
-            "max_drawdown": float(np.max(1.0 - equity / peak)) if len(r) else 0.0,
-            "turnover": float(changes.mean()) if len(r) else 0.0,
-            "hit_rate": float(hits.mean()) if hits.size else float("nan"),
-            "bars": float(len(r)),
-        }
-        for label, target in self.targets.items():
-            pred = self.preds[f"pred_{label}"]
-            if pred.size:
-                out[f"pred_{label}_corr"] = correlation(pred, target)
-                out[f"pred_{label}_direction_acc"] = (
-                    float(np.mean(np.sign(pred[target != 0]) == np.sign(target[target != 0])))
-                    if np.any(target != 0)
-                    else float("nan")
-                )
-        return out
-
-
-def sharpe(log_returns: np.ndarray, bars_per_year: float) -> float:
-    """Annualized Sharpe ratio of per-bar returns (0 when they do not vary).
-
-    :param log_returns: per-bar log returns.
-    :param bars_per_year: bars in a year, to annualize with.
-    """
-    if len(log_returns) < 2:
-        return 0.0
-    std = float(np.std(log_returns, ddof=1))
-    if std == 0.0 or not math.isfinite(std):
-        return 0.0
-    return float(np.mean(log_returns) / std * math.sqrt(bars_per_year))
-
-
-def correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of ``a`` and ``b`` (0 when either is constant or too short).
-
-    :param a: one series.
-    :param b: the other, of the same length.
-    """
-    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def bars_per_year(market: MarketData) -> float:
-    """Bars per year as the data actually has them, gaps included, robust to a few mistyped
-    timestamps (:attr:`pyppo.MarketData.bars_per_year`): the one figure every annualized
-    number uses.
-
-    :param market: the bars.
-    """
-    return market.bars_per_year
 
 
 def action_positions(allow_short: bool) -> np.ndarray:
@@ -299,91 +207,3 @@ def walk(outputs: PolicyOutputs, start_position: float = 0.0) -> Walk:
         positions=outputs.positions[actions],
         outputs={name: value[held_k, columns] for name, value in outputs.outputs.items()},
     )
-
-
-def net_returns(
-    positions: np.ndarray, returns: np.ndarray, fee: float, start_position: float = 0.0
-) -> np.ndarray:
-    """Per-bar rewards as :class:`pyppo.TradingEnv` computes them, in float32:
-    ``position * return - fee * |position - previous position|``.
-
-    :param positions: (B,) the position held over each bar.
-    :param returns: (B,) the sanitized log return of each of those bars.
-    :param fee: cost per unit of position change.
-    :param start_position: the position held before the first bar.
-    """
-    pos = np.asarray(positions, dtype=np.float32)
-    previous = np.concatenate([np.array([start_position], dtype=np.float32), pos[:-1]])
-    cost = np.abs(pos - previous) * np.float32(fee)
-    return pos * np.asarray(returns, dtype=np.float32) - cost
-
-
-def backtest(
-    market: MarketData,
-    policy: str | nn.Module,
-    *,
-    window: int = 60,
-    fee: float = 1e-4,
-    allow_short: bool = True,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-) -> Backtest:
-    """Run ``policy`` over every decision bar of ``market`` in order, starting flat.
-
-    The decision bars are ``window .. window + market.decision_bars(window) - 1``; the
-    position taken at bar t is held over bar t + 1, whose sanitized log return it earns,
-    less ``fee`` per unit of position change. The result is what a one-env
-    :class:`pyppo.TradingEnv` stepped through those bars would give.
-
-    :param market: the bars (any length that leaves at least one decision bar).
-    :param policy: a model (see :func:`policy_outputs`) acting greedily through
-        :func:`walk`, whose ``pred_<label>`` outputs, one per label in
-        ``market.horizon_labels``, are recorded when present; ``"buy_and_hold"`` (long
-        throughout) or ``"random"`` (uniform actions drawn from a CPU generator seeded
-        with ``seed``).
-    :param window: the return window of the observation.
-    :param fee: cost per unit of position change.
-    :param allow_short: short/flat/long actions, else flat/long.
-    :param device: where the model's forward passes run.
-    :param seed: seeds the random policy.
-    """
-    steps = market.decision_bars(window)
-    if steps < 1:
-        longest = max(market.horizons, default=1)
-        raise MarketDataError(
-            f"{len(market)} bars leave no decision bar for window {window} and longest "
-            f"horizon {longest} bars: need at least {window + max(longest, 1) + 1}"
-        )
-    bars = np.arange(window, window + steps, dtype=np.int64)
-    choices = action_positions(allow_short)
-    outputs: dict[str, np.ndarray] = {}  # the agent's, per bar
-    if isinstance(policy, str):
-        if policy == "buy_and_hold":
-            positions = np.full(steps, choices[-1], dtype=np.float32)
-        elif policy == "random":
-            gen = torch.Generator().manual_seed(seed)
-            positions = choices[torch.randint(0, len(choices), (steps,), generator=gen).numpy()]
-        else:
-            raise ValueError(f"policy={policy!r}: use a model, 'buy_and_hold' or 'random'")
-        name = policy
-    else:
-        stop = window + steps
-        run = walk(policy_outputs(policy, market, window, allow_short, device, stop=stop))
-        positions, outputs, name = run.positions, run.outputs, "agent"
-    # The return each position earns: the next bar's, sanitized as the env sanitizes it.
-    raw = market.log_returns[torch.from_numpy(bars + 1)]
-    returns32 = ops.sanitize(raw.to(torch.float32), 1.0)[0].numpy()
-    result = Backtest(
-        name,
-        net_returns(positions, returns32, fee).astype(np.float64),
-        positions.astype(np.float64),
-        ops.sanitize(raw, 1.0)[0].numpy(),
-        bars_per_year(market),
-    )
-    for label, horizon in zip(market.horizon_labels, market.horizons, strict=True):
-        key = f"pred_{label}"
-        if key in outputs:
-            target = market.forward_returns(horizon)[torch.from_numpy(bars)].to(torch.float32)
-            result.preds[key] = outputs[key].reshape(steps, -1)[:, 0].astype(np.float64)
-            result.targets[label] = ops.sanitize(target, 1.0)[0].numpy().astype(np.float64)
-    return result

@@ -20,8 +20,10 @@ from pyppo.buffer import RolloutBatch, RolloutBuffer
 from pyppo.config import PPOConfig
 from pyppo.distributed import all_reduce_sum_, rank_and_world
 from pyppo.guard import GradientGuard
+from pyppo.heads import AuxHeads
 from pyppo.loss import PPOLossTerms, ppo_loss
-from pyppo.metrics import GUARD_STATS, STEP_STATS, NaNCounters
+from pyppo.metrics import update_stats
+from pyppo.training.recorder import NaNCounters
 
 # policy(obs) -> (outputs, non-finite output counts or None): the trainer's guarded forward.
 Policy = Callable[[Tensor], tuple[dict[str, Tensor], Tensor | None]]
@@ -34,8 +36,7 @@ class PPOUpdate:
     :param optimizer: the optimizer over the model's parameters.
     :param guard: the gradient guard (used when ``config.guards``).
     :param config: the PPO settings.
-    :param aux_names: the auxiliary heads (``aux_<label>``); their outputs are
-        ``pred_<label>``.
+    :param heads: the auxiliary heads (their outputs and loss names).
     :param process_group: the processes to average gradients and statistics over, or None.
     :param num_envs: this process's envs (with ``num_minibatches``, the rollout's size).
     """
@@ -46,7 +47,7 @@ class PPOUpdate:
         optimizer: torch.optim.Optimizer,
         guard: GradientGuard,
         config: PPOConfig,
-        aux_names: tuple[str, ...],
+        heads: AuxHeads,
         device: torch.device,
         process_group: Any = None,
         *,
@@ -56,8 +57,7 @@ class PPOUpdate:
         self.optimizer = optimizer
         self.guard = guard
         self.config = config
-        self.aux_names = aux_names
-        self.pred_names = tuple(name.replace("aux_", "pred_", 1) for name in aux_names)
+        self.heads = heads
         self.aux_coefs = torch.tensor(config.aux_coefs, device=device)
         self.device = device
         # Across processes: each steps its share of every minibatch, statistics are global.
@@ -82,8 +82,7 @@ class PPOUpdate:
 
     def stat_names(self, aux: bool) -> list[str]:
         """The metric names of the statistics :meth:`step` returns, in order."""
-        aux_losses = [f"loss/{name}" for name in self.aux_names] if aux else []
-        return [*STEP_STATS, *aux_losses, *(GUARD_STATS if self.config.guards else ())]
+        return update_stats(self.heads, aux=aux, guards=self.config.guards)
 
     def forward_and_loss(
         self,
@@ -98,7 +97,7 @@ class PPOUpdate:
         out, bad = self.policy(batch.obs)
         aux = {}
         if aux_scale is not None:
-            predictions = torch.stack([out[n].reshape(-1) for n in self.pred_names], 1)
+            predictions = torch.stack([out[n].reshape(-1) for n in self.heads.outputs], 1)
             aux = dict(
                 aux_predictions=predictions,
                 aux_targets=batch.aux_targets,
@@ -213,7 +212,7 @@ class PPOUpdate:
         names = self.stat_names(aux)
         aux_scale = None
         if aux:
-            targets = buffer.aux_targets.reshape(-1, len(self.aux_names))
+            targets = buffer.aux_targets.reshape(-1, len(self.heads))
             aux_scale = self._variance(targets).clamp_min(1e-12)
         kl_index = names.index("train/approx_kl")
         # One stacked add per minibatch instead of one per statistic; skipped steps weigh 0.

@@ -20,10 +20,13 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from pyppo import plots, stats
+from pyppo import stats
+from pyppo.checkpoint import Checkpoint
 from pyppo.config import RunConfig
-from pyppo.data.horizons import _fmt_td
-from pyppo.evaluation import Backtest, backtest
+from pyppo.data import format_duration
+from pyppo.evaluation import plots
+from pyppo.evaluation.backtest import Backtest, backtest
+from pyppo.heads import AuxHeads
 from pyppo.metrics import nan_events_table
 
 POLICIES = ("agent", "buy_and_hold", "random")
@@ -44,29 +47,21 @@ def run_backtests(model: nn.Module, market, config: RunConfig, device: Any) -> d
     }
 
 
-def simple_returns(result: Backtest, fee: float) -> tuple[np.ndarray, np.ndarray]:
-    """A backtest's per-bar simple net returns and the fee paid on each bar (fractions of
-    equity), from its log returns and positions."""
-    changes = np.abs(np.diff(np.concatenate([[0.0], result.positions])))
-    return np.expm1(result.log_returns), -np.expm1(-fee * changes)
-
-
 def policy_summaries(
-    results: dict[str, Backtest], fee: float, lo: int = 0, hi: int | None = None
+    results: dict[str, Backtest], lo: int = 0, hi: int | None = None
 ) -> dict[str, dict[str, float]]:
     """:func:`pyppo.stats.summary` of each policy over bars ``[lo, hi)``."""
-    hold, _ = simple_returns(results["buy_and_hold"], fee)
-    out = {}
-    for name, result in results.items():
-        returns, fees = simple_returns(result, fee)
-        out[name] = stats.summary(
-            returns[lo:hi],
+    hold = results["buy_and_hold"].returns
+    return {
+        name: stats.summary(
+            result.returns[lo:hi],
             result.positions[lo:hi],
             result.bars_per_year,
-            fees=fees[lo:hi],
+            fees=result.fees[lo:hi],
             benchmark_returns=hold[lo:hi],
         )
-    return out
+        for name, result in results.items()
+    }
 
 
 def write_report(
@@ -74,7 +69,7 @@ def write_report(
     model: nn.Module,
     market,
     config: RunConfig,
-    state: dict[str, Any],
+    checkpoint: Checkpoint,
     *,
     device: Any = "cpu",
     folds: int = 0,
@@ -84,6 +79,7 @@ def write_report(
     """Backtest, then write ``report.md``, ``equity.csv``, ``trades.csv`` and the figures
     into ``run_dir``; returns the metrics by policy and the report's path.
 
+    :param checkpoint: the checkpoint ``model`` comes from (its update, its heads).
     :param folds: also score ``folds`` consecutive sub-periods of the held-out bars.
     :param validation: the validation bars, for buy-and-hold's Sharpe on them in the
         learning-curve figure.
@@ -92,18 +88,15 @@ def write_report(
     """
     results = run_backtests(model, market, config, device)
     fee = config.env.fee
-    summaries = policy_summaries(results, fee)
+    summaries = policy_summaries(results)
     metrics = {name: {**results[name].metrics(), **summaries[name]} for name in POLICIES}
     agent = results["agent"]
-    n = len(agent.log_returns)
-    # Bar t's decision earns bar t + 1's return: the bars the returns belong to.
-    times = market.frame.index[config.env.window + 1 : config.env.window + 1 + n]
-    _write_equity_csv(run_dir / "equity.csv", times, results)
-    agent_returns, agent_fees = simple_returns(agent, fee)
-    trades = stats.trades(agent.positions, agent_returns, agent_fees)
+    times = agent.timestamps
+    _write_equity_csv(run_dir / "equity.csv", results)
+    trades = stats.trades(agent.positions, agent.returns, agent.fees)
     _write_trades_csv(run_dir / "trades.csv", times, trades)
 
-    history = state["trainer"]["history"] if history is None else history
+    history = checkpoint.trainer.history if history is None else history
     hold_sharpe = None
     if validation is not None:
         hold_sharpe = backtest(
@@ -112,23 +105,25 @@ def write_report(
             window=config.env.window,
             fee=fee,
             allow_short=config.env.allow_short,
-        ).metrics()["sharpe"]
+        ).sharpe
+    heads = AuxHeads.from_labels(market.horizon_labels)
     figures = {
         "equity.png": plots.equity_figure(times, {k: r.equity for k, r in results.items()}),
         "predictions.png": plots.predictions_figure(agent.preds, agent.targets),
     }
     if history:
-        figures["training.png"] = plots.training_figure(history, hold_sharpe)
+        figures["training.png"] = plots.training_figure(history, hold_sharpe, heads)
     for name, fig in figures.items():
         plots.save(fig, run_dir / name)
 
     lines = [
         "# pyppo evaluation",
         "",
-        f"- checkpoint: update {state['trainer']['update']}, "
-        f"{state['trainer']['env_steps']:,} env steps",
+        f"- checkpoint: update {checkpoint.trainer.update}, "
+        f"{checkpoint.trainer.env_steps:,} env steps",
         f"- held-out bars: {len(market):,} ({market.frame.index[0]} to "
-        f"{market.frame.index[-1]}, {_fmt_td(market.bar_interval)} bars); {n:,} traded",
+        f"{market.frame.index[-1]}, {format_duration(market.bar_interval)} bars); "
+        f"{len(times):,} traded",
         f"- fee: {fee} per unit of position change; {agent.bars_per_year:,.0f} bars a year "
         "(the data's own, gaps included)",
         "",
@@ -136,15 +131,19 @@ def write_report(
         "",
         *_table(
             ["statistic", *POLICIES],
-            [[key, *(_fmt(summaries[p][key]) for p in POLICIES)] for key in stats.SUMMARY_KEYS],
+            [
+                [key, *(_fmt_statistic(key, summaries[p][key]) for p in POLICIES)]
+                for key in stats.SUMMARY_KEYS
+            ],
         ),
         "",
-        f"Conventions: {' '.join(stats.CONVENTIONS.split())} Every trade of the agent is "
-        "in trades.csv, every bar's equity in equity.csv.",
+        f"Conventions: {' '.join(stats.CONVENTIONS.split())} A policy that never trades has "
+        "no Sharpe ratio (shown as 'no trades'; it counts as 0 where Sharpes are ranked). "
+        "Every trade of the agent is in trades.csv, every bar's equity in equity.csv.",
         "",
     ]
     if folds:
-        lines += _folds_section(results, fee, times, folds)
+        lines += _folds_section(results, times, folds)
     lines += [
         "## Auxiliary heads (held-out)",
         "",
@@ -175,9 +174,7 @@ def write_report(
     return metrics, path
 
 
-def _folds_section(
-    results: dict[str, Backtest], fee: float, times: pd.DatetimeIndex, folds: int
-) -> list[str]:
+def _folds_section(results: dict[str, Backtest], times: pd.DatetimeIndex, folds: int) -> list[str]:
     """Each of ``folds`` consecutive sub-periods of the one backtest, then mean and spread."""
     n = len(results["agent"].log_returns)
     if folds > n:
@@ -186,7 +183,7 @@ def _folds_section(
     columns = [f"{p} {k}" for p in ("agent", "buy_and_hold") for k in FOLD_KEYS]
     rows, values = [], []
     for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        s = policy_summaries(results, fee, lo, hi)
+        s = policy_summaries(results, lo, hi)
         fold = [s[p][key] for p in ("agent", "buy_and_hold") for key in FOLD_KEYS]
         values.append(fold)
         rows.append(
@@ -211,7 +208,8 @@ def _folds_section(
     ]
 
 
-def _write_equity_csv(path: Path, times: pd.DatetimeIndex, results: dict[str, Backtest]) -> None:
+def _write_equity_csv(path: Path, results: dict[str, Backtest]) -> None:
+    times = results["agent"].timestamps
     frame = pd.DataFrame({name: results[name].equity for name in POLICIES}, index=times)
     frame["position"] = results["agent"].positions
     frame.index.name = "timestamp"
@@ -233,6 +231,13 @@ def _write_trades_csv(path: Path, times: pd.DatetimeIndex, trades: stats.Trades)
                     bool(trades.is_open[i]),
                 ]
             )
+
+
+def _fmt_statistic(key: str, value: float) -> str:
+    """A statistic for the table: a NaN Sharpe ratio means the policy never traded."""
+    if key == "Sharpe Ratio" and isinstance(value, float) and math.isnan(value):
+        return "no trades"
+    return _fmt(value)
 
 
 def _fmt(value: float) -> str:
