@@ -180,7 +180,7 @@ class PPOConfig(_Validated):
         None, "stop an update's epochs when the mean KL exceeds this", valid=POSITIVE
     )
     seed: int = _opt(0, "seeds the model, the environment and the trainer")
-    # For GPUs (README, "Settings"): on a 2-core CPU neither made training faster.
+    # For GPUs (README, "Settings"; their CPU measurements are in benchmarks/RESULTS.md).
     compile: bool = _opt(False, "torch.compile the update's forward pass and loss")
     bf16: bool = _opt(False, "model forward passes under bfloat16 autocast (weights float32)")
     checkpoint_every: int = _opt(

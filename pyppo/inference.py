@@ -24,8 +24,8 @@ from pyppo.data import MarketData
 from pyppo.features import MarketFeatures, compute_features
 
 # Bars per forward pass: small enough for a pass's activations to stay in the CPU's caches
-# (on a 2-core CPU, 4,096 and 8,192 were ~1.5x as fast as 16,384 and 2,048), large enough
-# to keep a GPU busy.
+# (bench_backtest.py --batch-size compares sizes; RESULTS.md, "Backtests"), large enough to
+# keep a GPU busy.
 BATCH_SIZE = 8_192
 
 

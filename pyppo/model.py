@@ -51,8 +51,9 @@ class PatchConv1d(nn.Module):
         weight = torch.empty(out_channels, in_channels * kernel)
         nn.init.orthogonal_(weight, math.sqrt(2))
         # Stored as (inputs, outputs), the transpose of nn.Linear's layout: autograd then
-        # forms the weight gradient as x^T @ grad, which MKL computes ~6x faster than
-        # grad^T @ x when a patch has only a few inputs (2 in the first layer).
+        # forms the weight gradient as x^T @ grad, which MKL computes several times faster
+        # than grad^T @ x when a patch has only a few inputs (2 in the first layer; the
+        # timings are in benchmarks/RESULTS.md, "Training").
         self.weight = nn.Parameter(weight.t().contiguous())
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
@@ -134,18 +135,19 @@ class TradingTrunk(nn.Module):
 # branch sees the agent's position. A backtest needs every bar's outputs for each of the
 # three positions, so it computes the layer as two matrix multiplies, one per half of its
 # weight: W[:, :half] @ price + b once per bar (position_free), then + W[:, half:] @ features
-# per position; and it takes tanh as 2 sigmoid(2x) - 1, in place (fast_tanh_). That halves
-# the cost of a 2 M-bar backtest's forward passes. Training keeps the plain path: at its
-# small batches the extra matrix multiply and the composite tanh cost more than they save
-# (the rollout's forward pass took 16 % longer). The two paths are the same function and
-# differ by float rounding only (tests hold them within 1e-5).
+# per position; and it takes tanh as 2 sigmoid(2x) - 1, in place (fast_tanh_). That makes a
+# long backtest's forward passes much cheaper (benchmarks/bench_backtest.py, "Backtests" in
+# RESULTS.md). Training keeps the plain path: at its small batches the extra matrix multiply
+# and the composite tanh cost more than they save (measured with bench_training.py; RESULTS.md).
+# The two paths are the same function and differ by float rounding only (tests hold them
+# within 1e-5).
 
 
 def fast_tanh_(x: Tensor) -> Tensor:
     """tanh in place, as ``2 * sigmoid(2x) - 1`` on CPUs: the same function (absolute error
     at most 2e-7), but torch's CPU ``tanh`` kernel is several times slower than its
-    ``sigmoid`` on large tensors (2.7x at 256 x 128). GPUs, whose ``tanh`` is fast, use
-    ``tanh_``. Returns ``x``.
+    ``sigmoid`` on large tensors (benchmarks/RESULTS.md, "Backtests"). GPUs, whose ``tanh``
+    is fast, use ``tanh_``. Returns ``x``.
 
     :param x: a float tensor that autograd does not track (inference only).
     """

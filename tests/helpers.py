@@ -52,13 +52,15 @@ def salted(
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal values and equal signs of zero (torch.equal treats -0.0 == 0.0)."""
-    return (
-        a.shape == b.shape
-        and a.dtype == b.dtype
-        and torch.equal(a, b)
-        and torch.equal(torch.signbit(a), torch.signbit(b))
-    )
+    """Equal values, NaN at the same places, and equal signs of zero (torch.equal treats
+    -0.0 == 0.0 and NaN != NaN)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
+    if not torch.equal(nan_a, nan_b):
+        return False
+    a, b = a[~nan_a], b[~nan_b]
+    return torch.equal(a, b) and torch.equal(torch.signbit(a), torch.signbit(b))
 
 
 # A small training run for command-line tests (about a second per epoch on two cores).

@@ -16,6 +16,9 @@ from pyppo.checkpoint import CheckpointError, load_checkpoint
 from pyppo.cli import export_main, load_data, predict_main, split_data, train_main
 from pyppo.evaluation import backtest
 
+# End to end: a module fixture trains the run these tests use.
+pytestmark = pytest.mark.slow
+
 FIELDS = {
     "timestamp",
     "position",

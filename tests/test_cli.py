@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from helpers import SMALL_RUN, same_rows
 
@@ -11,6 +12,9 @@ from pyppo import synthetic_market
 from pyppo.checkpoint import load_checkpoint
 from pyppo.cli import eval_main, train_main
 from pyppo.metrics import read_metrics
+
+# End to end: every test trains through the command line.
+pytestmark = pytest.mark.slow
 
 SMALL = SMALL_RUN
 

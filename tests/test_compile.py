@@ -47,6 +47,7 @@ def test_compiled_loss_equals_eager_on_a_fixed_minibatch():
 
 
 @pytest.mark.parametrize("nan_policy", ["zero", "skip"])
+@pytest.mark.slow
 def test_a_compiled_trainer_trains(nan_policy):
     compiled = trainer(compile=True, nan_policy=nan_policy)
     rows = compiled.train(total_steps=8 * 32 * 2)
@@ -56,6 +57,7 @@ def test_a_compiled_trainer_trains(nan_policy):
     assert dataclasses.asdict(compiled.config)["compile"] is True
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains_with_float32_weights_and_guards():
     plain, bf16 = trainer(), trainer(bf16=True)
     counters = NaNCounters.zeros(bf16.metric_schema(), bf16.device)

@@ -3,8 +3,6 @@ API share one set of defaults, and every flag users know still parses."""
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import json
 import math
 from pathlib import Path
@@ -14,8 +12,6 @@ import torch
 from helpers import SMALL_RUN
 
 from pyppo import (
-    EnvConfig,
-    ModelConfig,
     PPOConfig,
     PPOTrainer,
     RunConfig,
@@ -24,33 +20,25 @@ from pyppo import (
     synthetic_market,
 )
 from pyppo.checkpoint import CheckpointError, load_checkpoint
-from pyppo.cli import UserError, resolve_config, train_main
+from pyppo.cli import UserError, make_env, make_model, resolve_config, train_main
 from pyppo.config import apply
 from pyppo.metrics import read_metrics
 
 SMALL = SMALL_RUN
 
 
-def defaults(fn) -> dict:
-    return {
-        name: p.default
-        for name, p in inspect.signature(fn).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
 def test_cli_and_api_defaults_are_one_set():
     config, explicit, _ = resolve_config([])
-    assert config == RunConfig() and explicit == set()
-    # The API's pieces default to the same values as the command line.
-    trainer_config = PPOTrainer.__init__.__defaults__  # config=None -> PPOConfig()
-    assert trainer_config == (None,)
-    env = defaults(TradingEnv.__init__)
-    for f in dataclasses.fields(EnvConfig):
-        assert env[f.name] == getattr(config.env, f.name), f.name
-    model = defaults(TradingActorCritic.__init__)
-    for f in dataclasses.fields(ModelConfig):
-        assert model[f.name] == getattr(config.model, f.name), f.name
+    assert explicit == set()
+    # What the Python API builds with no settings equals what the command line builds from
+    # its defaults: the env and the model, compared by what they are, not by signature.
+    market = synthetic_market(3000, seed=1)
+    api_env = TradingEnv(market)
+    cli_env = make_env(market, config, torch.device("cpu"))
+    assert api_env.describe() == cli_env.describe()
+    assert (api_env.num_envs, api_env.sanitize) == (cli_env.num_envs, cli_env.sanitize)
+    api_model = TradingActorCritic(api_env.obs_spec)
+    assert api_model.describe() == make_model(cli_env, config).describe()
     # The defaults that learn best are the command line's.
     assert (config.ppo.lr, config.model.hidden_dim, config.env.num_envs) == (1e-4, 128, 32)
 
@@ -141,6 +129,7 @@ def test_every_flag_in_help_is_covered():
     assert flags - covered == new
 
 
+@pytest.mark.slow
 def test_toml_file_plus_flag_override_lands_in_config_json(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text(
@@ -183,6 +172,7 @@ def test_toml_file_plus_flag_override_lands_in_config_json(tmp_path):
     assert load_checkpoint(run / "checkpoint.pt").run_config.to_dict() == config
 
 
+@pytest.mark.slow
 def test_print_config_round_trips(tmp_path, capsys):
     assert (
         train_main(["--lr", "0.0002", "--horizons", "4h,1d", "--long-only", "--print-config"]) == 0
@@ -257,6 +247,7 @@ def walk(value, path="checkpoint"):
         assert isinstance(value, PLAIN), f"{path} is a {type(value).__name__}"
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_only_tensors_and_plain_data(tmp_path):
     run = tmp_path / "run"
     assert train_main([*SMALL, "--run-dir", str(run), "--epochs", "1"]) == 0
@@ -276,6 +267,7 @@ def test_older_checkpoint_format_is_a_clear_error(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_aux_names_follow_the_horizon_labels(tmp_path):
     run = tmp_path / "run"
     assert (
@@ -293,6 +285,7 @@ def test_aux_names_follow_the_horizon_labels(tmp_path):
     assert not any("1h" in column for column in header)
 
 
+@pytest.mark.slow
 def test_todays_flags_all_at_once_train(tmp_path):
     """One short run with every flag of the earlier command line that can go together (the
     file, resume and bad-tick flags have runs of their own in test_cli.py)."""
@@ -363,6 +356,7 @@ def test_todays_flags_all_at_once_train(tmp_path):
     assert state.trainer.env_steps == 512
 
 
+@pytest.mark.slow
 def test_validation_sharpe_reaches_metrics_csv(tmp_path):
     run = tmp_path / "run"
     assert train_main([*SMALL, "--run-dir", str(run), "--epochs", "2"]) == 0
@@ -389,6 +383,7 @@ def test_gpu_preset_is_a_valid_large_batch_config():
     assert rollout % config.ppo.num_minibatches == 0
 
 
+@pytest.mark.slow
 def test_gpu_preset_trains_on_the_cpu_when_told_to(tmp_path):
     run = tmp_path / "run"
     argv = ["--config", str(GPU_PRESET), "--device", "cpu", "--bars", "3000"]

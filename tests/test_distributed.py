@@ -13,11 +13,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import SMALL_RUN, same_rows
 
 from pyppo.checkpoint import load_checkpoint
 from pyppo.metrics import read_metrics
+
+# End to end: torchrun with two processes.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]

@@ -20,6 +20,9 @@ from pyppo.checkpoint import CheckpointError, load_checkpoint
 from pyppo.cli import eval_main, train_main
 from pyppo.metrics import read_metrics
 
+# End to end: trained runs, signals, kill -9 and resume.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = SMALL_RUN
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import torch
+
 import pyppo
 
 
@@ -12,8 +14,11 @@ def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
 
-def test_cuda_kernels_available_is_a_bool():
-    assert isinstance(pyppo.cuda_kernels_available(), bool)
+def test_cuda_kernels_available_says_whether_the_ops_have_cuda_kernels():
+    # What the dispatcher has registered for the CUDA key is the ground truth.
+    has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key("pyppo::sanitize_", "CUDA")
+    assert pyppo.cuda_kernels_available() is has_cuda
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("pyppo::sanitize_", "CPU")
 
 
 def test_missing_extension_is_a_clear_import_error():

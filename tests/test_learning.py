@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
 from pyppo.cli import evaluate_run, train_main
+
+# End to end: the README's default training run.
+pytestmark = pytest.mark.slow
 
 
 def test_default_run_beats_buy_and_hold_and_random(tmp_path):

@@ -16,6 +16,9 @@ from pyppo.data import bars_per_year
 from pyppo.evaluation.plots import NO_EVENTS, training_figure
 from pyppo.heads import DEFAULT_AUX_LABELS, AuxHeads
 
+# End to end: trained runs, evaluated.
+pytestmark = pytest.mark.slow
+
 SMALL = [*SMALL_RUN, "--bars", "4000"]
 
 

@@ -9,6 +9,9 @@ from helpers import SMALL_RUN
 from pyppo.cli import train_main
 from pyppo.metrics import read_metrics
 
+# End to end: trained runs and their event files.
+pytestmark = pytest.mark.slow
+
 SMALL = SMALL_RUN
 
 

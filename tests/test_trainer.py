@@ -134,6 +134,7 @@ def test_nan_gradients_are_logged_with_the_seed_message(tmp_path, caplog):
     assert "NaN/inf gradient detected in aux_24h" in caplog.text
 
 
+@pytest.mark.slow
 def test_resume_gives_identical_metrics(tmp_path):
     market = synthetic_market(3000, seed=5)
     straight = small_trainer(market, tmp_path / "a").train(total_steps=8 * 32 * 4)
@@ -230,6 +231,7 @@ class SmallMLP(nn.Module):
         return {"action_logits": self.pi(h), "value": self.v(h).squeeze(-1)}
 
 
+@pytest.mark.slow
 def test_any_gymnasium_vector_env_and_dict_model():
     pytest.importorskip("gymnasium")
     torch.manual_seed(0)
@@ -250,6 +252,7 @@ def test_any_gymnasium_vector_env_and_dict_model():
         trainer.train(epochs=1)
 
 
+@pytest.mark.slow
 def test_gymnasium_sync_vector_env():
     gym = pytest.importorskip("gymnasium")
     env = gym.make_vec(

@@ -29,7 +29,7 @@ Policy = Callable[[Tensor], tuple[dict[str, Tensor], Tensor | None]]
 def one_cpu_thread(device: torch.device) -> Iterator[None]:
     """Run torch's CPU ops on one thread inside the block (restored after). The rollout's ops
     see one row per env (32 x 74 by default): too little to split across threads, whose
-    fork and join cost more than they save (12 % of the rollout's time on 2 cores)."""
+    fork and join cost more than they save (benchmarks/RESULTS.md, "Training")."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1:
         yield
