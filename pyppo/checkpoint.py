@@ -138,6 +138,18 @@ class AgentSpec:
         )
 
 
+@dataclass
+class ProcessState:
+    """What differs between the processes of a run, saved for each so that a resume
+    continues every one exactly: its rollout's and env's state dicts (None for an env that
+    cannot save its state) and its random streams."""
+
+    rollout: dict[str, Any]
+    env: dict[str, Any] | None
+    torch_rng: Tensor  # torch's global CPU generator (model init, ...)
+    batch_rng: Tensor  # the minibatch order's generator
+
+
 @dataclass(frozen=True)
 class DataInfo:
     """The data a run trained on: its path (None for the synthetic market), where it came
@@ -158,7 +170,7 @@ class Checkpoint:
     :param config: the PPO settings it trained with.
     :param trainer: counters and metrics history.
     :param agent: how to rebuild the model and its observations.
-    :param ranks: per process, its rollout, env and random-stream state (resume).
+    :param ranks: per process (in rank order), its :class:`ProcessState`.
     :param run_config: the command line's whole configuration (None from the Python API).
     :param data_fingerprint: the training data's SHA-256 (resuming on other data is refused).
     :param data: the training data's path and period (None from the Python API).
@@ -170,7 +182,7 @@ class Checkpoint:
     config: PPOConfig
     trainer: TrainerState
     agent: AgentSpec = field(default_factory=AgentSpec)
-    ranks: list[dict[str, Any]] = field(default_factory=list)
+    ranks: list[ProcessState] = field(default_factory=list)
     run_config: RunConfig | None = None
     data_fingerprint: str | None = None
     data: DataInfo | None = None
@@ -184,7 +196,7 @@ class Checkpoint:
             "config": dataclasses.asdict(self.config),
             "trainer": dataclasses.asdict(self.trainer),
             "agent": self.agent.to_dict(),
-            "ranks": self.ranks,
+            "ranks": [dataclasses.asdict(process) for process in self.ranks],
             "run_config": None if self.run_config is None else self.run_config.to_dict(),
             "data_fingerprint": self.data_fingerprint,
             "data": None if self.data is None else dataclasses.asdict(self.data),
@@ -208,7 +220,7 @@ class Checkpoint:
             config=_ppo_config(state["config"]),
             trainer=TrainerState(**{k: trainer[k] for k in TRAINER_KEYS[FORMAT_VERSION]}),
             agent=AgentSpec.from_dict(state["agent"]),
-            ranks=list(state["ranks"]),
+            ranks=[_process_state(process, version) for process in state["ranks"]],
             run_config=None if run_config is None else RunConfig.from_dict(run_config),
             data_fingerprint=state["data_fingerprint"],
             data=None if data is None else DataInfo(**data),
@@ -218,6 +230,13 @@ class Checkpoint:
     def save(self, path: str | os.PathLike) -> Path:
         """Write this checkpoint to ``path`` atomically (:func:`save_checkpoint`)."""
         return save_checkpoint(path, self.to_dict())
+
+
+def _process_state(values: dict[str, Any], version: int) -> ProcessState:
+    if version == 2:  # the random streams were one table
+        rng = values["rng"]
+        return ProcessState(values["rollout"], values["env"], rng["torch"], rng["batch"])
+    return ProcessState(**values)
 
 
 def _ppo_config(values: dict[str, Any]) -> PPOConfig:

@@ -243,6 +243,14 @@ def test_format_2_checkpoints_still_load_and_keep_their_best_score(saved_run, tm
     callbacks = state.pop("callbacks")
     state["trainer"]["best_sharpe"] = 4.25
     state["agent"]["env"]["observation_size"] = len(state["agent"]["env"]["observation_names"])
+    state["ranks"] = [
+        {
+            "rollout": r["rollout"],
+            "env": r["env"],
+            "rng": {"torch": r["torch_rng"], "batch": r["batch_rng"]},
+        }
+        for r in state["ranks"]
+    ]
     assert callbacks  # (the format-3 file had them)
     path = tmp_path / "v2.pt"
     save_checkpoint(path, state)
@@ -254,3 +262,6 @@ def test_format_2_checkpoints_still_load_and_keep_their_best_score(saved_run, tm
     callback = BestCheckpoint(None)
     callback.load_state_dict(old.callbacks[BEST_CHECKPOINT_CALLBACK])
     assert callback.best_score == 4.25
+    assert torch.equal(
+        old.ranks[0].batch_rng, load_checkpoint(run / "checkpoint.pt").ranks[0].batch_rng
+    )

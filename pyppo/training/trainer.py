@@ -35,6 +35,7 @@ from pyppo.checkpoint import (
     Checkpoint,
     CheckpointError,
     DataInfo,
+    ProcessState,
     TrainerState,
     load_checkpoint,
 )
@@ -379,25 +380,28 @@ class PPOTrainer:
 
     # -- checkpoints ---------------------------------------------------------------------
 
-    def _process_state(self) -> dict[str, Any]:
+    def _process_state(self) -> ProcessState:
         """What differs between processes: their episodes, envs and random streams."""
-        return {
-            "rollout": self.rollout.state_dict(),
-            "env": self.env.state_dict() if isinstance(self.env, StatefulEnv) else None,
-            "rng": {"torch": torch.get_rng_state(), "batch": self.batch_generator.get_state()},
-        }
+        return ProcessState(
+            rollout=self.rollout.state_dict(),
+            env=self.env.state_dict() if isinstance(self.env, StatefulEnv) else None,
+            torch_rng=torch.get_rng_state(),
+            batch_rng=self.batch_generator.get_state(),
+        )
 
     def checkpoint(self) -> Checkpoint:
         """Everything a resumed run needs (:class:`pyppo.checkpoint.Checkpoint`). Under
         torch.distributed every process must call it (it gathers their states); the result is
         complete on rank 0."""
+        gathered = gather_to_rank0(to_cpu(dataclasses.asdict(self._process_state())))
         return Checkpoint(
             model=self.model.state_dict(),
             optimizer=self.optimizer.state_dict(),
             config=self.config,
             trainer=TrainerState(self.update, self.env_steps, self.epoch, self.history),
             agent=AgentSpec.of(self.model, self.env),
-            ranks=gather_to_rank0(to_cpu(self._process_state())),
+            # Every process's state on rank 0, which writes the file; empty elsewhere.
+            ranks=[ProcessState(**state) for state in gathered or []],
             run_config=self.run_config,
             data_fingerprint=self.data_fingerprint,
             data=self.data_info,
@@ -450,9 +454,9 @@ class PPOTrainer:
             if cb.name in saved.callbacks:
                 cb.load_state_dict(saved.callbacks[cb.name])
         mine = saved.ranks[self.rank]
-        env_restored = mine["env"] is not None and isinstance(self.env, StatefulEnv)
+        env_restored = mine.env is not None and isinstance(self.env, StatefulEnv)
         if env_restored:
-            self.env.load_state_dict(mine["env"])
-        self.rollout.load_state_dict(mine["rollout"], env_restored=env_restored)
-        torch.set_rng_state(mine["rng"]["torch"].cpu())
-        self.batch_generator.set_state(mine["rng"]["batch"].cpu())
+            self.env.load_state_dict(mine.env)
+        self.rollout.load_state_dict(mine.rollout, env_restored=env_restored)
+        torch.set_rng_state(mine.torch_rng.cpu())
+        self.batch_generator.set_state(mine.batch_rng.cpu())
