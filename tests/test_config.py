@@ -50,9 +50,9 @@ def test_trainer_without_a_config_uses_the_cli_defaults():
     assert trainer.config == RunConfig().ppo
 
 
-# Every flag of the command line before the configuration existed, with a value, and the
+# Every flag users type (the README's and the original trainer's), with a value, and the
 # setting it must produce.
-TODAYS_FLAGS = [
+KNOWN_FLAGS = [
     (["--epochs", "3"], "epochs", 3),
     (["--total-steps", "5000"], "total_steps", 5000),
     (["--run-dir", "runs/x"], "run_dir", "runs/x"),
@@ -90,7 +90,7 @@ TODAYS_FLAGS = [
 ]
 
 
-@pytest.mark.parametrize(("argv", "name", "value"), TODAYS_FLAGS, ids=lambda x: str(x))
+@pytest.mark.parametrize(("argv", "name", "value"), KNOWN_FLAGS, ids=lambda x: str(x))
 def test_every_flag_users_know_still_parses_with_its_meaning(argv, name, value):
     config, explicit, _ = resolve_config(argv)
     obj = config
@@ -107,7 +107,7 @@ def test_every_flag_in_help_is_covered():
     from pyppo.cli import train_parser
 
     flags = {s for a in train_parser()._actions for s in a.option_strings if s.startswith("--")}
-    covered = {argv[0] for argv, _, _ in TODAYS_FLAGS}
+    covered = {argv[0] for argv, _, _ in KNOWN_FLAGS}
     new = {
         "--help",
         "--config",
@@ -213,7 +213,7 @@ def test_unknown_toml_setting_is_an_error(tmp_path):
         resolve_config(["--config", str(toml)])
 
 
-def test_seed_trainer_calls_still_work():
+def test_the_original_trainer_calls_work():
     market = synthetic_market(3000, seed=1)
     env = TradingEnv(market, num_envs=4, episode_length=100)
     model = TradingActorCritic(env.obs_spec, hidden_dim=16)
@@ -286,9 +286,9 @@ def test_aux_names_follow_the_horizon_labels(tmp_path):
 
 
 @pytest.mark.slow
-def test_todays_flags_all_at_once_train(tmp_path):
-    """One short run with every flag of the earlier command line that can go together (the
-    file, resume and bad-tick flags have runs of their own in test_cli.py)."""
+def test_known_flags_all_at_once_train(tmp_path):
+    """One short run with every known flag that can go together (the file, resume and
+    bad-tick flags have runs of their own in test_cli.py)."""
     run = tmp_path / "run"
     argv = [
         "--epochs",

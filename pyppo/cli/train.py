@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from pyppo.checkpoint import DataInfo, load_checkpoint, stray_temporaries
+from pyppo.checkpoint import BEST, LATEST, DataInfo, load_checkpoint, stray_temporaries
 from pyppo.cli.common import (
     Parser,
     UserError,
@@ -56,8 +56,8 @@ RESUMABLE = {
 }
 # What a run dir holds; a folder with any of these holds a run.
 RUN_FILES = (
-    "checkpoint.pt",
-    "best.pt",
+    LATEST,
+    BEST,
     "metrics.csv",
     "config.json",
     "report.md",
@@ -135,9 +135,9 @@ def prepare_run_dir(config: RunConfig) -> Path:
         raise UserError("--resume and --overwrite contradict each other", "give one of them")
     if config.resume and config.run_dir is None:
         raise UserError("--resume needs --run-dir", "name the run to continue")
-    if config.resume and not (run_dir / "checkpoint.pt").exists():
+    if config.resume and not (run_dir / LATEST).exists():
         raise UserError(
-            f"cannot resume: checkpoint {run_dir / 'checkpoint.pt'} does not exist",
+            f"cannot resume: checkpoint {run_dir / LATEST} does not exist",
             "check --run-dir, or start a new run without --resume",
         )
     holds_run = run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_FILES)
@@ -180,10 +180,10 @@ def _train(argv: list[str]) -> int:
     if rank:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (rank 0 alone prints)
     if config.resume:
-        saved = load_checkpoint(run_dir / "checkpoint.pt").run_config
+        saved = load_checkpoint(run_dir / LATEST).run_config
         if saved is None:
             raise UserError(
-                f"{run_dir / 'checkpoint.pt'} was not written by pyppo-train",
+                f"{run_dir / LATEST} was not written by pyppo-train",
                 "resume it from your own code, or start a new run",
             )
         config = resumed_config(config, explicit, saved)
@@ -217,7 +217,7 @@ def _train(argv: list[str]) -> int:
             json.dumps({"config": config.to_dict(), "explicit": sorted(explicit)}, indent=2) + "\n"
         )
     if config.resume:
-        trainer.load_checkpoint(run_dir / "checkpoint.pt")
+        trainer.load_checkpoint(run_dir / LATEST)
         print(f"resuming {run_dir} at update {trainer.update} ({trainer.env_steps:,} env steps)")
     print(
         f"training on {device}"

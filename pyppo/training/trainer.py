@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from pyppo import ops
 from pyppo.buffer import RolloutBuffer
 from pyppo.checkpoint import (
+    LATEST,
     AgentSpec,
     Checkpoint,
     CheckpointError,
@@ -278,11 +279,11 @@ class PPOTrainer:
                 # Decided here, between updates (a resumable state), by every process at once.
                 stop = all_reduce_max(float(self.stop.signal or 0), self.device)
                 if stop:
-                    self.save("checkpoint.pt")
+                    self.save(LATEST)
                     raise TrainingInterrupted(int(stop), self.update)
                 if callbacks_stop:
                     break
-            self.save("checkpoint.pt")
+            self.save(LATEST)
         finally:
             bar.close()
             writer.flush()
@@ -317,7 +318,7 @@ class PPOTrainer:
         for cb, result in zip(due, results, strict=True):
             stop |= bool(cb.on_result(self, result))
         if self.config.checkpoint_every and self.update % self.config.checkpoint_every == 0:
-            self.save("checkpoint.pt")
+            self.save(LATEST)
         return row, stop
 
     def _run_callback(self, callback: TrainingCallback) -> dict[str, Any]:
