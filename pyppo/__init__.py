@@ -6,7 +6,11 @@ torch libraries resolve to the ones already loaded.
 
 from __future__ import annotations
 
-import torch  # noqa: F401  (before the extension, see above)
+from pyppo.interrupts import quiet_startup
+
+quiet_startup()  # a Ctrl-C while pyppo's commands import torch ends them with one line
+
+import torch  # noqa: E402, F401  (before the extension, see above)
 
 from pyppo import ops, reference
 from pyppo._extension import cuda_kernels_available

@@ -14,6 +14,7 @@ The auxiliary predictions ``pred_<label>`` are simple returns over their horizon
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +25,24 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pyppo.checkpoint import CheckpointError, build_model, find_checkpoint, load_checkpoint
+from pyppo.checkpoint import (
+    AgentSpec,
+    CheckpointError,
+    build_model,
+    find_checkpoint,
+    load_checkpoint,
+)
 from pyppo.data import MarketData, MarketDataError, load_market_data
 from pyppo.device import resolve_device
 from pyppo.env import EnvSpec
+from pyppo.files import OutputSet
 from pyppo.heads import AuxHeads
 from pyppo.inference import action_positions, policy_outputs, walk
 from pyppo.model import ModelSpec, TradingActorCritic
 
 EXPORT_CONFIG, EXPORT_WEIGHTS = "agent.json", "model.safetensors"
+# What agent.json says it is; version 2 carries the weights' SHA-256.
+EXPORT_FORMAT, EXPORT_VERSION = "pyppo-agent", 2
 POSITION_NAMES = {-1.0: "short", 0.0: "flat", 1.0: "long"}
 # Bars needed before the first prediction besides the window: the trailing volatility
 # that normalizes returns settles over about one window.
@@ -68,25 +78,37 @@ class Agent:
         path = find_checkpoint(path)
         checkpoint = load_checkpoint(path)
         spec = checkpoint.agent
-        if spec.model is None or spec.env is None:
-            raise CheckpointError(
-                f"checkpoint {path} was not trained on a TradingEnv with a "
-                "TradingActorCritic: pyppo.Agent cannot rebuild it"
-            )
+        try:
+            spec.check_fits()
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint {path} cannot be used as an agent: {err}") from None
         model = build_model(spec.model, checkpoint.model, source=path)
         return cls(model.to(device), spec.env, device)
 
     @classmethod
     def _from_export(cls, folder: Path, device: torch.device) -> Agent:
+        config = _read_export_config(folder)
+        weights_file = folder / EXPORT_WEIGHTS
         try:
-            config = json.loads((folder / EXPORT_CONFIG).read_text())
-            weights = load_file(folder / EXPORT_WEIGHTS)
-            model_spec = ModelSpec.from_dict(config["model"])
-            env_spec = EnvSpec.from_dict(config["env"])
+            digest = file_sha256(weights_file)
+        except OSError as err:
+            raise CheckpointError(
+                f"export {folder}: {EXPORT_WEIGHTS} cannot be read ({err.strerror}); export the "
+                "agent again"
+            ) from None
+        if digest != config["sha256"]:
+            raise CheckpointError(
+                f"export {folder}: {EXPORT_WEIGHTS} does not match the SHA-256 in "
+                f"{EXPORT_CONFIG} (the file was changed or damaged); export the agent again"
+            )
+        try:
+            weights = load_file(weights_file)
+            spec = AgentSpec(ModelSpec.from_dict(config["model"]), EnvSpec.from_dict(config["env"]))
+            spec.check_fits()
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
-            raise CheckpointError(f"export {folder} cannot be read: {err}") from None
-        model = build_model(model_spec, weights, source=folder)
-        return cls(model.to(device), env_spec, device)
+            raise CheckpointError(f"export {folder} cannot be used: {err}") from None
+        model = build_model(spec.model, weights, source=folder)
+        return cls(model.to(device), spec.env, device)
 
     # -- what it knows ------------------------------------------------------------------
 
@@ -151,7 +173,8 @@ class Agent:
 
     def _market(self, bars: Bars) -> MarketData:
         name = str(bars) if not isinstance(bars, pd.DataFrame) else "the bars"
-        market = load_market_data(bars, window=self.window, horizons=())
+        # (One bar ahead is the shortest horizon; predictions need none, min_bars covers it.)
+        market = load_market_data(bars, window=self.window, horizons=(1,))
         if market.bar_interval != self.bar_interval:
             raise MarketDataError(
                 f"{name} are {market.bar_interval} bars, the agent was trained on "
@@ -192,16 +215,47 @@ class Agent:
 
 def export_agent(agent: Agent, out: str | Path) -> Path:
     """Write ``agent`` as ``model.safetensors`` (the weights) and ``agent.json`` (what
-    :meth:`Agent.load` needs to rebuild it): a portable agent, without pickles."""
+    :meth:`Agent.load` needs to rebuild it, and the weights' SHA-256): a portable agent,
+    without pickles. Both files appear together or not at all."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in agent.model.state_dict().items()}
-    save_file(weights, out / EXPORT_WEIGHTS)
-    config = {
-        "format": "pyppo-agent",
-        "version": 1,
-        "model": agent.model.describe().to_dict(),
-        "env": agent.spec.to_dict(),
-    }
-    (out / EXPORT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    with OutputSet(out) as files:
+        save_file(weights, files.path(EXPORT_WEIGHTS))
+        config = {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "sha256": file_sha256(files.path(EXPORT_WEIGHTS)),
+            "model": agent.model.describe().to_dict(),
+            "env": agent.spec.to_dict(),
+        }
+        files.write_text(EXPORT_CONFIG, json.dumps(config, indent=2) + "\n")
     return out
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_export_config(folder: Path) -> dict[str, Any]:
+    """``agent.json`` of an export, checked: the format, the version, the fields."""
+    path = folder / EXPORT_CONFIG
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"export {folder}: {EXPORT_CONFIG} cannot be read ({err})") from None
+    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{path} is not a pyppo agent export")
+    if config.get("version") != EXPORT_VERSION:
+        raise CheckpointError(
+            f"export {folder} has version {config.get('version')!r}, this pyppo reads version "
+            f"{EXPORT_VERSION}; export the agent again with pyppo-export"
+        )
+    missing = [key for key in ("sha256", "model", "env") if key not in config]
+    if missing:
+        raise CheckpointError(f"export {folder}: {EXPORT_CONFIG} lacks {', '.join(missing)}")
+    return config

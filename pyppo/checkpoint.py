@@ -1,8 +1,9 @@
 """Checkpoints that are never half-written, never silently wrong, and typed.
 
-A checkpoint is one ``torch.save`` file written to a temporary name beside its target and
-renamed over it (``os.replace`` is atomic on POSIX), so a crash mid-write leaves the last
-good checkpoint in place (and at worst a stray temporary file, :func:`stray_temporaries`).
+A checkpoint is one ``torch.save`` file written whole or not at all
+(:func:`pyppo.files.replaced`: a temporary file beside it, renamed over it), so a crash
+mid-write leaves the last good checkpoint in place (and at worst a stray temporary file,
+:func:`pyppo.files.stray_temporaries`).
 Loading cannot run code (``weights_only=True``), verifies the zip members' CRC-32, checks the
 format version and keys, refuses NaN/inf weights and, when asked, a different data
 fingerprint. On disk a checkpoint holds only tensors and plain data (dicts, lists, strings,
@@ -19,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from pyppo.config import PPOConfig, RunConfig, apply
 from pyppo.env import EnvSpec, TradingEnv
+from pyppo.files import replaced
 from pyppo.model import ModelSpec, TradingActorCritic
 
 # Version 3: typed sections (trainer state without the best score, which belongs to the
@@ -63,22 +64,12 @@ def plain_data(value: Any, where: str = "state") -> Any:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` (see :func:`plain_data`) to ``path`` atomically (temp file in the same
-    folder + rename)."""
+    """Write ``state`` (see :func:`plain_data`) to ``path`` whole or not at all
+    (:func:`pyppo.files.replaced`: a temporary file beside it, fsynced, renamed over it)."""
     state = plain_data(state)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with replaced(path) as tmp:
+        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    return Path(path)
 
 
 # The keys of each format version, and of its "trainer" section.
@@ -114,6 +105,23 @@ class AgentSpec:
 
     model: ModelSpec | None = None
     env: EnvSpec | None = None
+
+    def check_fits(self) -> None:
+        """Raise ``ValueError`` unless the model and the env belong together (the same window
+        and horizons, the env's actions): what an agent needs to predict."""
+        if self.model is None or self.env is None:
+            raise ValueError("it has no description of a TradingActorCritic and a TradingEnv")
+        actions = 3 if self.env.allow_short else 2
+        if (self.model.window, self.model.aux_labels, self.model.num_actions) != (
+            self.env.window,
+            self.env.aux_labels,
+            actions,
+        ):
+            raise ValueError(
+                f"the model (window {self.model.window}, heads {list(self.model.aux_labels)}, "
+                f"{self.model.num_actions} actions) does not fit the env (window "
+                f"{self.env.window}, horizons {list(self.env.aux_labels)}, {actions} actions)"
+            )
 
     @classmethod
     def of(cls, model: nn.Module, env: Any) -> AgentSpec:
@@ -277,12 +285,6 @@ def build_model(
 
 
 # -- files ------------------------------------------------------------------------------
-
-
-def stray_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Temporary files :func:`save_checkpoint` left in ``folder`` when it was killed
-    mid-write (it removes its own otherwise)."""
-    return sorted(Path(folder).glob(".*.pt.*.tmp"))
 
 
 def load_checkpoint(

@@ -25,9 +25,12 @@ import dataclasses
 import math
 import sys
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -224,11 +227,17 @@ class RunConfig(_Validated):
         """The inverse of :meth:`to_dict`; missing keys keep their defaults."""
         return apply(cls(), values)
 
-    def to_toml(self) -> str:
-        """The settings as TOML (unset optional values are left out: TOML has no null)."""
-        import tomli_w
+    def to_toml(self, auto: Sequence[str] = (), auto_value: str = "auto") -> str:
+        """The settings as TOML (unset optional values are left out: TOML has no null).
 
-        return tomli_w.dumps(_drop_none(self.to_dict()))
+        :param auto: dotted names of settings to write as ``auto_value`` instead of their
+            value (settings derived from the data unless set, such as ``data.horizons``).
+        """
+        values = self.to_dict()
+        for name in auto:
+            section, _, key = name.rpartition(".")
+            (values[section] if section else values)[key] = auto_value
+        return tomli_w.dumps(_drop_none(values))
 
 
 SECTIONS = {"data": DataConfig, "env": EnvConfig, "model": ModelConfig, "ppo": PPOConfig}

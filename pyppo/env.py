@@ -43,7 +43,7 @@ from pyppo import ops
 from pyppo.config import EnvConfig
 from pyppo.data import MarketData, MarketDataError
 from pyppo.device import resolve_device
-from pyppo.features import FEATURE_CLIP, ObsSpec, compute_features
+from pyppo.features import FEATURE_CLIP, RETURN_LIMIT, ObsSpec, compute_features
 
 try:  # gymnasium is optional: the env follows its VectorEnv API either way.
     import gymnasium
@@ -103,6 +103,36 @@ class EnvSpec:
     aux_horizon_bars: tuple[int, ...]
     bar_interval_seconds: float
     observation_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        expected = ObsSpec.for_window(self.window).names if self.window >= 1 else ()
+        problems = [
+            f"{name} {value!r}"
+            for name, value, ok in (
+                ("window", self.window, self.window >= 1),
+                ("fee", self.fee, math.isfinite(self.fee) and self.fee >= 0),
+                ("episode_length", self.episode_length, self.episode_length >= 1),
+                (
+                    "aux_horizon_bars",
+                    list(self.aux_horizon_bars),
+                    len(self.aux_horizon_bars) == len(self.aux_labels)
+                    and all(h >= 1 for h in self.aux_horizon_bars),
+                ),
+                (
+                    "bar_interval_seconds",
+                    self.bar_interval_seconds,
+                    math.isfinite(self.bar_interval_seconds) and self.bar_interval_seconds > 0,
+                ),
+                (
+                    "observation_names",
+                    f"{len(self.observation_names)} names",
+                    self.observation_names == expected,
+                ),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError(f"implausible env description: {', '.join(problems)}")
 
     @property
     def observation_size(self) -> int:
@@ -304,7 +334,7 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         t_next = self._t + 1
         ret = self._log_returns.index_select(0, t_next)
         if self.sanitize:
-            self.return_counts += ops.sanitize_(ret, 1.0)
+            self.return_counts += ops.sanitize_(ret, RETURN_LIMIT)
         cost = (position - self._pos).abs_().mul_(self.fee)
         reward = position.mul(ret).sub_(cost)
         self._episode_return += reward
@@ -466,7 +496,7 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
     def _aux_targets(self) -> Tensor:
         aux = self._aux_table.index_select(0, self._t)
         if self.sanitize:
-            self.aux_target_counts += ops.sanitize_(aux, 1.0)
+            self.aux_target_counts += ops.sanitize_(aux, RETURN_LIMIT)
         return aux
 
     def __repr__(self) -> str:

@@ -29,6 +29,9 @@ from pyppo import ops
 from pyppo.data import MarketData
 
 FEATURE_CLIP = 10.0
+# Realized log returns and auxiliary targets are sanitized to this limit everywhere (the env,
+# the features, backtests): NaN/inf -> 0, beyond ±1 (a move of +172 % / -63 %) clamped.
+RETURN_LIMIT = 1.0
 # Volatility floor: this fraction of the mean volatility so far, and at least _FLOOR_MIN.
 _FLOOR_FRACTION = 1e-3
 _FLOOR_MIN = 1e-11
@@ -138,7 +141,7 @@ def compute_features(market: MarketData, window: int, device: torch.device | str
     n = len(market)
     # Sanitize the returns the features see, with the same fused op and limit as rewards.
     logr = market.log_returns.clone()
-    sanitized = ops.sanitize_(logr, 1.0)
+    sanitized = ops.sanitize_(logr, RETURN_LIMIT)
     r = logr.numpy()
     rs = pd.Series(r)
 

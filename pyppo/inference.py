@@ -64,8 +64,9 @@ class Walk:
     """The greedy agent's run through :class:`PolicyOutputs`, one entry per bar.
 
     At bar ``bars[i]`` the agent observed position ``held[i]`` (the start position, then
-    what the previous action left), took ``actions[i]`` and so holds ``positions[i]`` over
-    the next bar; ``outputs[name][i]`` is the model's output at that bar and held position.
+    what the previous action left), took ``actions[i]`` (the greedy action, or the one that
+    keeps ``held[i]`` where nothing could be filled) and so holds ``positions[i]`` over the
+    next bar; ``outputs[name][i]`` is the model's output at that bar and held position.
     """
 
     bars: np.ndarray  # (B,) int64
@@ -169,17 +170,21 @@ def policy_outputs(
     return PolicyOutputs(bars=bars, positions=action_positions(allow_short), outputs=arrays)
 
 
-def walk(outputs: PolicyOutputs, start_position: float = 0.0) -> Walk:
+def walk(
+    outputs: PolicyOutputs, start_position: float = 0.0, no_fill: np.ndarray | None = None
+) -> Walk:
     """Act greedily through ``outputs`` bar by bar, starting from ``start_position``.
 
     At each bar the agent observes the position the previous action left (the start
     position at the first bar), takes the argmax of that row's ``action_logits`` (the
     first maximum on ties, as :func:`torch.argmax`), and holds the action's position over
-    the next bar.
+    the next bar. At a bar marked in ``no_fill`` nothing can be filled (its price is not a
+    real one): the position is held, whatever the model chose.
 
     :param outputs: what :func:`policy_outputs` returned.
     :param start_position: the position held at the first bar (one of
         ``outputs.positions``).
+    :param no_fill: (B,) bool, the bars at which no order can be filled; None for none.
     """
     matches = np.flatnonzero(outputs.positions == np.float32(start_position))
     if matches.size == 0:
@@ -192,14 +197,18 @@ def walk(outputs: PolicyOutputs, start_position: float = 0.0) -> Walk:
     # the position it leaves, so the walk is a chain of lookups.
     greedy = np.argmax(outputs.outputs["action_logits"], axis=-1)
     rows = greedy.tolist()
+    blocked = [False] * len(outputs) if no_fill is None else np.asarray(no_fill).tolist()
     held_index = [0] * len(outputs)
+    taken = [0] * len(outputs)
     k = int(matches[0])
     for i in range(len(held_index)):
         held_index[i] = k
-        k = rows[k][i]
+        if not blocked[i]:
+            k = rows[k][i]
+        taken[i] = k
     held_k = np.asarray(held_index, dtype=np.int64)
+    actions = np.asarray(taken, dtype=np.int64)
     columns = np.arange(len(outputs))
-    actions = greedy[held_k, columns]
     return Walk(
         bars=outputs.bars,
         actions=actions,

@@ -44,6 +44,7 @@ ROLLOUT = ("rollout/mean_step_reward", "rollout/mean_episode_return")
 STEP_STATS = ("loss/policy", "loss/value", "loss/entropy", "train/approx_kl", "train/clip_fraction")
 GUARD_STATS = ("train/grad_norm", "train/clip_coef")
 VALIDATION_SHARPE = "validation/sharpe"
+METRICS_FILE = "metrics.csv"  # in the run dir
 SKIPPED_STEPS = "guard/skipped_steps"
 
 # Which NaN/inf event a counter column belongs to, for the per-epoch table.

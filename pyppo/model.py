@@ -178,6 +178,26 @@ class ModelSpec:
     aux_labels: tuple[str, ...] = DEFAULT_AUX_LABELS
     members: int = 1
 
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} {value!r}"
+            for name, value, ok in (
+                ("window", self.window, self.window >= 1),
+                ("num_actions", self.num_actions, self.num_actions in (2, 3)),
+                ("hidden_dim", self.hidden_dim, self.hidden_dim >= 2),
+                ("aux_limit", self.aux_limit, self.aux_limit > 0),
+                ("members", self.members, self.members >= 1),
+                (
+                    "aux_labels",
+                    list(self.aux_labels),
+                    len(self.aux_labels) == 2 and len(set(self.aux_labels)) == 2,
+                ),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError(f"implausible model description: {', '.join(problems)}")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for checkpoints and ``agent.json``)."""
         return {**dataclasses.asdict(self), "aux_labels": list(self.aux_labels)}

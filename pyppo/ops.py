@@ -25,11 +25,8 @@ def sanitize_(x: Tensor, limit: float = 1.0) -> Tensor:
     torch's in-place ops it refuses a leaf that requires grad, and a backward pass that
     needs ``x``'s old values raises.
     """
-    if x.requires_grad and x.is_leaf and torch.is_grad_enabled():
-        raise RuntimeError(
-            "pyppo.sanitize_: a leaf tensor that requires grad cannot be changed in place (as "
-            "with any in-place torch op); use ops.sanitize(x), which returns a new tensor"
-        )
+    _check_dense(x, "x")
+    _check_writable(x, "x", "use ops.sanitize(x), which returns a new tensor")
     counts = torch.ops.pyppo.sanitize_.default(x, float(limit))
     # Tell autograd that x changed, as torch's own in-place ops do: a backward pass that needs
     # the old x (e.g. y = x.exp(); sanitize_(y)) then raises instead of using the new values.
@@ -47,7 +44,38 @@ def sanitize(x: Tensor, limit: float = 1.0) -> tuple[Tensor, Tensor]:
     exactly 0 elsewhere, so a NaN arriving from upstream at a repaired place is never
     propagated. (The gradient is registered in C++, ``csrc/sanitize_autograd.cpp``: models
     call this in every forward pass.)"""
+    _check_dense(x, "x")
     return torch.ops.pyppo.sanitize.default(x, float(limit))
+
+
+def _check_dense(x: object, name: str) -> None:
+    """A ``TypeError`` naming the argument unless ``x`` is a dense (strided) tensor."""
+    if not isinstance(x, Tensor):
+        hint = " (convert it with torch.from_numpy)" if type(x).__module__ == "numpy" else ""
+        raise TypeError(f"pyppo: {name} must be a torch.Tensor, got {type(x).__name__}{hint}")
+    if x.is_nested:
+        raise TypeError(f"pyppo: {name} is a nested tensor; pass a dense (strided) tensor")
+    if x.layout != torch.strided:
+        raise TypeError(
+            f"pyppo: {name} has layout {x.layout}; pass a dense (strided) tensor, e.g. "
+            f"{name}.to_dense()"
+        )
+
+
+def _check_writable(x: Tensor, name: str, instead: str) -> None:
+    """Refuse an in-place change that autograd forbids, with torch's own words: a leaf that
+    requires grad, or a view of one."""
+    if not (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
+        return
+    if x.is_leaf:
+        what = "a leaf Variable that requires grad"
+    elif x._base is not None and x._base.is_leaf and x._base.requires_grad:
+        what = "a view of a leaf Variable that requires grad"
+    else:
+        return
+    raise RuntimeError(
+        f"pyppo: {name} is {what} and is being used in an in-place operation; {instead}"
+    )
 
 
 def _check_float(x: Tensor, name: str) -> None:
@@ -89,6 +117,10 @@ def gae(
     ``next_nonterminal = 1 - start``) or bool / uint8 (nonzero = a start). ``gamma`` and
     ``gae_lambda`` must lie in ``[0, 1]``. All tensors on one device.
     """
+    arguments = (rewards, values, episode_starts, last_values, last_episode_starts)
+    names = ("rewards", "values", "episode_starts", "last_values", "last_episode_starts")
+    for tensor, name in zip(arguments, names, strict=True):
+        _check_dense(tensor, name)
     return torch.ops.pyppo.gae.default(
         rewards,
         values,
@@ -142,6 +174,10 @@ def guard_gradients_(
     Returns ``(nonfinite_counts int64 [num_groups], group_norms float32 [num_groups],
     total_norm float32 [], clip_coef float32 [])`` on the gradients' device.
     """
+    _check_sequence(grads, "grads")
+    for i, grad in enumerate(grads):
+        _check_dense(grad, f"grads[{i}]")
+        _check_writable(grad, f"grads[{i}]", "pass the parameters' .grad tensors")
     group_ids = [int(g) for g in group_ids]
     # Checked here too, not only in C++: with one toolchain (the GPU machine's g++ 13.3,
     # Python 3.12, torch 2.11) an error thrown by these kernels crashed the process instead
@@ -157,8 +193,16 @@ def guard_gradients_(
 def count_nonfinite(tensors: list[Tensor]) -> Tensor:
     """Number of NaN/+inf/-inf elements of each tensor (int64 ``[len(tensors)]``), counted in
     one fused read-only pass; the tensors are not modified."""
+    _check_sequence(tensors, "tensors")
+    for i, t in enumerate(tensors):
+        _check_dense(t, f"tensors[{i}]")
     _check_tensor_list(tensors, "tensors")  # see guard_gradients_ for why here too
     return torch.ops.pyppo.count_nonfinite.default(tensors)
+
+
+def _check_sequence(tensors: object, name: str) -> None:
+    if not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"pyppo: {name} must be a list of tensors, got {type(tensors).__name__}")
 
 
 def _check_tensor_list(tensors: list[Tensor], name: str) -> None:

@@ -172,7 +172,7 @@ def test_sanitize_in_place_on_a_tensor_autograd_saved_raises_at_backward():
     ops.sanitize_(y, 1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
-    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
         ops.sanitize_(x, 1.0)
     # Where autograd needs nothing, it works as before (and under no_grad on a leaf).
     z = torch.tensor([float("nan"), 5.0])

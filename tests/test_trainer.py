@@ -155,9 +155,15 @@ def test_nonfinite_parameters_stop_training_and_keep_the_last_good_checkpoint(tm
     saved = (tmp_path / "checkpoint.pt").read_bytes()
     with torch.no_grad():
         trainer.model.critic.weight[0, 0] = float("nan")  # as a broken optimizer would
-    with pytest.raises(NonFiniteParametersError, match="last good checkpoint"):
+    with pytest.raises(NonFiniteParametersError, match="checkpoint.pt holds the last good state"):
         trainer.train(total_steps=8 * 32 * 3)
     assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+    # Without a checkpoint the message says so, rather than promise one.
+    fresh = small_trainer(market, tmp_path / "fresh", checkpoint_every=0)
+    with torch.no_grad():
+        fresh.model.critic.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteParametersError, match="no checkpoint was saved before it"):
+        fresh.train(total_steps=8 * 32)
 
 
 def test_corrupt_and_mismatched_checkpoints_give_clear_errors(tmp_path):

@@ -1,12 +1,19 @@
-"""What both command lines share: one-line errors, the run's data, env and model.
+"""What the command lines share: one-line errors and interrupts, the run's data, env and
+model.
 
 Every user error (data, flags, devices, paths, checkpoints) ends the program with one last
 line on stderr, ``error: <what> (<fix>)``, and exit code 2; ``--debug`` shows the traceback.
+Ctrl-C or SIGTERM ends it with one line saying what exists, and exit code 130 or 143
+(:mod:`pyppo.interrupts`); outputs are written whole or not at all (:mod:`pyppo.files`), so
+an interrupted command leaves the old ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import shlex
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -26,7 +33,10 @@ from pyppo.data import (
     synthetic_market,
 )
 from pyppo.env import TradingEnv
+from pyppo.files import DiskFullError
+from pyppo.interrupts import EXIT_CODES, Interrupted, raised_as_interrupts
 from pyppo.model import TradingActorCritic
+from pyppo.runlock import RunDirInUse
 
 TRAIN_FRACTION, VALIDATION_FRACTION = 0.7, 0.1
 
@@ -38,6 +48,18 @@ class UserError(Exception):
         super().__init__(f"{what} ({fix})" if fix else what)
 
 
+class CommandInterrupted(Exception):
+    """A command stopped by a signal, with the one line that says what it left.
+
+    :param exit_code: 130 (SIGINT) or 143 (SIGTERM).
+    :param message: what exists now, and how to go on.
+    """
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class Parser(argparse.ArgumentParser):
     """argparse whose errors are one line in pyppo's format."""
 
@@ -47,10 +69,22 @@ class Parser(argparse.ArgumentParser):
 
 def run_cli(main: Callable[[list[str]], int], argv: list[str] | None) -> int:
     """Run ``main``; turn every exception into one ``error:`` line and exit code 2 (the
-    traceback too with ``--debug``)."""
+    traceback too with ``--debug``), and Ctrl-C or SIGTERM into one ``stopped by`` line and
+    exit code 130 or 143."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return main(argv)
+        with raised_as_interrupts():
+            return main(argv)
+    except CommandInterrupted as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_code
+    except (Interrupted, KeyboardInterrupt) as stop:
+        signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+        name = signal.Signals(signum).name
+        print(
+            f"stopped by {name}: nothing was changed (outputs are written whole)", file=sys.stderr
+        )
+        return EXIT_CODES[signum]
     except Exception as err:  # the one place every failure becomes one line
         if "--debug" in argv:
             traceback.print_exc()
@@ -60,11 +94,39 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None) -> int:
 
 def _one_line(err: Exception) -> str:
     text = " ".join(str(err).split())
-    if isinstance(err, (UserError, MarketDataError, CheckpointError, ValueError)):
+    if isinstance(err, MarketDataError):
+        return cli_syntax(text)
+    if isinstance(err, (UserError, CheckpointError, RunDirInUse, ValueError)):
+        return text
+    if isinstance(err, DiskFullError):
         return text
     if isinstance(err, OSError):
-        return f"{err.strerror or text}: {err.filename} (check the path and its permissions)"
+        where = f": {err.filename}" if err.filename else ""
+        return f"{err.strerror or text}{where} (check the path and its permissions)"
     return f"{type(err).__name__}: {text} (an internal error: rerun with --debug and report it)"
+
+
+# The data layer's hints name its keyword arguments (repair='drop'); on the command line the
+# same settings are flags (--repair drop).
+_KEYWORD_HINT = re.compile(r"\b(repair|price_col|timestamp_col|timestamp_format)=('[^']*'|<\w+>)?")
+
+
+def cli_syntax(text: str) -> str:
+    """``text`` with the data loader's keyword hints written as the flags that set them,
+    values shell-quoted: ``repair='drop'`` -> ``--repair drop``,
+    ``timestamp_format='%d/%m/%Y %H:%M'`` -> ``--timestamp-format '%d/%m/%Y %H:%M'``."""
+
+    def as_flag(match: re.Match) -> str:
+        flag = "--" + match.group(1).replace("_", "-")
+        value = match.group(2)
+        if value is None:
+            return flag
+        value = value.strip("'")
+        if value.startswith("<"):  # a placeholder such as <column>
+            return f"{flag} {value[1:-1].upper()}"
+        return f"{flag} {shlex.quote(value)}"
+
+    return _KEYWORD_HINT.sub(as_flag, text)
 
 
 # -- shared: data, env and model from a run's config ----------------------------------------

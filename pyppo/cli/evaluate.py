@@ -18,7 +18,8 @@ from pyppo.cli.common import Parser, UserError, check_writable, load_data, run_c
 from pyppo.config import RunConfig, apply
 from pyppo.device import resolve_device
 from pyppo.evaluation.report import write_report
-from pyppo.metrics import read_metrics
+from pyppo.metrics import METRICS_FILE, read_metrics
+from pyppo.runlock import RunLock
 
 # What pyppo-eval writes into the run dir.
 REPORT_FILES = (
@@ -113,19 +114,21 @@ def evaluate_run(
     test, validation = evaluation_data(config, checkpoint, data)
     model = build_model(checkpoint.agent.model, checkpoint.model, source=path).to(resolved)
     # The whole run's learning curve, not only up to the (best) checkpoint's update.
-    metrics_csv = path.parent / "metrics.csv"
+    metrics_csv = path.parent / METRICS_FILE
     history = list(read_metrics(metrics_csv)) if metrics_csv.is_file() else None
-    return write_report(
-        path.parent,
-        model,
-        test,
-        config,
-        checkpoint,
-        device=resolved,
-        folds=folds,
-        validation=validation,
-        history=history,
-    )
+    # A reader's lock: other evaluations may run beside it, a training of the run may not.
+    with RunLock(path.parent, exclusive=False, command="pyppo-eval"):
+        return write_report(
+            path.parent,
+            model,
+            test,
+            config,
+            checkpoint,
+            device=resolved,
+            folds=folds,
+            validation=validation,
+            history=history,
+        )
 
 
 def eval_main(argv: list[str] | None = None) -> int:

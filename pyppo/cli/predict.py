@@ -11,6 +11,7 @@ import pandas as pd
 
 from pyppo.agent import Agent, export_agent
 from pyppo.cli.common import Parser, run_cli
+from pyppo.data import synthetic_market
 
 
 def predict_parser() -> Parser:
@@ -20,7 +21,13 @@ def predict_parser() -> Parser:
         "predictions for the latest bar (or every bar) of an OHLCV file.",
     )
     p.add_argument("run", help="a run dir, a checkpoint (.pt) or an exported agent folder")
-    p.add_argument("--data", required=True, help="CSV or Parquet file of recent OHLCV bars")
+    bars = p.add_mutually_exclusive_group(required=True)
+    bars.add_argument("--data", help="CSV or Parquet file of recent OHLCV bars")
+    bars.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="the embedded synthetic market's bars (the default training data), to try it out",
+    )
     p.add_argument(
         "--position",
         default="flat",
@@ -53,7 +60,8 @@ def predict_main(argv: list[str] | None = None) -> int:
 def _predict(argv: list[str]) -> int:
     args = predict_parser().parse_args(argv)
     agent = Agent.load(args.run, device=args.device)
-    result = agent.predict(args.data, args.position, all_bars=args.all_bars)
+    bars = synthetic_market().frame if args.synthetic else args.data
+    result = agent.predict(bars, args.position, all_bars=args.all_bars)
     frame = result if args.all_bars else pd.DataFrame([result]).set_index("timestamp")
     if args.json:
         for timestamp, row in frame.iterrows():

@@ -3,22 +3,26 @@ and a clean stop on SIGINT/SIGTERM.
 
 Data is split in time order: the first 70 % of bars train the agent, the next 10 % pick the
 best checkpoint (validation Sharpe), the last 20 % are held out for ``pyppo-eval``. Flags and
-output paths are checked before any data is loaded.
+output paths are checked before any data is loaded. The run dir is locked for the whole run
+(:mod:`pyppo.runlock`): a second training, resume or overwrite of it is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from pyppo.checkpoint import BEST, LATEST, DataInfo, load_checkpoint, stray_temporaries
+from pyppo.checkpoint import BEST, LATEST, DataInfo, load_checkpoint
 from pyppo.cli.common import (
+    CommandInterrupted,
     Parser,
     UserError,
     check_writable,
@@ -32,7 +36,10 @@ from pyppo.cli.flags import add_config_arguments, config_from_namespace, explici
 from pyppo.config import RunConfig, apply, get, load_toml, same_value
 from pyppo.distributed import init_from_environment, on_rank0, rank_and_world
 from pyppo.evaluation import BestCheckpoint
-from pyppo.metrics import nan_events_table
+from pyppo.files import stray_temporaries, write_text
+from pyppo.interrupts import Interrupted
+from pyppo.metrics import METRICS_FILE, nan_events_table
+from pyppo.runlock import RunLock
 from pyppo.training import (
     NonFiniteParametersError,
     PPOTrainer,
@@ -54,12 +61,13 @@ RESUMABLE = {
     "ppo.checkpoint_every",
     "ppo.compile",
 }
+CONFIG_FILE = "config.json"  # the run's settings, written before training starts
 # What a run dir holds; a folder with any of these holds a run.
 RUN_FILES = (
     LATEST,
     BEST,
-    "metrics.csv",
-    "config.json",
+    METRICS_FILE,
+    CONFIG_FILE,
     "report.md",
     "equity.png",
     "predictions.png",
@@ -68,6 +76,9 @@ RUN_FILES = (
     "trades.csv",
     "tensorboard",
 )
+# Data-derived settings that --print-config writes as "auto" unless they were set.
+AUTO = "auto"
+DERIVED_FROM_DATA = ("data.horizons",)
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -96,6 +107,8 @@ def resolve_config(argv: list[str] | None = None) -> tuple[RunConfig, set[str], 
     try:
         if args.config:
             values = load_toml(args.config)
+            if values.get("data", {}).get("horizons") == AUTO:  # as --print-config writes it
+                del values["data"]["horizons"]
             config, explicit = apply(config, values), explicit_names(values)
         config, from_flags = config_from_namespace(args, config)
     except ValueError as err:
@@ -110,7 +123,7 @@ def resumed_config(config: RunConfig, explicit: set[str], saved: RunConfig) -> R
     conflicts = [
         f"{name}={get(config, name)!r} (the run has {get(saved, name)!r})"
         for name in sorted(explicit - RESUMABLE)
-        if not same_value(get(config, name), get(saved, name))
+        if not same_value(_comparable(name, get(config, name)), _comparable(name, get(saved, name)))
     ]
     if conflicts:
         raise UserError(
@@ -127,20 +140,33 @@ def resumed_config(config: RunConfig, explicit: set[str], saved: RunConfig) -> R
     return resumed
 
 
-def prepare_run_dir(config: RunConfig) -> Path:
-    """The run dir, checked before any data loads: writable, holding a run exactly when
-    ``--resume`` says so (``--overwrite`` deletes an old run), no stray temporary files."""
+def _comparable(name: str, value: object) -> object:
+    """A setting as a resume compares it: a data path by the file it names."""
+    if name == "data.path" and value:
+        return str(Path(str(value)).resolve())
+    return value
+
+
+def prepare_run_dir(config: RunConfig, hold: contextlib.ExitStack) -> Path:
+    """The run dir, checked before any data loads: writable, locked for this run (the lock
+    goes on ``hold``), holding a run exactly when ``--resume`` says so (``--overwrite``
+    deletes an old run), no stray temporary files."""
     run_dir = Path(config.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     if config.resume and config.overwrite:
         raise UserError("--resume and --overwrite contradict each other", "give one of them")
     if config.resume and config.run_dir is None:
         raise UserError("--resume needs --run-dir", "name the run to continue")
-    if config.resume and not (run_dir / LATEST).exists():
+    if config.resume and not run_dir.is_dir():
+        raise UserError(f"cannot resume: {run_dir} does not exist", "check --run-dir")
+    check_writable(run_dir, "the run dir")
+    mode = "resume" if config.resume else "overwrite" if config.overwrite else "new run"
+    hold.enter_context(RunLock(run_dir, exclusive=True, command=f"pyppo-train ({mode})"))
+    if config.resume and not (run_dir / LATEST).exists() and not (run_dir / CONFIG_FILE).exists():
         raise UserError(
-            f"cannot resume: checkpoint {run_dir / LATEST} does not exist",
+            f"cannot resume: {run_dir} holds no run ({LATEST} and {CONFIG_FILE} are missing)",
             "check --run-dir, or start a new run without --resume",
         )
-    holds_run = run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_FILES)
+    holds_run = any((run_dir / name).exists() for name in RUN_FILES)
     if holds_run and not config.resume:
         if not config.overwrite:
             raise UserError(
@@ -150,11 +176,46 @@ def prepare_run_dir(config: RunConfig) -> Path:
         for name in RUN_FILES:
             target = run_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    check_writable(run_dir, "the run dir")
     for stray in stray_temporaries(run_dir):
         stray.unlink()
         print(f"removed {stray.name}, a temporary file left by a killed run")
     return run_dir
+
+
+def saved_config(run_dir: Path) -> tuple[RunConfig, bool]:
+    """The settings of the run in ``run_dir`` and whether it has a checkpoint to continue:
+    from ``checkpoint.pt``, else (a run stopped before its first checkpoint) from
+    ``config.json``, to start it again from its beginning."""
+    if (run_dir / LATEST).exists():
+        saved = load_checkpoint(run_dir / LATEST).run_config
+        if saved is None:
+            raise UserError(
+                f"{run_dir / LATEST} was not written by pyppo-train",
+                "resume it from your own code, or start a new run",
+            )
+        return saved, True
+    try:
+        return RunConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text())["config"]), False
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(
+            f"cannot resume: {run_dir / CONFIG_FILE} cannot be read ({err})",
+            "start the run again with --overwrite",
+        ) from None
+
+
+def command(*args: str | Path) -> str:
+    """A command line to show the user, every argument shell-quoted."""
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def what_is_kept(run_dir: Path) -> str:
+    """What an interrupted run leaves, and how to go on."""
+    resume = command("pyppo-train", "--resume", "--run-dir", run_dir)
+    if (run_dir / LATEST).exists():
+        return f"{run_dir / LATEST} is kept; resume with: {resume}"
+    if (run_dir / CONFIG_FILE).exists():
+        return f"no checkpoint yet: start the run again with: {resume}"
+    return "nothing was written"
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -166,7 +227,8 @@ def train_main(argv: list[str] | None = None) -> int:
 def _train(argv: list[str]) -> int:
     config, explicit, print_only = resolve_config(argv)
     if print_only:
-        print(config.to_toml(), end="")
+        auto = [name for name in DERIVED_FROM_DATA if name not in explicit]
+        print(config.to_toml(auto=auto, auto_value=AUTO), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     device = init_from_environment(config.device)  # joins the process group under torchrun
@@ -176,17 +238,28 @@ def _train(argv: list[str]) -> int:
             f"num_envs={config.env.num_envs} does not split evenly over {world} processes",
             "make it a multiple of the number of processes",
         )
-    run_dir = on_rank0(lambda: prepare_run_dir(config), device)
-    if rank:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (rank 0 alone prints)
+    with contextlib.ExitStack() as hold:  # rank 0 holds the run dir's lock until the end
+        run_dir = on_rank0(lambda: prepare_run_dir(config, hold), device)
+        if rank:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (rank 0 alone prints)
+        try:
+            return _train_in(run_dir, config, explicit, device, rank, world)
+        except Interrupted as stop:
+            raise CommandInterrupted(
+                stop.exit_code, f"stopped by {stop.name}: {what_is_kept(run_dir)}"
+            ) from None
+
+
+def _train_in(
+    run_dir: Path, config: RunConfig, explicit: set[str], device, rank: int, world: int
+) -> int:
+    continuing = False
     if config.resume:
-        saved = load_checkpoint(run_dir / LATEST).run_config
-        if saved is None:
-            raise UserError(
-                f"{run_dir / LATEST} was not written by pyppo-train",
-                "resume it from your own code, or start a new run",
-            )
+        saved, continuing = saved_config(run_dir)
         config = resumed_config(config, explicit, saved)
+        if not continuing:
+            print(f"no checkpoint in {run_dir} yet: starting the run again from its beginning")
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
     elif config.data.path:
         config = apply(config, {"data": {"path": str(Path(config.data.path).resolve())}})
 
@@ -213,19 +286,19 @@ def _train(argv: list[str]) -> int:
         train_end=str(validation.frame.index[-1]),
     )
     if rank == 0:
-        (run_dir / "config.json").write_text(
-            json.dumps({"config": config.to_dict(), "explicit": sorted(explicit)}, indent=2) + "\n"
-        )
-    if config.resume:
+        settings = {"config": config.to_dict(), "explicit": sorted(explicit)}
+        write_text(run_dir / CONFIG_FILE, json.dumps(settings, indent=2) + "\n")
+    if continuing:
         trainer.load_checkpoint(run_dir / LATEST)
         print(f"resuming {run_dir} at update {trainer.update} ({trainer.env_steps:,} env steps)")
+    updates = trainer.updates_per_epoch()
     print(
         f"training on {device}"
         + (f" x {world} processes" if world > 1 else "")
         + f": {len(train):,} bars, {env.num_envs * world} envs, "
-        f"{trainer.steps_per_epoch() * env.num_envs * world:,} env steps per epoch -> {run_dir}"
+        f"{trainer.env_steps_per_epoch():,} env steps per epoch "
+        f"({updates} update{'s' if updates != 1 else ''}) -> {run_dir}"
     )
-    resume_hint = f"python scripts/train_rl_agent.py --resume --run-dir {run_dir}"
     trainer.stop = StopRequest()
     try:
         with stop_on_signals(trainer.stop):
@@ -238,18 +311,14 @@ def _train(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
-        print(f"stopped by {stop}: checkpoint saved; resume with: {resume_hint}", file=sys.stderr)
-        return stop.exit_code
-    except KeyboardInterrupt:
-        print(
-            f"stopped at once: the last checkpoint in {run_dir} is kept; resume with: "
-            f"{resume_hint}",
-            file=sys.stderr,
-        )
-        return 130
+        raise CommandInterrupted(
+            stop.exit_code,
+            f"stopped by {stop}: checkpoint saved; resume with: "
+            + command("pyppo-train", "--resume", "--run-dir", run_dir),
+        ) from None
     print(nan_events_table(trainer.history))
     print(
-        f"done: {trainer.env_steps:,} env steps; metrics in {run_dir / 'metrics.csv'}; "
-        f"evaluate with: python scripts/evaluate_agent.py {run_dir}"
+        f"done: {trainer.env_steps:,} env steps; metrics in {run_dir / METRICS_FILE}; "
+        f"evaluate with: {command('pyppo-eval', run_dir)}"
     )
     return 0

@@ -176,6 +176,8 @@ def check_prices(
     """Find the bad rows (see the module docstring); raise, or repair and count them."""
     price_cols = [c for c in PRICE_COLUMNS if c in frame.columns]
     prices = frame[price_cols].to_numpy(dtype=np.float64)
+    _check_volume(frame, name)
+    _check_float32_range(frame, prices, name)
     nan_row = np.isnan(prices).any(axis=1)
     inf_row = np.isinf(prices).any(axis=1) & ~nan_row
     nonpos_row = (prices <= 0).any(axis=1) & ~nan_row & ~inf_row
@@ -254,6 +256,37 @@ def check_prices(
         )
     frame.attrs.pop("raw_text", None)
     return frame, summary
+
+
+# Prices are computed with in float32 on the device (returns, features): beyond this they are
+# infinite there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32_range(frame: pd.DataFrame, prices: np.ndarray, name: str) -> None:
+    """Finite prices too large for float32 are an error (they would be inf in training)."""
+    huge = (np.abs(prices) > FLOAT32_MAX).any(axis=1) & np.isfinite(prices).all(axis=1)
+    if huge.any():
+        where = row_examples(np.flatnonzero(huge), frame, lambda p: "too large", name)
+        raise MarketDataError(
+            f"{name}: prices above {FLOAT32_MAX:.3g} (the float32 range pyppo computes in) in "
+            f"{int(huge.sum())} rows: {where}. Rescale the prices (divide every price column "
+            "by the same power of ten)"
+        )
+
+
+def _check_volume(frame: pd.DataFrame, name: str) -> None:
+    """A volume that is not a number is an error, not a silent NaN (pyppo does not train on
+    volume, so dropping the column is a fix too)."""
+    junk = frame.attrs.get("raw_text", {}).get("volume")
+    if junk is None or junk.empty:
+        return
+    rows = np.asarray(junk.index, dtype=np.int64)
+    raise MarketDataError(
+        f"{name}: the volume is not a number in {len(rows)} rows: "
+        f"{row_examples(rows, frame, lambda p: repr(junk[p]), name)}. Fix those values, or "
+        "drop the volume column (pyppo does not train on volume)"
+    )
 
 
 def _ffill(

@@ -30,14 +30,19 @@ def horizon_to_bars(horizon: int | str | pd.Timedelta, bar_interval: pd.Timedelt
     a positive whole multiple of ``bar_interval``; anything else is an error, because
     rounding would silently train the auxiliary heads on a different horizon than asked.
     """
-    if isinstance(horizon, (bool, np.bool_)):
-        raise MarketDataError(f"horizon {horizon!r} is not a duration or a number of bars")
+    if horizon is None or isinstance(horizon, (bool, np.bool_, float)):
+        raise MarketDataError(
+            f"horizon {horizon!r} is not a duration (like '1h', '24h', '1D') or a whole number "
+            "of bars"
+        )
     if isinstance(horizon, (int, np.integer)):
         if horizon < 1:
             raise MarketDataError(f"horizon of {horizon} bars: horizons must be at least 1 bar")
         return int(horizon)
     try:
-        duration = pd.Timedelta(horizon)
+        duration = pd.Timedelta(_pandas_units(horizon) if isinstance(horizon, str) else horizon)
+        if pd.isna(duration):
+            raise ValueError("not a time")
     except (ValueError, TypeError) as err:
         raise MarketDataError(
             f"horizon {horizon!r} is neither a duration (like '1h', '24h', '1D') "
@@ -77,6 +82,20 @@ def horizon_label(horizon: int | str | pd.Timedelta) -> str:
     else:
         text = str(horizon).strip()
     return re.sub(r"[^0-9A-Za-z]", "_", text)
+
+
+# Units users type that pandas has deprecated, and what pandas wants instead ("1d" -> "1D").
+_DEPRECATED_UNITS = {"d": "D", "H": "h", "T": "min", "S": "s", "L": "ms", "U": "us", "N": "ns"}
+
+
+def _pandas_units(text: str) -> str:
+    """A duration as typed (``"1d"``, ``"4H"``) with the unit pandas accepts without a
+    deprecation warning (``"1D"``, ``"4h"``); the label users read keeps their spelling."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]+)\s*", text)
+    if match is None:
+        return text
+    number, unit = match.groups()
+    return number + _DEPRECATED_UNITS.get(unit, unit)
 
 
 def format_duration(td: pd.Timedelta) -> str:

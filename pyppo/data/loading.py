@@ -75,6 +75,12 @@ def load_market_data(
     """
     if repair not in (None, "drop", "ffill"):
         raise MarketDataError(f"repair={repair!r}: use None, 'drop' or 'ffill'")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise MarketDataError(f"window={window!r}: the observation window is a whole number >= 1")
+    if isinstance(horizons, (str, int)) or len(horizons) == 0:
+        raise MarketDataError(
+            f"horizons={horizons!r}: give a sequence of one or more horizons, e.g. ('1h', '24h')"
+        )
     raw, name = read_table(source)
     if len(raw) == 0:
         raise MarketDataError(f"{name}: no rows; the data needs a header and bars")

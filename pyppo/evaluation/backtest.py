@@ -3,8 +3,18 @@
 :func:`backtest` runs a model through the one inference path (:mod:`pyppo.inference`:
 outputs per position, then the greedy walk); buy-and-hold and the random policy know their
 positions up front and are plain numpy. Rewards are computed as the env computes them
-(:func:`net_returns`), and every statistic of a :class:`Backtest` comes from
-:mod:`pyppo.stats`, on the simple returns a trader would see.
+(:func:`net_returns`, on log returns sanitized with the env's op and limit), and every
+statistic of a :class:`Backtest` comes from :mod:`pyppo.stats`, on the simple returns a
+trader would see.
+
+Dirty bars. A bar whose log return had to be repaired (NaN/inf: a zero or missing price) or
+clamped (beyond ±1: a spike) does not close at a real price, so nothing is filled there: the
+position held into it is kept (:func:`pyppo.inference.walk`'s ``no_fill``), and the moves up
+to it are booked at the next bar with a real price (the equity is not marked to a price no
+one could trade at). On clean bars this is exactly what stepping a one-env
+:class:`pyppo.TradingEnv` gives; on dirty ones the env's rewards would pay for trades at
+prices that never existed (a spike's +172 % and its way back down), which a backtest must
+not.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from torch import nn
 
 from pyppo import ops, stats
 from pyppo.data import MarketData, MarketDataError
+from pyppo.features import RETURN_LIMIT
 from pyppo.heads import AuxHeads
 from pyppo.inference import action_positions, policy_outputs, walk
 
@@ -39,6 +50,9 @@ class Backtest:
     timestamps: pd.DatetimeIndex  # the bar each return belongs to (decision bar + 1)
     bars_per_year: float
     fee: float  # cost per unit of position change
+    # Bars whose return was repaired or clamped: no fill at their close, their move booked at
+    # the next real price (see the module's docstring).
+    repaired: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     preds: dict[str, np.ndarray] = field(default_factory=dict)  # "pred_<label>" -> (bars,)
     targets: dict[str, np.ndarray] = field(default_factory=dict)  # "pred_<label>" -> (bars,)
 
@@ -140,7 +154,11 @@ def backtest(
             f"{len(market)} bars leave no decision bar for window {window} and longest "
             f"horizon {longest} bars: need at least {window + max(longest, 1) + 1}"
         )
-    bars = np.arange(window, window + steps, dtype=np.int64)
+    bars = np.arange(window, window + steps + 1, dtype=np.int64)  # decisions, then one more
+    returns32, repaired = _sanitized_log_returns(market, bars)
+    # A decision at bar t fills at bar t's close: not where bar t's own move was repaired.
+    no_fill = repaired[:-1]
+    bars = bars[:-1]
     choices = action_positions(allow_short)
     outputs: dict[str, np.ndarray] = {}  # the agent's, per bar
     if isinstance(policy, str):
@@ -151,22 +169,24 @@ def backtest(
             positions = choices[torch.randint(0, len(choices), (steps,), generator=gen).numpy()]
         else:
             raise ValueError(f"policy={policy!r}: use a model, 'buy_and_hold' or 'random'")
+        positions = _hold_where_no_fill(positions, no_fill)
         name = policy
     else:
         stop = window + steps
-        run = walk(policy_outputs(policy, market, window, allow_short, device, stop=stop))
+        outs = policy_outputs(policy, market, window, allow_short, device, stop=stop)
+        run = walk(outs, no_fill=no_fill)
         positions, outputs, name = run.positions, run.outputs, "agent"
-    # The return each position earns: the next bar's, sanitized as the env sanitizes it.
-    raw = market.log_returns[torch.from_numpy(bars + 1)]
-    returns32 = ops.sanitize(raw.to(torch.float32), 1.0)[0].numpy()
+    # Each position earns the next bar's sanitized return, booked where a price is real.
+    earned = net_returns(positions, returns32[1:], fee).astype(np.float64)
     result = Backtest(
         name,
-        net_returns(positions, returns32, fee).astype(np.float64),
+        _booked_at_real_prices(earned, repaired[1:]),
         positions.astype(np.float64),
-        ops.sanitize(raw, 1.0)[0].numpy(),
+        returns32[1:].astype(np.float64),
         market.frame.index[bars + 1],
         market.bars_per_year,
         fee,
+        repaired=repaired[1:],
     )
     heads = AuxHeads.from_labels(market.horizon_labels)
     for head, horizon in zip(heads, market.horizons, strict=True):
@@ -174,5 +194,41 @@ def backtest(
             target = market.forward_returns(horizon)[torch.from_numpy(bars)].to(torch.float32)
             pred = outputs[head.output].reshape(steps, -1)[:, 0]
             result.preds[head.output] = pred.astype(np.float64)
-            result.targets[head.output] = ops.sanitize(target, 1.0)[0].numpy().astype(np.float64)
+            clean = ops.sanitize(target, RETURN_LIMIT)[0]
+            result.targets[head.output] = clean.numpy().astype(np.float64)
     return result
+
+
+def _sanitized_log_returns(market: MarketData, bars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The log return of each of ``bars`` (from the bar before), float32 and sanitized as the
+    env sanitizes it, and whether the sanitizer changed it (NaN/inf repaired, or clamped)."""
+    raw = market.log_returns[torch.from_numpy(bars)].to(torch.float32)
+    clean = ops.sanitize(raw, RETURN_LIMIT)[0]
+    changed = ~torch.eq(clean, raw)  # NaN compares unequal: repaired
+    return clean.numpy(), changed.numpy()
+
+
+def _hold_where_no_fill(positions: np.ndarray, no_fill: np.ndarray) -> np.ndarray:
+    """``positions`` with the position before each no-fill bar kept over it (flat before
+    the first bar)."""
+    held = positions.copy()
+    previous = np.float32(0.0)
+    for i in np.flatnonzero(no_fill):
+        held[i] = held[i - 1] if i > 0 else previous
+    return held
+
+
+def _booked_at_real_prices(earned: np.ndarray, repaired: np.ndarray) -> np.ndarray:
+    """Per-bar log returns with the moves of repaired bars booked at the next bar with a
+    real price (sums are unchanged up to that bar; moves after the last real price are not
+    booked: there is no price to mark them at)."""
+    if not repaired.any():
+        return earned
+    total = np.cumsum(earned)
+    real = np.flatnonzero(~repaired)
+    marked = np.zeros(len(earned))
+    # At each bar, the running total as of the last bar with a real price (0 before one).
+    last = np.searchsorted(real, np.arange(len(earned)), side="right") - 1
+    has = last >= 0
+    marked[has] = total[real[last[has]]]
+    return np.diff(marked, prepend=0.0)

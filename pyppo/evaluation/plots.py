@@ -105,7 +105,14 @@ def predictions_figure(preds: Mapping[str, np.ndarray], targets: Mapping[str, np
     fig, axes = plt.subplots(1, max(len(preds), 1), figsize=(10, 4), squeeze=False)
     for ax, (name, pred) in zip(axes[0], preds.items(), strict=False):
         ax.scatter(targets[name], pred, s=2, alpha=0.3)
+        # Equal scales and the line of perfect predictions: how far from it is what counts.
+        values = np.concatenate([np.asarray(targets[name]), np.asarray(pred)])
+        reach = float(np.nanmax(np.abs(values))) if values.size else 0.0
+        reach = reach * 1.05 if reach > 0 else 0.01
+        ax.plot([-reach, reach], [-reach, reach], color="gray", lw=0.8, ls="--", label="y = x")
+        ax.set(xlim=(-reach, reach), ylim=(-reach, reach), aspect="equal")
         ax.set(title=f"{name} vs realized", xlabel="realized return", ylabel="predicted return")
+        ax.legend(loc="upper left", fontsize=8)
         readable(ax, percent=True)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1%}"))
     fig.tight_layout()
@@ -205,7 +212,7 @@ def training_figure(
 
 
 def save(fig: Any, path: Any) -> Any:
-    """Save ``fig`` as a PNG at ``path`` and close it."""
-    fig.savefig(path, dpi=110)
+    """Save ``fig`` as a PNG at ``path`` (whatever its suffix) and close it."""
+    fig.savefig(path, dpi=110, format="png")
     _pyplot().close(fig)
     return path

@@ -26,6 +26,7 @@ from pyppo.config import RunConfig
 from pyppo.data import format_duration
 from pyppo.evaluation import plots
 from pyppo.evaluation.backtest import Backtest, backtest
+from pyppo.files import OutputSet
 from pyppo.heads import AuxHeads
 from pyppo.metrics import nan_events_table
 
@@ -92,9 +93,7 @@ def write_report(
     metrics = {name: {**results[name].metrics(), **summaries[name]} for name in POLICIES}
     agent = results["agent"]
     times = agent.timestamps
-    _write_equity_csv(run_dir / "equity.csv", results)
     trades = stats.trades(agent.positions, agent.returns, agent.fees)
-    _write_trades_csv(run_dir / "trades.csv", times, trades)
 
     history = checkpoint.trainer.history if history is None else history
     hold_sharpe = None
@@ -113,8 +112,6 @@ def write_report(
     }
     if history:
         figures["training.png"] = plots.training_figure(history, hold_sharpe, heads)
-    for name, fig in figures.items():
-        plots.save(fig, run_dir / name)
 
     lines = [
         "# pyppo evaluation",
@@ -126,13 +123,17 @@ def write_report(
         f"{len(times):,} traded",
         f"- fee: {fee} per unit of position change; {agent.bars_per_year:,.0f} bars a year "
         "(the data's own, gaps included)",
+        *_warnings(agent),
         "",
         "## Backtest statistics",
         "",
         *_table(
             ["statistic", *POLICIES],
             [
-                [key, *(_fmt_statistic(key, summaries[p][key]) for p in POLICIES)]
+                [
+                    _label(key, len(times)),
+                    *(_fmt_statistic(key, summaries[p][key]) for p in POLICIES),
+                ]
                 for key in stats.SUMMARY_KEYS
             ],
         ),
@@ -169,9 +170,14 @@ def write_report(
         "",
         *(f"![{Path(f).stem}]({f})" for f in figures),
     ]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return metrics, path
+    # Every output appears at once, or none does (an old report stays whole).
+    with OutputSet(run_dir) as out:
+        _write_equity_csv(out.path("equity.csv"), results)
+        _write_trades_csv(out.path("trades.csv"), times, trades)
+        for name, fig in figures.items():
+            plots.save(fig, out.path(name))
+        out.write_text("report.md", "\n".join(lines) + "\n")
+    return metrics, run_dir / "report.md"
 
 
 def _folds_section(results: dict[str, Backtest], times: pd.DatetimeIndex, folds: int) -> list[str]:
@@ -231,6 +237,37 @@ def _write_trades_csv(path: Path, times: pd.DatetimeIndex, trades: stats.Trades)
                     bool(trades.is_open[i]),
                 ]
             )
+
+
+# Fewer traded bars than this give a Sharpe ratio too noisy to mean much.
+MIN_BARS_FOR_STATISTICS = 100
+
+
+def _warnings(agent: Backtest) -> list[str]:
+    """The report's warnings about its own numbers: dirty bars, too few bars."""
+    lines = []
+    repaired = int(agent.repaired.sum())
+    if repaired:
+        lines.append(
+            f"- **warning: {repaired:,} held-out bars had a non-finite or out-of-range price "
+            "move** (zero or missing prices, spikes beyond a log return of ±1), repaired or "
+            "clamped as in training. No policy trades at such a bar's price: positions are "
+            "held through it and its move is booked at the next real price."
+        )
+    n = len(agent.log_returns)
+    if n < MIN_BARS_FOR_STATISTICS:
+        lines.append(
+            f"- **warning: only {n} traded bars**: too few for the Sharpe ratio and the other "
+            f"statistics to mean much (take at least {MIN_BARS_FOR_STATISTICS})."
+        )
+    return lines
+
+
+def _label(key: str, bars: int) -> str:
+    """A statistic's row label, the Sharpe ratio's flagged when the bars are too few."""
+    if key == "Sharpe Ratio" and bars < MIN_BARS_FOR_STATISTICS:
+        return f"{key} (only {bars} bars: unreliable)"
+    return key
 
 
 def _fmt_statistic(key: str, value: float) -> str:

@@ -9,10 +9,10 @@ callback whether it is due; a due callback
 1. :meth:`~TrainingCallback.evaluate`\\ s on rank 0 only (one process does the work) and
    returns its metrics, one value (or one per member) per name in
    :attr:`~TrainingCallback.columns`;
-2. those metrics are broadcast to every process and merged into the update's metrics row
-   before the row is written;
-3. :meth:`~TrainingCallback.on_result` runs on every process with the same metrics, so that
-   every process takes the same decision (saving a checkpoint is collective under
+2. those metrics are broadcast to every process and merged into the update's metrics row,
+   which is then written;
+3. :meth:`~TrainingCallback.on_result` runs on every process with that row, so that every
+   process takes the same decision (saving a checkpoint is collective under
    ``torch.distributed``); it returns True to ask training to stop after this update.
 
 A callback's :meth:`~TrainingCallback.state_dict` is saved inside ``checkpoint.pt`` under
@@ -57,7 +57,9 @@ class TrainingCallback:
         return {}
 
     def on_result(self, trainer: PPOTrainer, metrics: CallbackMetrics) -> bool:
-        """Act on the broadcast metrics (called on every process); True stops training."""
+        """Act on the update's metrics row, which holds the broadcast metrics of
+        :attr:`columns` (called on every process, after the row is written); True stops
+        training."""
         return False
 
     def state_dict(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ without torch); this module is the run-time half.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ import torch
 from torch import Tensor
 
 from pyppo.distributed import all_reduce_sum_, rank_and_world
-from pyppo.metrics import SKIPPED_STEPS, MetricSchema, nan_event_count
+from pyppo.files import replaced
+from pyppo.metrics import METRICS_FILE, SKIPPED_STEPS, MetricSchema, nan_event_count
 
 
 @dataclass
@@ -99,19 +101,29 @@ class MetricsWriter:
     """Writes metric rows to ``run_dir/metrics.csv`` and, when the ``tensorboard`` package
     is installed, to ``run_dir/tensorboard`` (scalars by the same names, x = env steps).
 
+    Each row is appended and fsynced before the trainer saves the checkpoint that covers it.
+    The checkpoint holds every row up to its update (``history``), so a resumed run starts
+    metrics.csv afresh from it: rows a killed run wrote after its last checkpoint go, rows
+    lost or deleted come back (with a note), and TensorBoard purges its events after that
+    step. Each update appears exactly once.
+
     :param run_dir: the run's folder; ``None`` writes nothing.
     :param columns: the schema's columns (the CSV header).
-    :param resume_from: ``(update, env_steps)`` of the state training continues from, or
-        None for a new run. Rows a killed run wrote after that state are dropped from
-        metrics.csv, and TensorBoard purges its events after that step, so each update
-        appears exactly once.
+    :param history: the rows of the state training continues from (empty for a new run).
+    :param resume_from: ``(update, env_steps)`` of that state, or None for a new run.
     """
 
     def __init__(
-        self, run_dir: Path | None, columns: Sequence[str], *, resume_from: tuple[int, int] | None
+        self,
+        run_dir: Path | None,
+        columns: Sequence[str],
+        *,
+        history: Sequence[dict[str, float]] = (),
+        resume_from: tuple[int, int] | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.columns = list(columns)
+        self.history = list(history)
         self.resume_from = resume_from
         self._started = False
         self._tensorboard: Any = None
@@ -119,12 +131,14 @@ class MetricsWriter:
     def write(self, row: dict[str, float]) -> None:
         if self.run_dir is None:
             return
-        path = self.run_dir / "metrics.csv"
+        path = self.run_dir / METRICS_FILE
         if not self._started:
             self._start(path)
         with open(path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore", restval="")
             writer.writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
         board = self._board()
         if board is not None:
             for key, value in row.items():
@@ -132,22 +146,18 @@ class MetricsWriter:
                     board.add_scalar(key, value, int(row["env_steps"]))
 
     def _start(self, path: Path) -> None:
-        """A new metrics.csv with its header, or a resumed one cut after ``resume_from``."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        kept: list[dict[str, str]] = []
-        if self.resume_from is not None and path.exists():
-            with open(path, newline="") as f:
-                kept = [
-                    r
-                    for r in csv.DictReader(f)
-                    if r.get("update") and float(r["update"]) <= self.resume_from[0]
-                ]
-        tmp = path.with_name(".metrics.csv.tmp")
-        with open(tmp, "w", newline="") as f:
+        """metrics.csv with its header and the rows of :attr:`history`, replacing the file."""
+        if self.resume_from is not None:
+            on_disk = _rows_up_to(path, self.resume_from[0])
+            if on_disk != len(self.history):
+                print(
+                    f"note: {path} held {on_disk} of the {len(self.history)} rows up to update "
+                    f"{self.resume_from[0]}; they are rewritten from the checkpoint"
+                )
+        with replaced(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore", restval="")
             writer.writeheader()
-            writer.writerows(kept)
-        tmp.replace(path)
+            writer.writerows(self.history)
         self._started = True
 
     def _board(self) -> Any:
@@ -164,8 +174,17 @@ class MetricsWriter:
         return self._tensorboard or None
 
     def flush(self) -> None:
+        """Write out TensorBoard's buffered events."""
         if self._tensorboard:
             self._tensorboard.flush()
+
+
+def _rows_up_to(path: Path, update: int) -> int:
+    """How many rows of the metrics.csv at ``path`` belong to updates up to ``update``."""
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as f:
+        return sum(1 for r in csv.DictReader(f) if r.get("update") and float(r["update"]) <= update)
 
 
 class ProgressBar:
@@ -185,9 +204,12 @@ class ProgressBar:
 
     def update(self, row: dict[str, float]) -> None:
         self.done += 1
+        episode = row["rollout/mean_episode_return"]
+        # Before the first episode ends there is no episode return to show.
+        shown = f"{episode:+.3f}" if episode == episode else "-"
         text = (
             f"epoch {row['epoch']:.0f} | {row['perf/steps_per_sec']:,.0f} steps/s | return "
-            f"{row['rollout/mean_episode_return']:+.3f} | NaN events {nan_event_count(row)}"
+            f"{shown} | NaN events {nan_event_count(row)}"
         )
         if self.bar is not None:
             self.bar.set_description_str(text, refresh=False)

@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Iterator
 
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+from pyppo.interrupts import EXIT_CODES, Interrupted
 
 
 class StopRequest:
@@ -41,18 +41,19 @@ class TrainingInterrupted(Exception):
     @property
     def exit_code(self) -> int:
         """130 for SIGINT, 143 for SIGTERM (128 + the signal number, as shells report)."""
-        return 128 + self.signal
+        return EXIT_CODES[self.signal]
 
 
 @contextlib.contextmanager
 def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
     """Inside the block, SIGINT and SIGTERM request a stop (one line on stderr says so); a
-    second SIGINT raises ``KeyboardInterrupt`` at once. Handlers are restored after."""
+    second SIGINT raises :class:`pyppo.interrupts.Interrupted` at once. Handlers are
+    restored after."""
     previous = {sig: signal.getsignal(sig) for sig in EXIT_CODES}
 
     def handle(signum: int, frame: object) -> None:
         if stop.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         stop.request(signum)
         print(
             f"\n{signal.Signals(signum).name}: stopping after this update and saving a "

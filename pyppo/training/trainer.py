@@ -239,6 +239,15 @@ class PPOTrainer:
         # Every process's envs together cover the bars: each does its share of the steps.
         return math.ceil(int(self.env.steps_per_epoch) / self.world_size)
 
+    def updates_per_epoch(self) -> int:
+        """Updates in one training epoch: enough rollouts to cover the training bars once
+        (the last one may reach past them)."""
+        return max(1, math.ceil(self.steps_per_epoch() / self.config.num_steps))
+
+    def env_steps_per_epoch(self) -> int:
+        """Env steps one training epoch takes, over every env of every process."""
+        return self.updates_per_epoch() * self.config.num_steps * self.num_envs * self.world_size
+
     def metric_schema(self) -> MetricSchema:
         """The columns this trainer's metrics rows have."""
         sanitizers = (
@@ -259,7 +268,7 @@ class PPOTrainer:
             raise ValueError("give exactly one of epochs or total_steps")
         per_update = self.config.num_steps * self.num_envs * self.world_size
         if epochs is not None:
-            updates_per_epoch = max(1, math.ceil(self.steps_per_epoch() / self.config.num_steps))
+            updates_per_epoch = self.updates_per_epoch()
             target_updates = epochs * updates_per_epoch
         else:
             updates_per_epoch = None
@@ -268,20 +277,27 @@ class PPOTrainer:
         writer = MetricsWriter(
             self.run_dir if self.rank == 0 else None,
             self.metric_schema().columns,
+            history=self.history,
             resume_from=resume_from,
         )
         bar = ProgressBar(target_updates, self.update, enabled=self.progress)
         try:
             while self.update < target_updates:
-                row, callbacks_stop = self._one_update(updates_per_epoch)
+                row, due = self._one_update(updates_per_epoch)
+                # The row is on disk before any checkpoint that covers it.
                 writer.write(row)
                 bar.update(row)
+                stop_asked = False
+                for callback in due:
+                    stop_asked |= bool(callback.on_result(self, row))
+                if self.config.checkpoint_every and self.update % self.config.checkpoint_every == 0:
+                    self.save(LATEST)
                 # Decided here, between updates (a resumable state), by every process at once.
                 stop = all_reduce_max(float(self.stop.signal or 0), self.device)
                 if stop:
                     self.save(LATEST)
                     raise TrainingInterrupted(int(stop), self.update)
-                if callbacks_stop:
+                if stop_asked:
                     break
             self.save(LATEST)
         finally:
@@ -289,8 +305,12 @@ class PPOTrainer:
             writer.flush()
         return self.history
 
-    def _one_update(self, updates_per_epoch: int | None) -> tuple[dict[str, float], bool]:
-        """One update; returns its metrics row and whether a callback asked to stop."""
+    def _one_update(
+        self, updates_per_epoch: int | None
+    ) -> tuple[dict[str, float], list[TrainingCallback]]:
+        """One update; returns its metrics row (the due callbacks' metrics merged in) and
+        those callbacks, whose :meth:`~TrainingCallback.on_result` the loop runs once the row
+        is written."""
         start = time.perf_counter()
         schema = self.metric_schema()
         counters = NaNCounters.zeros(schema, self.device)
@@ -308,18 +328,12 @@ class PPOTrainer:
         self._check_parameters()
         epoch_done = updates_per_epoch is not None and self.update % updates_per_epoch == 0
         due = [cb for cb in self.callbacks if cb.due(self, epoch_done)]
-        results = [self._run_callback(cb) for cb in due]
-        for result in results:
-            row.update(result)
+        for callback in due:
+            row.update(self._run_callback(callback))
         self.history.append(row)
         if self.config.guards and self.rank == 0:
             log_nan_events(row, schema)
-        stop = False
-        for cb, result in zip(due, results, strict=True):
-            stop |= bool(cb.on_result(self, result))
-        if self.config.checkpoint_every and self.update % self.config.checkpoint_every == 0:
-            self.save(LATEST)
-        return row, stop
+        return row, due
 
     def _run_callback(self, callback: TrainingCallback) -> dict[str, Any]:
         """``callback``'s metrics, computed on rank 0 and broadcast to every process."""
@@ -372,11 +386,16 @@ class PPOTrainer:
     def _check_parameters(self) -> None:
         bad = int(ops.count_nonfinite([p.detach() for p in self.model.parameters()]).sum())
         if bad:
+            latest = None if self.run_dir is None else self.run_dir / LATEST
+            kept = (
+                f"{latest} holds the last good state"
+                if latest is not None and latest.exists()
+                else "no checkpoint was saved before it"
+            )
             raise NonFiniteParametersError(
                 f"{bad} model parameters became NaN/inf at update {self.update} "
-                f"(env step {self.env_steps}); training stopped. The last good checkpoint in "
-                f"{self.run_dir} is kept. Turn the guards on (nan_policy='zero') or lower the "
-                "learning rate."
+                f"(env step {self.env_steps}); training stopped and {kept}. Turn the guards on "
+                "(nan_policy='zero', --nan-policy zero) or lower the learning rate."
             )
 
     # -- checkpoints ---------------------------------------------------------------------
