@@ -745,7 +745,7 @@ def test_two_close_columns_are_ambiguous_until_price_col_says_which(extra, both)
         load_market_data(frame)
     msg = str(err.value)
     assert f"DataFrame: {both} could both be the close price" in msg
-    assert "pass price_col='<column>' (CLI --price-col)" in msg and "drop the other" in msg
+    assert "pass price_col='<column>' naming" in msg and "drop the other" in msg
     md = load_market_data(frame, price_col=extra)
     np.testing.assert_array_equal(md.frame["close"].to_numpy(), frame[extra].to_numpy())
 
@@ -793,7 +793,7 @@ def test_two_timestamp_columns_are_ambiguous_until_timestamp_col_says_which():
         load_market_data(frame)
     msg = str(err.value)
     assert "column 'timestamp' and column 'date' could both be the timestamps" in msg
-    assert "pass timestamp_col='<column>' (CLI --timestamp-col)" in msg
+    assert "pass timestamp_col='<column>' naming" in msg
     md = load_market_data(frame.drop(columns=["date"]))
     assert len(load_market_data(frame, timestamp_col="timestamp")) == 200
     assert md.fingerprint() == load_market_data(frame, timestamp_col="timestamp").fingerprint()

@@ -4,6 +4,7 @@ never lose a run, clean stops on SIGINT/SIGTERM, and evaluation that cannot lie.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -179,7 +180,7 @@ def test_a_signal_stops_at_an_update_boundary_and_resume_continues_exactly(
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert "Traceback" not in err
-    assert f"resume with: python scripts/train_rl_agent.py --resume --run-dir {run}" in err
+    assert f"resume with: pyppo-train --resume --run-dir {shlex.quote(str(run))}" in err
     stopped = load_checkpoint(run / "checkpoint.pt").trainer.update
     assert 2 <= stopped < len(straight)
     assert len(list(read_metrics(run / "metrics.csv"))) == stopped

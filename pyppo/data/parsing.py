@@ -84,8 +84,7 @@ def _and(items: Sequence[str]) -> str:
 def _ambiguous(name: str, options: Sequence[str], role: str, option: str | None) -> MarketDataError:
     """Two or more sources for one role: name them all and say how to choose."""
     if option is not None:
-        flag = "--" + option.replace("_", "-")
-        fix = f"pass {option}='<column>' (CLI {flag}) naming the one to use, or drop the other"
+        fix = f"pass {option}='<column>' naming the one to use, or drop the other"
     else:
         fix = "drop or rename all but one of them"
     each = "both" if len(options) == 2 else "all"
