@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -233,6 +231,8 @@ class RunConfig(_Validated):
         :param auto: dotted names of settings to write as ``auto_value`` instead of their
             value (settings derived from the data unless set, such as ``data.horizons``).
         """
+        import tomli_w  # (only --print-config writes TOML; not every machine has it)
+
         values = self.to_dict()
         for name in auto:
             section, _, key = name.rpartition(".")
