@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -88,6 +90,68 @@ def test_the_export_predicts_the_same(run, held_out, tmp_path):
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     export_agent(exported, tmp_path / "again")  # an export exports again
     assert Agent.load(tmp_path / "again").spec == agent.spec
+
+
+def damaged_exports(export: Path):
+    """(what was done, how to do it to a copy of ``export``) for every damage an export can
+    suffer on its way."""
+
+    def flip_a_bit(folder: Path) -> None:
+        weights = folder / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[len(data) - 7] ^= 0x10  # inside a weight: the file still parses
+        weights.write_bytes(bytes(data))
+
+    def edit(change):
+        def apply(folder: Path) -> None:
+            config = json.loads((folder / "agent.json").read_text())
+            change(config)
+            (folder / "agent.json").write_text(json.dumps(config))
+
+        return apply
+
+    return [
+        ("a flipped bit in the weights", flip_a_bit, "does not match the SHA-256"),
+        (
+            "a damaged header",
+            lambda f: (f / "model.safetensors").write_bytes(b"\xff" * 64),
+            "does not match the SHA-256",
+        ),
+        ("no weights", lambda f: (f / "model.safetensors").unlink(), "cannot be read"),
+        ("agent.json not JSON", lambda f: (f / "agent.json").write_text("{"), "cannot be read"),
+        ("no env key", edit(lambda c: c.pop("env")), "lacks env"),
+        ("no checksum", edit(lambda c: c.pop("sha256")), "lacks sha256"),
+        ("an older version", edit(lambda c: c.update(version=1)), "export the agent again"),
+        (
+            "a zero bar interval",
+            edit(lambda c: c["env"].update(bar_interval_seconds=0)),
+            "implausible env description: bar_interval_seconds 0",
+        ),
+        (
+            "three aux labels",
+            edit(lambda c: c["model"].update(aux_labels=["1h", "24h", "7d"])),
+            "implausible model description: aux_labels",
+        ),
+        (
+            "labels the env does not have",
+            edit(lambda c: c["model"].update(aux_labels=["2h", "48h"])),
+            "does not fit the env",
+        ),
+    ]
+
+
+def test_every_damaged_export_is_one_clear_error(run, tmp_path, capsys):
+    export = tmp_path / "export"
+    assert export_main([str(run), "--out", str(export)]) == 0
+    for what, damage, message in damaged_exports(export):
+        copy = tmp_path / what.replace(" ", "_")
+        shutil.copytree(export, copy)
+        damage(copy)
+        with pytest.raises(CheckpointError, match=message):
+            Agent.load(copy)
+        assert predict_main([str(copy), "--synthetic"]) == 2, what
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message.split(":")[0] in err[0]
 
 
 def test_a_run_dir_with_a_pickle_payload_executes_nothing(run, tmp_path):

@@ -1104,3 +1104,44 @@ def test_bars_per_year_of_tiny_or_empty_spans():
         bars_per_year(two[:1])
     with pytest.raises(MarketDataError, match="span no time"):
         bars_per_year(pd.DatetimeIndex(["2020-01-01"] * 3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"window": 0}, "window=0: the observation window is a whole number >= 1"),
+        ({"window": -5}, "window=-5"),
+        ({"horizons": ()}, r"horizons=\(\): give a sequence of one or more horizons"),
+        ({"horizons": (None,)}, "horizon None is not a duration"),
+        ({"horizons": (1.5,)}, "horizon 1.5 is not a duration"),
+    ],
+)
+def test_loader_arguments_are_checked(kwargs, message):
+    with pytest.raises(MarketDataError, match=message):
+        load_market_data(hourly(300), **kwargs)
+
+
+def test_prices_beyond_float32_are_refused():
+    frame = hourly(300)
+    frame[["Open", "High", "Low", "Close"]] = 1e308
+    with pytest.raises(MarketDataError, match=r"prices above 3.4e\+38 .* Rescale the prices"):
+        load_market_data(frame)
+
+
+def test_a_volume_that_is_not_a_number_is_refused(tmp_path):
+    frame = hourly(300)
+    frame["Volume"] = frame["Volume"].astype(object)
+    frame.loc[frame.index[4], "Volume"] = "abc"
+    path = write_csv(tmp_path, frame.reset_index(names="timestamp"))
+    with pytest.raises(MarketDataError, match=r"volume is not a number in 1 rows: line 6 .*'abc'"):
+        load_market_data(path)
+
+
+def test_lowercase_day_horizons_parse_without_a_pandas_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert horizon_to_bars("1d", pd.Timedelta("1h")) == 24
+        assert horizon_to_bars("4H", pd.Timedelta("1h")) == 4
+    assert horizon_label("1d") == "1d"  # the name users read keeps their spelling

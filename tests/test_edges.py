@@ -314,3 +314,36 @@ def test_debug_shows_the_traceback(capsys):
     assert train_main(["--lr", "nan", "--debug"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
+
+
+# -- the newcomer's path --------------------------------------------------------------------
+
+
+def test_a_printed_config_leaves_data_derived_settings_to_the_data(tmp_path, capsys):
+    assert train_main(["--lr", "0.0002", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert 'horizons = "auto"' in printed
+    config_file = tmp_path / "run.toml"
+    config_file.write_text(printed)
+    daily = write_csv(tmp_path / "daily.csv", "1D", n=1500)
+    run = tmp_path / "run"
+    args = ["--config", str(config_file), "--data", str(daily), "--total-steps", "256"]
+    assert train(run, *args) == 0  # the 1h default would not fit daily bars
+    assert load_checkpoint(run / "checkpoint.pt").agent.model.aux_labels == ("1d", "24d")
+
+
+def test_resume_takes_the_same_relative_data_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_csv(tmp_path / "bars.csv", "1h")
+    assert train(Path("run"), "--total-steps", "256", "--data", "bars.csv") == 0
+    assert train(Path("run"), "--total-steps", "512", "--data", "bars.csv", "--resume") == 0
+
+
+def test_the_printed_epoch_is_the_epoch_trained(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(run, "--epochs", "1") == 0
+    out = capsys.readouterr().out
+    printed = int(out.split(" env steps per epoch")[0].rsplit(" ", 1)[1].replace(",", ""))
+    rows = list(read_metrics(run / "metrics.csv"))
+    assert printed == rows[-1]["env_steps"] and rows[-1]["epoch"] == 1
+    assert "nan" not in out.lower().replace("nan/inf", "")

@@ -13,7 +13,7 @@ from helpers import SMALL_RUN
 from pyppo import stats, synthetic_market
 from pyppo.cli import eval_main, evaluate_run, train_main
 from pyppo.data import bars_per_year
-from pyppo.evaluation.plots import NO_EVENTS, training_figure
+from pyppo.evaluation.plots import NO_EVENTS, predictions_figure, training_figure
 from pyppo.heads import DEFAULT_AUX_LABELS, AuxHeads
 
 # End to end: trained runs, evaluated.
@@ -151,3 +151,39 @@ def test_large_step_counts_get_thousands_separators():
     labels = [t.get_text() for t in fig.axes[1].xaxis.get_ticklabels() if t.get_text()]
     assert any("," in label for label in labels) and len(labels) <= 7
     assert overlapping_labels(fig) == []
+
+
+def test_a_bad_ticks_held_out_set_gives_sane_statistics_and_says_so(tmp_path):
+    run = tmp_path / "run"
+    args = [*SMALL, "--run-dir", str(run), "--total-steps", "512", "--bad-ticks", "0.01"]
+    assert train_main(args) == 0
+    metrics, report = evaluate_run(run, device="cpu")
+    text = report.read_text()
+    assert "held-out bars had a non-finite or out-of-range price move" in text
+    for policy in ("agent", "buy_and_hold", "random"):
+        stats_ = metrics[policy]
+        assert -100 <= stats_["Return [%]"] < 1_000, (policy, stats_["Return [%]"])
+        assert math.isfinite(stats_["CAGR [%]"]) and abs(stats_["Sharpe Ratio"]) < 20
+    for line in text.splitlines():  # no 30-digit numbers in the tables
+        if line.startswith("| "):
+            cells = [c.strip().replace(",", "") for c in line.split("|")[2:-1]]
+            numbers = [c for c in cells if c.lstrip("-").replace(".", "", 1).isdigit()]
+            assert all(len(n) < 15 for n in numbers), line
+
+
+def test_too_few_held_out_bars_are_flagged_beside_the_sharpe(tmp_path):
+    run = tmp_path / "run"
+    args = [*SMALL_RUN, "--bars", "600", "--window", "20", "--total-steps", "256"]
+    assert train_main([*args, "--run-dir", str(run)]) == 0  # 120 held-out bars, 76 traded
+    _, report = evaluate_run(run, device="cpu")
+    text = report.read_text()
+    assert "warning: only 76 traded bars" in text and "Sharpe Ratio (only 76 bars" in text
+
+
+def test_the_predictions_figure_has_equal_axes_and_the_line_of_perfect_predictions():
+    rng = np.random.default_rng(0)
+    target = rng.normal(0, 0.01, 500)
+    fig = predictions_figure({"pred_1h": 0.3 * target}, {"pred_1h": target})
+    ax = fig.axes[0]
+    assert ax.get_xlim() == ax.get_ylim()
+    assert any(line.get_label() == "y = x" for line in ax.get_lines())

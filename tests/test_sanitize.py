@@ -180,3 +180,45 @@ def test_sanitize_in_place_on_a_tensor_autograd_saved_raises_at_backward():
     with torch.no_grad():
         ops.sanitize_(x, 1.0)
     assert x.tolist() == [0.5, 1.0, -1.0]
+
+
+def test_in_place_ops_refuse_what_autograd_forbids_as_torch_does():
+    leaf = torch.tensor([0.5, float("nan"), 3.0], requires_grad=True)
+    # torch's own in-place op, for comparison: the same refusal.
+    with pytest.raises(RuntimeError, match="view of a leaf Variable that requires grad"):
+        leaf[:2].clamp_(-1, 1)
+    with pytest.raises(RuntimeError, match="view of a leaf Variable that requires grad"):
+        ops.sanitize_(leaf[:2], 1.0)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        ops.guard_gradients_([leaf], [0], 1, 1.0)
+    assert torch.isnan(leaf[1])  # untouched
+
+
+@pytest.mark.parametrize(
+    ("call", "argument"),
+    [
+        (lambda bad: ops.sanitize_(bad, 1.0), "x"),
+        (lambda bad: ops.sanitize(bad, 1.0), "x"),
+        (lambda bad: ops.count_nonfinite([torch.zeros(2), bad]), r"tensors\[1\]"),
+        (lambda bad: ops.guard_gradients_([bad], [0], 1, 1.0), r"grads\[0\]"),
+        (lambda bad: ops.gae(bad, *[torch.zeros(4, 2)] * 2, *[torch.zeros(2)] * 2), "rewards"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["None", "numpy", "sparse", "nested"])
+def test_inputs_that_are_not_dense_tensors_are_a_type_error_naming_the_argument(
+    call, argument, kind
+):
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nested tensors announce they are a prototype
+        bad = {
+            "None": lambda: None,
+            "numpy": lambda: np.zeros(3, dtype=np.float32),
+            "sparse": lambda: torch.zeros(3).to_sparse(),
+            "nested": lambda: torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)]),
+        }[kind]()
+    with pytest.raises(TypeError, match=f"pyppo: {argument} "):
+        call(bad)

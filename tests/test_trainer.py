@@ -325,3 +325,12 @@ def test_num_minibatches_cuts_the_rollout_instead_of_batch_size():
     assert trainer.guard.steps == 2 * 8  # num_epochs x num_minibatches
     with pytest.raises(ValueError, match="num_minibatches"):
         small_trainer(market, num_minibatches=8 * 32 + 1)
+
+
+def test_the_progress_line_never_shows_nan():
+    from pyppo.training.recorder import ProgressBar
+
+    row = {"epoch": 1.0, "perf/steps_per_sec": 9_000.0, "rollout/mean_episode_return": math.nan}
+    assert "nan" not in ProgressBar.describe(row).lower()
+    row["rollout/mean_episode_return"] = 0.0125
+    assert "return +0.013" in ProgressBar.describe(row)

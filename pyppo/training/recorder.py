@@ -204,13 +204,7 @@ class ProgressBar:
 
     def update(self, row: dict[str, float]) -> None:
         self.done += 1
-        episode = row["rollout/mean_episode_return"]
-        # Before the first episode ends there is no episode return to show.
-        shown = f"{episode:+.3f}" if episode == episode else "-"
-        text = (
-            f"epoch {row['epoch']:.0f} | {row['perf/steps_per_sec']:,.0f} steps/s | return "
-            f"{shown} | NaN events {nan_event_count(row)}"
-        )
+        text = self.describe(row)
         if self.bar is not None:
             self.bar.set_description_str(text, refresh=False)
             self.bar.update(1)
@@ -218,6 +212,17 @@ class ProgressBar:
             self.done == self.total or self.done % max(1, self.total // 10) == 0
         ):
             print(f"update {self.done}/{self.total} | {text}", flush=True)
+
+    @staticmethod
+    def describe(row: dict[str, float]) -> str:
+        """The progress line's text for one update's metrics row (never NaN: before the first
+        episode ends there is no episode return to show)."""
+        episode = row["rollout/mean_episode_return"]
+        shown = f"{episode:+.3f}" if episode == episode else "-"
+        return (
+            f"epoch {row['epoch']:.0f} | {row['perf/steps_per_sec']:,.0f} steps/s | return "
+            f"{shown} | NaN events {nan_event_count(row)}"
+        )
 
     def close(self) -> None:
         if self.bar is not None:
