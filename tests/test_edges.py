@@ -347,3 +347,12 @@ def test_the_printed_epoch_is_the_epoch_trained(tmp_path, capsys):
     rows = list(read_metrics(run / "metrics.csv"))
     assert printed == rows[-1]["env_steps"] and rows[-1]["epoch"] == 1
     assert "nan" not in out.lower().replace("nan/inf", "")
+
+
+def test_runs_latest_names_the_newest_default_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert train_main([*SMALL, "--total-steps", "256"]) == 0
+    latest = tmp_path / "runs" / "latest"
+    assert latest.is_symlink() and (latest / "checkpoint.pt").exists()
+    assert eval_main(["runs/latest", "--device", "cpu"]) == 0
+    assert (latest.resolve() / "report.md").exists()

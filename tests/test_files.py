@@ -123,7 +123,7 @@ def test_a_lock_left_by_a_dead_process_is_free(tmp_path):
 @pytest.mark.slow
 def test_a_run_dir_in_training_refuses_a_second_training_and_an_evaluation(tmp_path, capsys):
     run = tmp_path / "run"
-    args = [*SMALL_RUN, "--epochs", "50", "--run-dir", str(run), "--quiet"]
+    args = [*SMALL_RUN, "--epochs", "50", "--checkpoint-every", "1", "--run-dir", str(run)]
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "train_rl_agent.py"), *args],
         stdout=subprocess.DEVNULL,

@@ -62,7 +62,7 @@ def one_line(proc: subprocess.Popen, code: int) -> str:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("signals") / "run"
-    assert train_main([*SMALL_RUN, "--epochs", "1", "--run-dir", str(run)]) == 0
+    assert train_main([*SMALL_RUN, "--total-steps", "256", "--run-dir", str(run)]) == 0
     assert eval_main([str(run), "--device", "cpu"]) == 0
     return run
 
@@ -106,7 +106,7 @@ def test_a_signal_during_predict_is_one_line(run, monkeypatch, capsys):
 
 def test_a_run_stopped_before_its_first_checkpoint_resumes_from_its_beginning(tmp_path, capsys):
     run = tmp_path / "run"
-    args = [*SMALL_RUN, "--epochs", "2", "--checkpoint-every", "0", "--run-dir", str(run)]
+    args = [*SMALL_RUN, "--epochs", "1", "--checkpoint-every", "0", "--run-dir", str(run)]
     proc = start("train_rl_agent.py", *args)
     metrics = run / "metrics.csv"
     wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) > 2, proc)

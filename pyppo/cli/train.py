@@ -76,6 +76,8 @@ RUN_FILES = (
     "trades.csv",
     "tensorboard",
 )
+# The link in runs/ to the newest run made there without --run-dir.
+LATEST_RUN = "latest"
 # Data-derived settings that --print-config writes as "auto" unless they were set.
 AUTO = "auto"
 DERIVED_FROM_DATA = ("data.horizons",)
@@ -179,7 +181,23 @@ def prepare_run_dir(config: RunConfig, hold: contextlib.ExitStack) -> Path:
     for stray in stray_temporaries(run_dir):
         stray.unlink()
         print(f"removed {stray.name}, a temporary file left by a killed run")
+    if config.run_dir is None:
+        point_latest_at(run_dir)
     return run_dir
+
+
+def point_latest_at(run_dir: Path) -> None:
+    """Make ``runs/latest`` a link to ``run_dir``, the newest run in the default place, so
+    that the next command can name it without its date (nothing breaks where links cannot
+    be made)."""
+    link = run_dir.parent / LATEST_RUN
+    tmp = run_dir.parent / f".{LATEST_RUN}.{os.getpid()}.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(tmp, link)  # (a real folder named "latest" is left alone: replace fails)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def saved_config(run_dir: Path) -> tuple[RunConfig, bool]:
