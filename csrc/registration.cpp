@@ -14,10 +14,11 @@ TORCH_LIBRARY(pyppo, m) {
   m.def(
       "gae(Tensor rewards, Tensor values, Tensor episode_starts, Tensor last_values, "
       "Tensor last_episode_starts, float gamma, float gae_lambda) -> (Tensor, Tensor)");
-  // Returns (nonfinite counts [num_groups], norms [num_groups], total norm, clip coef).
+  // Returns (nonfinite counts [num_groups], norms [num_groups], total norm, clip coef), each
+  // with a leading [num_members] dimension when num_members > 1.
   m.def(
       "guard_gradients_(Tensor(a!)[] grads, int[] group_ids, int num_groups, float max_norm, "
-      "bool skip_nonfinite) -> (Tensor, Tensor, Tensor, Tensor)");
+      "bool skip_nonfinite, int num_members=1) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("count_nonfinite(Tensor[] tensors) -> Tensor");
 }
 

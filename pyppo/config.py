@@ -67,6 +67,37 @@ class _Validated:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
 
 
+def parse_seeds(spec: str, base: int = 0) -> tuple[int, ...]:
+    """The seeds a ``--seeds`` value names: ``"8"`` is 8 seeds from ``base`` (8 members),
+    ``"0-7"`` the range 0 to 7, ``"0,3,5"`` that list (ranges may appear in a list:
+    ``"0-3,8"``). Raises ``ValueError`` for anything else, a negative seed or one named twice.
+
+    :param spec: the value as typed.
+    :param base: the first seed of a bare count (``--seed``).
+    """
+    text = str(spec).strip()
+    if text.isdigit():
+        count = int(text)
+        if count < 1:
+            raise ValueError(f"seeds {spec!r}: a count of seeds must be at least 1")
+        return tuple(range(base, base + count))
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise ValueError(
+                f"seeds {spec!r}: give N (a count), a-b (a range) or a,b,c (a list) of "
+                "whole numbers >= 0"
+            )
+        first, last = int(lo), int(hi) if dash else int(lo)
+        if last < first:
+            raise ValueError(f"seeds {spec!r}: the range {part.strip()} runs backwards")
+        seeds += range(first, last + 1)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {spec!r}: a seed is named twice")
+    return tuple(seeds)
+
+
 # Older keyword/flag names of settings, accepted everywhere: old name -> field name.
 ALIASES = {"aux_1h_coef": "aux_short_coef", "aux_24h_coef": "aux_long_coef"}
 

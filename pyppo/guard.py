@@ -57,6 +57,7 @@ class GuardReport:
     (``int(...)``, ``.item()``, :meth:`counts_by_group`) does."""
 
     groups: tuple[str, ...]
+    # Shapes for one model; a population's (num_members > 1) have a leading [M].
     nonfinite_counts: Tensor  # int64 [num_groups]: NaN/inf elements zeroed, per group
     group_norms: Tensor  # float32 [num_groups]: L2 norm per group, after zeroing, before clipping
     total_norm: Tensor  # float32 []: L2 norm of all gradients, after zeroing, before clipping
@@ -108,6 +109,9 @@ class GradientGuard:
             counts ride along, and the skip and the clip follow the global counts and norm,
             so every rank steps identically. Call it instead of DDP's own all-reduce (a
             model not wrapped in DDP), after ``backward()``; the report's counts are global.
+        num_members: a population of this many models with stacked parameters (dim 0 of
+            every parameter is the member): each member is guarded on its own (its counts,
+            clip coefficient and skip), and the report's tensors get a leading ``[M]``.
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class GradientGuard:
         groups: Mapping[str, str] | None = None,
         log_every: int | None = None,
         process_group: Any = None,
+        num_members: int = 1,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"pyppo: policy must be one of {POLICIES}, got {policy!r}")
@@ -125,6 +130,9 @@ class GradientGuard:
             raise ValueError(f"pyppo: max_norm must be >= 0, got {max_norm}")
         if log_every is not None and log_every < 1:
             raise ValueError(f"pyppo: log_every must be None or >= 1, got {log_every}")
+        if num_members < 1:
+            raise ValueError(f"pyppo: num_members must be >= 1, got {num_members}")
+        self.num_members = int(num_members)
         self.max_norm = float(max_norm)
         self.policy = policy
         self.log_every = log_every
@@ -167,12 +175,17 @@ class GradientGuard:
             counts, norms, total, coef, skipped = self._step_distributed(grads, group_ids)
         else:
             counts, norms, total, coef = ops.guard_gradients_(
-                grads, group_ids, len(self.groups), self.max_norm, self.policy == "skip"
+                grads,
+                group_ids,
+                len(self.groups),
+                self.max_norm,
+                self.policy == "skip",
+                self.num_members,
             )
             skipped = (
-                counts.sum() > 0
+                counts.sum(-1) > 0
                 if self.policy == "skip"
-                else counts.new_zeros((), dtype=torch.bool)
+                else counts.new_zeros(self._member_shape, dtype=torch.bool)
             )
 
         self._accumulate(counts, skipped)
@@ -211,15 +224,21 @@ class GradientGuard:
         """This rank's NaN/inf zeroed and counted, then one flat all-reduce of the gradients
         (averaged) with the counts riding along (summed), then the skip and the clip from the
         global counts and norm: every rank ends with the same gradients and decisions."""
-        num_groups = len(self.groups)
-        local = ops.guard_gradients_(grads, group_ids, num_groups, math.inf, False)[0]
-        counts = averaged_gradients_(grads, local, self.process_group).round().long()
-        skipped = counts.new_zeros((), dtype=torch.bool)
+        num_groups, members = len(self.groups), self.num_members
+        local = ops.guard_gradients_(grads, group_ids, num_groups, math.inf, False, members)[0]
+        counts = averaged_gradients_(grads, local, self.process_group)
+        counts = counts.round().long().view(local.shape)
+        skipped = counts.sum(-1) > 0
         if self.policy == "skip":
-            skipped = counts.sum() > 0
-            torch._foreach_mul_(grads, (~skipped).to(grads[0].dtype))
+            keep = (~skipped).to(grads[0].dtype)
+            if members == 1:
+                torch._foreach_mul_(grads, keep)
+            else:  # each member's own decision, broadcast over its slice
+                torch._foreach_mul_(grads, [keep.view(-1, *[1] * (g.dim() - 1)) for g in grads])
+        else:
+            skipped = torch.zeros_like(skipped)
         _, norms, total, coef = ops.guard_gradients_(
-            grads, group_ids, num_groups, self.max_norm, False
+            grads, group_ids, num_groups, self.max_norm, False, members
         )
         return counts, norms, total, coef, skipped
 
@@ -227,30 +246,38 @@ class GradientGuard:
         if self._cumulative_nonfinite is None or self._cumulative_nonfinite.device != counts.device:
             self._cumulative_nonfinite = torch.zeros_like(counts)
             self._pending_nonfinite = torch.zeros_like(counts)
-            self._skipped_steps = torch.zeros((), dtype=torch.int64, device=counts.device)
+            self._skipped_steps = torch.zeros(
+                skipped.shape, dtype=torch.int64, device=counts.device
+            )
         self._cumulative_nonfinite += counts
         self._pending_nonfinite += counts
         self._skipped_steps += skipped
         self._pending_steps += 1
 
     @property
+    def _member_shape(self) -> tuple[int, ...]:
+        return () if self.num_members == 1 else (self.num_members,)
+
+    @property
     def cumulative_nonfinite(self) -> Tensor:
-        """int64 [num_groups]: exact number of NaN/inf gradient elements zeroed per group since
-        the guard was made (a device tensor; reading it is a host sync)."""
+        """int64 [num_groups] ([M, num_groups] for a population): exact number of NaN/inf
+        gradient elements zeroed per group since the guard was made (a device tensor;
+        reading it is a host sync)."""
         if self._cumulative_nonfinite is None:
-            return torch.zeros(len(self.groups), dtype=torch.int64)
+            return torch.zeros((*self._member_shape, len(self.groups)), dtype=torch.int64)
         return self._cumulative_nonfinite
 
     @property
     def skipped_steps(self) -> Tensor:
-        """int64 []: number of steps zeroed by the ``skip`` policy (a device tensor)."""
+        """int64 [] ([M]): number of steps zeroed by the ``skip`` policy (a device tensor)."""
         if self._skipped_steps is None:
-            return torch.zeros((), dtype=torch.int64)
+            return torch.zeros(self._member_shape, dtype=torch.int64)
         return self._skipped_steps
 
     def cumulative_counts(self) -> dict[str, int]:
-        """:attr:`cumulative_nonfinite` by group name (a host sync)."""
-        return dict(zip(self.groups, self.cumulative_nonfinite.tolist(), strict=True))
+        """:attr:`cumulative_nonfinite` by group name, summed over members (a host sync)."""
+        totals = self.cumulative_nonfinite.reshape(-1, len(self.groups)).sum(0)
+        return dict(zip(self.groups, totals.tolist(), strict=True))
 
     def log_events(self) -> dict[str, int]:
         """Log ``NaN/inf gradient detected in <group>`` once for every group that had
@@ -260,19 +287,30 @@ class GradientGuard:
         log at (the trainer calls it once per update)."""
         if self._pending_nonfinite is None:
             return {}
-        counts = dict(zip(self.groups, self._pending_nonfinite.tolist(), strict=True))
+        per_member = self._pending_nonfinite.reshape(-1, len(self.groups)).tolist()
         steps = self._pending_steps
         self._pending_nonfinite.zero_()
         self._pending_steps = 0
-        for group, count in counts.items():
-            if count:
-                logger.warning(
-                    "NaN/inf gradient detected in %s: %d non-finite elements zeroed over %d steps",
-                    group,
-                    count,
-                    steps,
-                )
-        return {group: count for group, count in counts.items() if count}
+        totals = dict.fromkeys(self.groups, 0)
+        for member, counts in enumerate(per_member):
+            for group, count in zip(self.groups, counts, strict=True):
+                if count:
+                    totals[group] += count
+                    logger.warning(
+                        "NaN/inf gradient detected in %s%s: %d non-finite elements zeroed over "
+                        "%d steps",
+                        group,
+                        member_suffix(member, self.num_members),
+                        count,
+                        steps,
+                    )
+        return {group: count for group, count in totals.items() if count}
+
+
+def member_suffix(member: int, num_members: int) -> str:
+    """How a NaN/inf message names a population's member (``" (member 3)"``; nothing for a
+    single model, whose messages stay as users know them)."""
+    return f" (member {member})" if num_members > 1 else ""
 
 
 def validate_outputs(outputs: Mapping[str, Tensor], log: bool = True) -> dict[str, Tensor]:

@@ -158,6 +158,7 @@ def guard_gradients_(
     num_groups: int,
     max_norm: float,
     skip_nonfinite: bool = False,
+    num_members: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Guard a list of gradients in place, in one fused multi-tensor pass (plus a scaling
     pass only when clipping is needed).
@@ -173,6 +174,12 @@ def guard_gradients_(
 
     Returns ``(nonfinite_counts int64 [num_groups], group_norms float32 [num_groups],
     total_norm float32 [], clip_coef float32 [])`` on the gradients' device.
+
+    ``num_members = M > 1``: dim 0 of every gradient is the member (a population's stacked
+    parameters) and each member is guarded on its own, as if alone: its NaN/inf are counted
+    for it only, its clip coefficient comes from its own norm, and ``skip_nonfinite`` zeroes
+    only its gradients. The results gain a leading member dimension: ``[M, num_groups]``,
+    ``[M, num_groups]``, ``[M]``, ``[M]``.
     """
     _check_sequence(grads, "grads")
     for i, grad in enumerate(grads):
@@ -182,11 +189,11 @@ def guard_gradients_(
     # Checked here too, not only in C++: with one toolchain (the GPU machine's g++ 13.3,
     # Python 3.12, torch 2.11) an error thrown by these kernels crashed the process instead
     # of raising; the Python check keeps bad arguments a clear exception everywhere.
-    _check_guard_args(grads, group_ids, int(num_groups), float(max_norm))
+    _check_guard_args(grads, group_ids, int(num_groups), float(max_norm), int(num_members))
     if not torch.compiler.is_compiling():
         _check_no_overlap(grads)
     return torch.ops.pyppo.guard_gradients_.default(
-        grads, group_ids, int(num_groups), float(max_norm), bool(skip_nonfinite)
+        grads, group_ids, int(num_groups), float(max_norm), bool(skip_nonfinite), int(num_members)
     )
 
 
@@ -242,7 +249,7 @@ def _check_no_overlap(grads: list[Tensor]) -> None:
 
 
 def _check_guard_args(
-    grads: list[Tensor], group_ids: list[int], num_groups: int, max_norm: float
+    grads: list[Tensor], group_ids: list[int], num_groups: int, max_norm: float, num_members: int
 ) -> None:
     """The kernels' argument checks (csrc/guard.h), in the same order, with the same messages."""
     if len(group_ids) != len(grads):
@@ -261,20 +268,35 @@ def _check_guard_args(
         raise ValueError(
             f"pyppo: max_norm must be >= 0 (float('inf') disables clipping), got {max_norm}"
         )
+    if num_members < 1:
+        raise ValueError(f"pyppo: num_members must be >= 1, got {num_members}")
     _check_tensor_list(grads, "grads")
+    if num_members > 1:
+        for i, g in enumerate(grads):
+            if g.dim() < 1 or g.shape[0] != num_members:
+                raise ValueError(
+                    f"pyppo: grads[{i}] has shape {list(g.shape)}; with num_members = "
+                    f"{num_members} dim 0 of every gradient is the member"
+                )
 
 
 @torch.library.register_fake("pyppo::guard_gradients_")
 def _guard_gradients_fake(
-    grads: list[Tensor], group_ids: list[int], num_groups: int, max_norm: float, skip: bool
+    grads: list[Tensor],
+    group_ids: list[int],
+    num_groups: int,
+    max_norm: float,
+    skip: bool,
+    num_members: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    _check_guard_args(grads, group_ids, num_groups, max_norm)
+    _check_guard_args(grads, group_ids, num_groups, max_norm, num_members)
     device = grads[0].device if grads else torch.device("cpu")
+    members = () if num_members == 1 else (num_members,)
     return (
-        torch.empty(num_groups, dtype=torch.int64, device=device),
-        torch.empty(num_groups, dtype=torch.float32, device=device),
-        torch.empty((), dtype=torch.float32, device=device),
-        torch.empty((), dtype=torch.float32, device=device),
+        torch.empty((*members, num_groups), dtype=torch.int64, device=device),
+        torch.empty((*members, num_groups), dtype=torch.float32, device=device),
+        torch.empty(members, dtype=torch.float32, device=device),
+        torch.empty(members, dtype=torch.float32, device=device),
     )
 
 

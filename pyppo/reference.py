@@ -88,21 +88,34 @@ def guard_gradients_(
     num_groups: int,
     max_norm: float,
     skip_nonfinite: bool = False,
+    num_members: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Reference of ``pyppo.ops.guard_gradients_``; modifies ``grads`` in place.
+
+    With ``num_members = M > 1`` dim 0 of every gradient is the member (the gradients of a
+    population's stacked parameters): each member is guarded on its own, exactly as if its
+    slices ``g[k]`` were guarded alone (what one member's NaN or norm does stays in it).
+    For each member:
 
     1. NaN/+inf/-inf elements are counted per group and set to 0.
     2. The squared L2 norm of what is left is summed per group (float32 per tensor,
        float64 across tensors); ``total = sqrt(sum over groups)``.
     3. ``coef = min(1, max_norm / (total + 1e-6))``, computed in float64 and rounded to
        float32.
-    4. ``skip_nonfinite`` and any element was non-finite: every gradient is zeroed.
-       Otherwise, when ``coef < 1``, every gradient is multiplied by ``coef`` in float32
-       (float64 for float64 gradients) and rounded once to its dtype.
+    4. ``skip_nonfinite`` and any of its elements was non-finite: its gradients are zeroed.
+       Otherwise, when ``coef < 1``, its gradients are multiplied by ``coef`` in float32
+       (float64 for float64 gradients) and rounded once to their dtype.
 
-    Returns ``(counts int64 [num_groups], norms float32 [num_groups], total_norm float32 [],
-    clip_coef float32 [])`` on the gradients' device (CPU for an empty list).
+    Returns ``(counts int64, norms float32, total_norm float32, clip_coef float32)`` on the
+    gradients' device (CPU for an empty list), shaped ``[num_groups], [num_groups], [], []``
+    for one member and ``[M, num_groups], [M, num_groups], [M], [M]`` for M.
     """
+    if num_members > 1:
+        results = [
+            guard_gradients_([g[k] for g in grads], group_ids, num_groups, max_norm, skip_nonfinite)
+            for k in range(num_members)
+        ]
+        return tuple(torch.stack(parts) for parts in zip(*results, strict=True))  # type: ignore[return-value]
     device = grads[0].device if grads else torch.device("cpu")
     counts = torch.zeros(num_groups, dtype=torch.int64, device=device)
     sum_sq = torch.zeros(num_groups, dtype=torch.float64, device=device)

@@ -1,8 +1,10 @@
-"""Run by tests/test_distributed.py under torchrun (gloo, CPU): trains a small PPOTrainer on
-every rank and leaves what each rank saw in OUT for the test to compare.
+"""Run by tests/test_distributed.py under torchrun (gloo, CPU): for each scenario, trains a
+small PPOTrainer on every rank and leaves what each rank saw in OUT/<scenario> for the tests
+to compare (one launch for all scenarios: starting two processes costs more than training).
 
-    torchrun --standalone --nproc_per_node=2 tests/distributed_worker.py OUT [nan] [skip]
+    torchrun --standalone --nproc_per_node=2 tests/distributed_worker.py OUT SCENARIO...
 
+A scenario is a "+"-joined set of flags ("plain" for none):
 ``nan``: rank 1 plants NaN into its aux_1h weight gradient at its first two minibatch steps.
 ``skip``: the trainer runs with nan_policy="skip".
 ``kl``: the trainer runs with a target_kl that stops some updates after their first epoch.
@@ -26,10 +28,10 @@ from pyppo import PPOTrainer, TradingActorCritic, TradingEnv, synthetic_market
 KL_TARGET = 1.055e-7
 
 
-def main(out: Path, flags: set[str]) -> None:
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    logging.basicConfig(filename=out / f"log{rank}.txt", level=logging.WARNING)
+def run_scenario(out: Path, flags: set[str], rank: int) -> None:
+    out.mkdir(exist_ok=True)
+    log = logging.FileHandler(out / f"log{rank}.txt")
+    logging.getLogger("pyppo").addHandler(log)
     env = TradingEnv(synthetic_market(3000, seed=4), num_envs=4, episode_length=100, seed=rank)
     torch.manual_seed(100 + rank)  # different initial weights: the trainer must unify them
     model = TradingActorCritic(env.obs_spec, hidden_dim=32)
@@ -67,8 +69,17 @@ def main(out: Path, flags: set[str]) -> None:
         out / f"rank{rank}.pt",
     )
     (out / f"planted{rank}.json").write_text(json.dumps(planted))
+    logging.getLogger("pyppo").removeHandler(log)
+    log.close()
+
+
+def main(out: Path, scenarios: list[str]) -> None:
+    dist.init_process_group("gloo")
+    logging.getLogger("pyppo").setLevel(logging.WARNING)
+    for scenario in scenarios:
+        run_scenario(out / scenario, set(scenario.split("+")) - {"plain"}, dist.get_rank())
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), set(sys.argv[2:]))
+    main(Path(sys.argv[1]), sys.argv[2:])

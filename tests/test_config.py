@@ -21,7 +21,7 @@ from pyppo import (
 )
 from pyppo.checkpoint import CheckpointError, load_checkpoint
 from pyppo.cli import UserError, make_env, make_model, resolve_config, train_main
-from pyppo.config import apply
+from pyppo.config import apply, parse_seeds
 from pyppo.metrics import read_metrics
 
 SMALL = SMALL_RUN
@@ -391,3 +391,34 @@ def test_gpu_preset_trains_on_the_cpu_when_told_to(tmp_path):
     assert train_main(argv) == 0
     saved = json.loads((run / "config.json").read_text())["config"]
     assert saved["ppo"]["num_minibatches"] == 4 and saved["ppo"]["lr"] == 3e-4
+
+
+@pytest.mark.parametrize(
+    ("spec", "base", "seeds"),
+    [
+        ("8", 3, tuple(range(3, 11))),
+        ("0-7", 0, tuple(range(8))),
+        ("0,3,5", 9, (0, 3, 5)),
+        ("0-3,8", 0, (0, 1, 2, 3, 8)),
+        ("5-5", 0, (5,)),
+    ],
+)
+def test_seeds_are_a_count_a_range_or_a_list(spec, base, seeds):
+    assert parse_seeds(spec, base) == seeds
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("0", "at least 1"),
+        ("3-1", "runs backwards"),
+        ("1,1", "named twice"),
+        ("a", "give N"),
+        ("-2", "give N"),
+        ("1-", "give N"),
+        ("", "give N"),
+    ],
+)
+def test_bad_seeds_are_clear_errors(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_seeds(spec)

@@ -37,9 +37,20 @@ def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return proc
 
 
-def worker(out: Path, *flags: str) -> tuple[dict, dict]:
-    out.mkdir()
-    torchrun("--standalone", "--nproc_per_node=2", "tests/distributed_worker.py", str(out), *flags)
+SCENARIOS = ("plain", "nan", "nan+skip", "kl")
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory) -> Path:
+    """Every worker scenario, run in one two-rank launch."""
+    out = tmp_path_factory.mktemp("distributed")
+    torchrun(
+        "--standalone", "--nproc_per_node=2", "tests/distributed_worker.py", str(out), *SCENARIOS
+    )
+    return out
+
+
+def worker(out: Path) -> tuple[dict, dict]:
     return torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
 
 
@@ -47,16 +58,16 @@ def identical(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def test_every_rank_starts_and_stays_bitwise_identical(tmp_path):
-    r0, r1 = worker(tmp_path / "out")
+def test_every_rank_starts_and_stays_bitwise_identical(scenarios):
+    r0, r1 = worker(scenarios / "plain")
     assert identical(r0["initial"], r1["initial"])  # rank 0's weights, broadcast
     assert identical(r0["final"], r1["final"])
     assert not identical(r0["initial"], r0["final"])  # it did train
 
 
-def test_a_nan_on_one_rank_is_zeroed_there_and_counted_once(tmp_path):
-    out = tmp_path / "out"
-    r0, r1 = worker(out, "nan")
+def test_a_nan_on_one_rank_is_zeroed_there_and_counted_once(scenarios):
+    out = scenarios / "nan"
+    r0, r1 = worker(out)
     assert identical(r0["final"], r1["final"])
     assert all(torch.isfinite(p).all() for p in r0["final"])
     planted = sum(json.loads((out / "planted1.json").read_text()))
@@ -70,9 +81,9 @@ def test_a_nan_on_one_rank_is_zeroed_there_and_counted_once(tmp_path):
     assert "NaN/inf" not in log1  # rank 0 alone logs
 
 
-def test_skip_policy_every_rank_skips_the_same_steps(tmp_path):
-    out = tmp_path / "out"
-    r0, r1 = worker(out, "nan", "skip")
+def test_skip_policy_every_rank_skips_the_same_steps(scenarios):
+    out = scenarios / "nan+skip"
+    r0, r1 = worker(out)
     assert identical(r0["final"], r1["final"])
     assert r0["adam_steps"] == r1["adam_steps"]
     planted_steps = len(json.loads((out / "planted1.json").read_text()))
@@ -82,8 +93,8 @@ def test_skip_policy_every_rank_skips_the_same_steps(tmp_path):
     assert r0["adam_steps"][0] == minibatch_steps - planted_steps
 
 
-def test_target_kl_stops_every_rank_at_the_same_epoch(tmp_path):
-    r0, r1 = worker(tmp_path / "out", "kl")
+def test_target_kl_stops_every_rank_at_the_same_epoch(scenarios):
+    r0, r1 = worker(scenarios / "kl")
     assert identical(r0["final"], r1["final"])
     assert r0["adam_steps"] == r1["adam_steps"]
     epoch_steps = 4  # 128 samples / 32 per rank

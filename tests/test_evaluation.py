@@ -70,7 +70,7 @@ def reference_run(market, model, allow_short: bool = True, fee: float = FEE, dev
 
 
 @pytest.mark.parametrize(
-    ("n_bars", "allow_short"), [(20_000, True), (4_000, False)], ids=["short", "long-only"]
+    ("n_bars", "allow_short"), [(8_000, True), (4_000, False)], ids=["short", "long-only"]
 )
 @pytest.mark.slow
 def test_vectorized_backtest_equals_stepping_the_env(n_bars, allow_short):

@@ -109,9 +109,13 @@ def test_a_second_holder_is_refused_with_the_first_ones_name(tmp_path):
 
 
 def test_a_lock_left_by_a_dead_process_is_free(tmp_path):
+    # A process that takes the lock as RunLock does (without importing torch: fast), then dies.
     code = (
-        "import os, sys; from pyppo.runlock import RunLock; "
-        f"RunLock({str(tmp_path)!r}, exclusive=True, command='dead').acquire(); os._exit(9)"
+        "import fcntl, json, os; "
+        f"fd = os.open({str(tmp_path / LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); "
+        "os.write(fd, json.dumps({'pid': os.getpid(), 'host': 'h', 'started': 't', "
+        "'command': 'dead'}).encode()); os._exit(9)"
     )
     subprocess.run([sys.executable, "-c", code], check=False)
     holder = json.loads((tmp_path / LOCK_FILE).read_text())

@@ -258,6 +258,85 @@ def test_opcheck_guard_gradients():
     torch.library.opcheck(torch.ops.pyppo.count_nonfinite.default, (grads,))
 
 
+# ---- the member axis: a population's stacked gradients, each member guarded alone ---------
+
+
+def member_grads(members: int, sizes, dtypes, device, seed=0):
+    """Stacked gradients ``[members, n]``: member 1's are finite, member 2's are all NaN
+    (when there are 3 members), the others adversarial."""
+    gen = torch.Generator().manual_seed(seed)
+    grads = []
+    for i, n in enumerate(sizes):
+        dtype = dtypes[i % len(dtypes)]
+        g = torch.stack([adversarial(n, dtype, device, gen) for _ in range(members)])
+        if members >= 2:
+            g[1] = (torch.randn(n, generator=gen) * 0.1).to(dtype).to(device)
+        if members >= 3:
+            g[2] = NAN
+        grads.append(g)
+    return grads
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtypes", DTYPE_MIXES.values(), ids=DTYPE_MIXES.keys())
+@pytest.mark.parametrize("max_norm", [0.1, INF], ids=["clip", "noclip"])
+@pytest.mark.parametrize("skip", [False, True], ids=["zero", "skip"])
+def test_each_member_is_guarded_as_if_alone(device, dtypes, max_norm, skip):
+    members, sizes, ids = 4, [CHUNK + 3, 10, 0, 300], [0, 1, 1, 2]
+    grads = member_grads(members, sizes, dtypes, device)
+    expected_grads = [g.clone() for g in grads]
+    counts, norms, total, coef = ops.guard_gradients_(grads, ids, 3, max_norm, skip, members)
+    want = reference.guard_gradients_(expected_grads, ids, 3, max_norm, skip, members)
+    assert counts.shape == norms.shape == (members, 3) and total.shape == coef.shape == (members,)
+    torch.testing.assert_close(counts, want[0], rtol=0, atol=0)
+    torch.testing.assert_close(norms, want[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(total, want[2], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(coef, want[3], rtol=1e-5, atol=1e-7)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, **GRAD_TOLERANCE[g.dtype])
+    # Member 1 had no NaN and member 2 nothing else: counted for themselves only.
+    assert counts[1].sum() == 0 and counts[2].sum() == sum(n for n in sizes)
+    # Each member equals guarding its slices alone (the op, one member at a time).
+    for k in range(members):
+        alone = [e[k].clone() for e in member_grads(members, sizes, dtypes, device)]
+        got = ops.guard_gradients_(alone, ids, 3, max_norm, skip)
+        assert torch.equal(got[0], counts[k])
+        torch.testing.assert_close(got[3], coef[k], rtol=0, atol=0)
+        for a, g in zip(alone, grads, strict=True):
+            assert torch.equal(a, g[k])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_nan_in_one_member_leaves_the_others_bit_identical(device):
+    grads = member_grads(3, [5000, 64], [torch.float32], device, seed=3)
+    grads = [torch.stack([g[1], g[1], g[1]]) for g in grads]  # three finite members
+    clean = [g.clone() for g in grads]
+    for g in grads:
+        g[2, ::7] = NAN
+    counts, _, _, coef = ops.guard_gradients_(grads, [0, 1], 2, 0.05, True, 3)
+    clean_counts, _, _, clean_coef = ops.guard_gradients_(clean, [0, 1], 2, 0.05, True, 3)
+    assert counts[:2].sum() == 0 and counts[2].sum() > 0
+    assert torch.equal(coef[:2], clean_coef[:2])
+    for g, c in zip(grads, clean, strict=True):
+        assert torch.equal(g[:2], c[:2]) and (g[2] == 0).all()  # skipped: its step only
+
+
+def test_one_member_keeps_the_unbatched_shapes():
+    out = ops.guard_gradients_([torch.randn(1, 5)], [0], 2, 1.0, False, 1)
+    assert [tuple(t.shape) for t in out] == [(2,), (2,), (), ()]
+
+
+def test_opcheck_guard_gradients_with_members():
+    grads = member_grads(3, [CHUNK + 3, 10], [torch.float32, torch.float16], "cpu")
+    torch.library.opcheck(
+        torch.ops.pyppo.guard_gradients_.default, (grads, [0, 1], 2, 0.5, True, 3)
+    )
+    with pytest.raises(ValueError, match=r"grads\[1\] has shape \[2, 10\]; with num_members = 3"):
+        ops.guard_gradients_([grads[0], torch.zeros(2, 10)], [0, 1], 2, 0.5, False, 3)
+    with pytest.raises(ValueError, match="num_members must be >= 1"):
+        ops.guard_gradients_(grads, [0, 1], 2, 0.5, False, 0)
+
+
 # ---- bad inputs ----------------------------------------------------------------------------
 
 

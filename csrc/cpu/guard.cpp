@@ -8,7 +8,8 @@
 PYPPO_DECLARE_CPU_KERNEL(void, guard_gradients,
                          (const std::vector<at::Tensor>& grads,
                           const std::vector<int64_t>& group_ids, int64_t num_groups,
-                          double max_norm, bool skip_nonfinite, const pyppo::GuardOutputs& out));
+                          int64_t num_members, double max_norm, bool skip_nonfinite,
+                          const pyppo::GuardOutputs& out));
 PYPPO_DECLARE_CPU_KERNEL(void, count_nonfinite,
                          (const std::vector<at::Tensor>& tensors, const at::Tensor& counts));
 
@@ -16,9 +17,10 @@ namespace pyppo {
 
 void guard_gradients_cpu_kernel(const std::vector<at::Tensor>& grads,
                                 const std::vector<int64_t>& group_ids, int64_t num_groups,
-                                double max_norm, bool skip_nonfinite, const GuardOutputs& out) {
-  PYPPO_CPU_DISPATCH(guard_gradients, grads, group_ids, num_groups, max_norm, skip_nonfinite,
-                     out);
+                                int64_t num_members, double max_norm, bool skip_nonfinite,
+                                const GuardOutputs& out) {
+  PYPPO_CPU_DISPATCH(guard_gradients, grads, group_ids, num_groups, num_members, max_norm,
+                     skip_nonfinite, out);
 }
 
 void count_nonfinite_cpu_kernel(const std::vector<at::Tensor>& tensors, const at::Tensor& counts) {
@@ -38,7 +40,7 @@ namespace {
 }
 
 void guard_gradients_unsupported(const std::vector<at::Tensor>& grads, const std::vector<int64_t>&,
-                                 int64_t, double, bool, const GuardOutputs&) {
+                                 int64_t, int64_t, double, bool, const GuardOutputs&) {
   unsupported_device(grads[0]);
 }
 

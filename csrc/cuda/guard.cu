@@ -4,9 +4,11 @@
 //      the rest; each block writes its partial result to its own slot of a buffer.
 //   2. finalize (one block): sums the slots per group in a fixed order (deterministic, no
 //      float atomics), writes counts, norms, total norm, clip coefficient, and the factor
-//      pass 3 must apply: 0 when the skip policy fires, else the clip coefficient.
-//   3. scale (multi-tensor): every block reads that factor from device memory and returns
-//      at once when it is >= 1, so "clip only when needed" is decided on the device.
+//      pass 3 must apply: 0 when the skip policy fires, else the clip coefficient; one of
+//      each per member (a group id is member * num_groups + group, see guard.h).
+//   3. scale (multi-tensor): every block reads its member's factor from device memory and
+//      returns at once when it is >= 1, so "clip only when needed" is decided on the
+//      device.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -115,11 +117,12 @@ struct InspectFunctor {
 
 // Pass 3.
 struct ScaleFunctor {
-  const float* factor;
+  const float* factor;  // one per member
+  int32_t num_groups;
 
   template <typename T>
   __device__ void apply(const ChunkRef& c) const {
-    const float f = *factor;
+    const float f = factor[c.group / num_groups];
     if (f >= 1.0f) return;  // no clipping needed: the gradients are not touched
     T* x = static_cast<T*>(c.data) + c.begin;
     for_each_pack(x, c.size, [&](T* v, auto count) {
@@ -135,42 +138,44 @@ struct ScaleFunctor {
 
 constexpr int kFinalizeThreads = 1024;
 
-// Pass 2: one block. For each group, the threads stride over all chunk slots in a fixed
-// pattern and the block reduces in a fixed tree: the same bits every run.
+// Pass 2: one block. For each group of each member, the threads stride over all chunk
+// slots in a fixed pattern and the block reduces in a fixed tree: the same bits every run.
 __global__ void __launch_bounds__(kFinalizeThreads)
     finalize_kernel(const double* chunk_sum_sq, const unsigned* chunk_nonfinite,
                     const int32_t* chunk_group, int64_t num_chunks, int64_t num_groups,
-                    double max_norm, bool skip_nonfinite, int64_t* counts, float* norms,
-                    float* total_norm, float* clip_coef, float* factor) {
+                    int64_t num_members, double max_norm, bool skip_nonfinite, int64_t* counts,
+                    float* norms, float* total_norm, float* clip_coef, float* factor) {
   __shared__ double scratch_sum[kFinalizeThreads / 32];
   __shared__ unsigned long long scratch_count[kFinalizeThreads / 32];
-  double total_sum_sq = 0.0;          // meaningful in thread 0
-  unsigned long long any_nonfinite = 0;  // likewise
-  for (int64_t g = 0; g < num_groups; ++g) {
-    double sum_sq = 0.0;
-    unsigned long long nonfinite = 0;
-    for (int64_t c = threadIdx.x; c < num_chunks; c += kFinalizeThreads) {
-      if (chunk_group[c] == g) {
-        sum_sq += chunk_sum_sq[c];
-        nonfinite += chunk_nonfinite[c];
+  for (int64_t m = 0; m < num_members; ++m) {
+    double total_sum_sq = 0.0;             // meaningful in thread 0
+    unsigned long long any_nonfinite = 0;  // likewise
+    for (int64_t g = m * num_groups; g < (m + 1) * num_groups; ++g) {
+      double sum_sq = 0.0;
+      unsigned long long nonfinite = 0;
+      for (int64_t c = threadIdx.x; c < num_chunks; c += kFinalizeThreads) {
+        if (chunk_group[c] == g) {
+          sum_sq += chunk_sum_sq[c];
+          nonfinite += chunk_nonfinite[c];
+        }
+      }
+      sum_sq = cuda::block_sum(sum_sq, scratch_sum);
+      nonfinite = cuda::block_sum(nonfinite, scratch_count);
+      if (threadIdx.x == 0) {
+        counts[g] = static_cast<int64_t>(nonfinite);
+        norms[g] = static_cast<float>(sqrt(sum_sq));
+        total_sum_sq += sum_sq;
+        any_nonfinite += nonfinite;
       }
     }
-    sum_sq = cuda::block_sum(sum_sq, scratch_sum);
-    nonfinite = cuda::block_sum(nonfinite, scratch_count);
     if (threadIdx.x == 0) {
-      counts[g] = static_cast<int64_t>(nonfinite);
-      norms[g] = static_cast<float>(sqrt(sum_sq));
-      total_sum_sq += sum_sq;
-      any_nonfinite += nonfinite;
+      const double total = sqrt(total_sum_sq);
+      // clip_coefficient() of guard.h, spelled for the device.
+      const float coef = static_cast<float>(fmin(1.0, max_norm / (total + kClipEps)));
+      total_norm[m] = static_cast<float>(total);
+      clip_coef[m] = coef;
+      factor[m] = (skip_nonfinite && any_nonfinite > 0) ? 0.0f : coef;
     }
-  }
-  if (threadIdx.x == 0) {
-    const double total = sqrt(total_sum_sq);
-    // clip_coefficient() of guard.h, spelled for the device.
-    const float coef = static_cast<float>(fmin(1.0, max_norm / (total + kClipEps)));
-    *total_norm = static_cast<float>(total);
-    *clip_coef = coef;
-    *factor = (skip_nonfinite && any_nonfinite > 0) ? 0.0f : coef;
   }
 }
 
@@ -211,12 +216,14 @@ ChunkPartials inspect(const std::vector<at::Tensor>& tensors,
   return p;
 }
 
-void finalize(const ChunkPartials& p, int64_t num_groups, double max_norm, bool skip_nonfinite,
-              const GuardOutputs& out, const at::Tensor& factor, cudaStream_t stream) {
+void finalize(const ChunkPartials& p, int64_t num_groups, int64_t num_members, double max_norm,
+              bool skip_nonfinite, const GuardOutputs& out, const at::Tensor& factor,
+              cudaStream_t stream) {
   finalize_kernel<<<1, kFinalizeThreads, 0, stream>>>(
       p.sum_sq.const_data_ptr<double>(),
       reinterpret_cast<const unsigned*>(p.nonfinite.const_data_ptr<int32_t>()),
-      p.group.const_data_ptr<int32_t>(), p.sum_sq.numel(), num_groups, max_norm, skip_nonfinite,
+      p.group.const_data_ptr<int32_t>(), p.sum_sq.numel(), num_groups, num_members, max_norm,
+      skip_nonfinite,
       out.counts.mutable_data_ptr<int64_t>(), out.norms.mutable_data_ptr<float>(),
       out.total_norm.mutable_data_ptr<float>(), out.clip_coef.mutable_data_ptr<float>(),
       factor.mutable_data_ptr<float>());
@@ -227,17 +234,18 @@ void finalize(const ChunkPartials& p, int64_t num_groups, double max_norm, bool 
 
 void guard_gradients_cuda_kernel(const std::vector<at::Tensor>& grads,
                                  const std::vector<int64_t>& group_ids, int64_t num_groups,
-                                 double max_norm, bool skip_nonfinite, const GuardOutputs& out) {
+                                 int64_t num_members, double max_norm, bool skip_nonfinite,
+                                 const GuardOutputs& out) {
   const c10::cuda::CUDAGuard device_guard(grads[0].device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int32_t chunk_size = choose_chunk_size();
   const ChunkPartials partials =
       inspect(grads, group_ids, chunk_size, /*zero_nonfinite=*/true, stream);
-  at::Tensor factor = at::empty({}, out.clip_coef.options());
-  finalize(partials, num_groups, max_norm, skip_nonfinite, out, factor, stream);
+  at::Tensor factor = at::empty({num_members}, out.clip_coef.options());
+  finalize(partials, num_groups, num_members, max_norm, skip_nonfinite, out, factor, stream);
   // Last chunk first: the chunks inspected last are still in L2.
-  cuda::multi_tensor_apply(grads, group_ids, chunk_size,
-                           ScaleFunctor{factor.const_data_ptr<float>()}, stream,
+  const ScaleFunctor scale{factor.const_data_ptr<float>(), static_cast<int32_t>(num_groups)};
+  cuda::multi_tensor_apply(grads, group_ids, chunk_size, scale, stream,
                            /*last_chunk_first=*/true);
 }
 
@@ -251,9 +259,9 @@ void count_nonfinite_cuda_kernel(const std::vector<at::Tensor>& tensors,
   const ChunkPartials partials = inspect(tensors, own_group, choose_chunk_size(),
                                          /*zero_nonfinite=*/false, stream);
   const auto f32 = counts.options().dtype(at::kFloat);
-  const GuardOutputs out{counts, at::empty({n}, f32), at::empty({}, f32), at::empty({}, f32)};
-  finalize(partials, n, /*max_norm=*/0.0, /*skip_nonfinite=*/false, out, at::empty({}, f32),
-           stream);
+  const GuardOutputs out{counts, at::empty({n}, f32), at::empty({1}, f32), at::empty({1}, f32)};
+  finalize(partials, n, /*num_members=*/1, /*max_norm=*/0.0, /*skip_nonfinite=*/false, out,
+           at::empty({1}, f32), stream);
 }
 
 }  // namespace pyppo

@@ -17,6 +17,7 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 
@@ -208,41 +209,52 @@ void zero_chunk(const at::Tensor& t, const Chunk& c) {
 }  // namespace
 
 void guard_gradients(const std::vector<at::Tensor>& grads,
-                                const std::vector<int64_t>& group_ids, int64_t num_groups,
-                                double max_norm, bool skip_nonfinite, const GuardOutputs& out) {
+                     const std::vector<int64_t>& group_ids, int64_t num_groups,
+                     int64_t num_members, double max_norm, bool skip_nonfinite,
+                     const GuardOutputs& out) {
   const std::vector<Chunk> chunks = make_chunks(grads);
   const std::vector<ChunkResult> found = inspect_all</*kZero=*/true>(grads, chunks);
 
-  // Per-group totals, summed in chunk order.
-  std::vector<double> group_sum_sq(num_groups, 0.0);
-  std::vector<int64_t> group_nonfinite(num_groups, 0);
+  // Per-group totals (a group id is member * num_groups + group), summed in chunk order.
+  const int64_t slots = num_members * num_groups;
+  std::vector<double> group_sum_sq(slots, 0.0);
+  std::vector<int64_t> group_nonfinite(slots, 0);
   for (size_t c = 0; c < chunks.size(); ++c) {
     const int64_t g = group_ids[chunks[c].tensor];
     group_sum_sq[g] += found[c].sum_squares;
     group_nonfinite[g] += found[c].nonfinite;
   }
-  double total_sum_sq = 0.0;
-  int64_t total_nonfinite = 0;
   auto* counts = out.counts.mutable_data_ptr<int64_t>();
   auto* norms = out.norms.mutable_data_ptr<float>();
-  for (int64_t g = 0; g < num_groups; ++g) {
-    counts[g] = group_nonfinite[g];
-    norms[g] = static_cast<float>(std::sqrt(group_sum_sq[g]));
-    total_sum_sq += group_sum_sq[g];
-    total_nonfinite += group_nonfinite[g];
+  auto* total_norms = out.total_norm.mutable_data_ptr<float>();
+  auto* coefs = out.clip_coef.mutable_data_ptr<float>();
+  // What pass 2 does to each member: 0 zeroes, a factor < 1 scales, 1 leaves alone.
+  std::vector<float> factor(num_members, 1.0f);
+  for (int64_t m = 0; m < num_members; ++m) {
+    double total_sum_sq = 0.0;
+    int64_t total_nonfinite = 0;
+    for (int64_t g = m * num_groups; g < (m + 1) * num_groups; ++g) {
+      counts[g] = group_nonfinite[g];
+      norms[g] = static_cast<float>(std::sqrt(group_sum_sq[g]));
+      total_sum_sq += group_sum_sq[g];
+      total_nonfinite += group_nonfinite[g];
+    }
+    const double total_norm = std::sqrt(total_sum_sq);
+    const float coef = clip_coefficient(max_norm, total_norm);
+    total_norms[m] = static_cast<float>(total_norm);
+    coefs[m] = coef;
+    // coef 0 (max_norm 0 or an overflowing norm) zeroes too: +0.0 rather than x * 0 = -0.0.
+    factor[m] = (skip_nonfinite && total_nonfinite > 0) ? 0.0f : coef;
   }
-  const double total_norm = std::sqrt(total_sum_sq);
-  const float coef = clip_coefficient(max_norm, total_norm);
-  *out.total_norm.mutable_data_ptr<float>() = static_cast<float>(total_norm);
-  *out.clip_coef.mutable_data_ptr<float>() = coef;
-
-  // coef 0 (max_norm 0 or an overflowing norm) zeroes too: +0.0 rather than x * 0 = -0.0.
-  if ((skip_nonfinite && total_nonfinite > 0) || coef == 0.0f) {
-    for_each_chunk(chunks, [&](int64_t c) { zero_chunk(grads[chunks[c].tensor], chunks[c]); });
-  } else if (coef < 1.0f) {
-    for_each_chunk(chunks,
-                   [&](int64_t c) { scale_chunk(grads[chunks[c].tensor], chunks[c], coef); });
-  }
+  if (std::all_of(factor.begin(), factor.end(), [](float f) { return f >= 1.0f; })) return;
+  for_each_chunk(chunks, [&](int64_t c) {
+    const float f = factor[group_ids[chunks[c].tensor] / num_groups];
+    if (f == 0.0f) {
+      zero_chunk(grads[chunks[c].tensor], chunks[c]);
+    } else if (f < 1.0f) {
+      scale_chunk(grads[chunks[c].tensor], chunks[c], f);
+    }
+  });
 }
 
 void count_nonfinite(const std::vector<at::Tensor>& tensors, const at::Tensor& counts) {

@@ -1,0 +1,78 @@
+"""StackedAdam: each member steps as torch's fused Adam steps that member alone; a skipped
+member does not move; learning rates differ per member."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyppo.optim import StackedAdam
+
+SHAPES = [(5, 7), (7,), (3, 2, 4)]
+
+
+def members_and_singles(members: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    stacked = [torch.randn(members, *s, generator=gen) for s in SHAPES]
+    singles = [[p[k].clone() for p in stacked] for k in range(members)]
+    return stacked, singles
+
+
+def grads_for(members: int, step: int):
+    gen = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(members, *s, generator=gen) for s in SHAPES]
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_each_member_steps_as_fused_adam_steps_it_alone(members):
+    stacked, singles = members_and_singles(members)
+    params = [torch.nn.Parameter(p) for p in stacked]
+    lrs = [1e-3 * (k + 1) for k in range(members)]
+    stacked_adam = StackedAdam(params, lrs, eps=1e-5)
+    single_params = [[torch.nn.Parameter(p) for p in one] for one in singles]
+    fused = [
+        torch.optim.Adam(ps, lr=lr, eps=1e-5, fused=True)
+        for ps, lr in zip(single_params, lrs, strict=True)
+    ]
+    for step in range(5):
+        grads = grads_for(members, step)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        stacked_adam.step()
+        for k in range(members):
+            for p, g in zip(single_params[k], grads, strict=True):
+                p.grad = g[k].clone()
+            fused[k].step()
+    for k in range(members):
+        for p, single in zip(params, single_params[k], strict=True):
+            torch.testing.assert_close(p.detach()[k], single.detach(), rtol=1e-5, atol=1e-7)
+
+
+def test_a_skipped_member_does_not_move_and_the_others_do_not_notice():
+    stacked, _ = members_and_singles(3, seed=1)
+    params = [torch.nn.Parameter(p.clone()) for p in stacked]
+    twin = [torch.nn.Parameter(p.clone()) for p in stacked]
+    adam, twin_adam = StackedAdam(params, 1e-2), StackedAdam(twin, 1e-2)
+    skip = torch.tensor([False, True, False])
+    for step in range(4):
+        grads = grads_for(3, step)
+        for p, q, g in zip(params, twin, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        before = [p.detach()[1].clone() for p in params]
+        adam.step(skip if step == 2 else None)
+        twin_adam.step()
+        if step == 2:
+            assert all(torch.equal(p.detach()[1], b) for p, b in zip(params, before, strict=True))
+    assert adam.step_count.tolist() == [4.0, 3.0, 4.0]
+    for p, q in zip(params, twin, strict=True):
+        assert torch.equal(p.detach()[0], q.detach()[0]) and torch.equal(
+            p.detach()[2], q.detach()[2]
+        )
+        assert not torch.equal(p.detach()[1], q.detach()[1])  # one step fewer
+
+
+def test_stacked_adam_refuses_parameters_without_the_member_dimension():
+    with pytest.raises(ValueError, match="member dimension first"):
+        StackedAdam([torch.zeros(3, 2), torch.zeros(2, 2)], 1e-3)
+    with pytest.raises(ValueError, match="one per member"):
+        StackedAdam([torch.zeros(3, 2)], [1e-3, 1e-3])
