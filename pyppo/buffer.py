@@ -146,7 +146,9 @@ class RolloutBuffer:
     # --- reading ------------------------------------------------------------------------
 
     def minibatches(
-        self, batch_size: int, generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> Iterator[RolloutBatch]:
         """Yield every transition exactly once, in a random order, as :class:`RolloutBatch`
         es of ``batch_size`` rows (the last one smaller when ``batch_size`` does not divide
@@ -155,6 +157,12 @@ class RolloutBuffer:
         The order comes from ``torch.randperm`` with ``generator`` (the default generator of
         the buffer's device when ``None``), so a seeded generator gives a reproducible order.
         A CPU generator with a CUDA buffer works too: the permutation is copied over once.
+
+        A population's buffer (its envs member by member: member k's are the k-th block of
+        ``num_envs // M``) takes one generator per member: each member's transitions are
+        ordered by its own generator, exactly as a buffer of its envs alone would order
+        them, and each batch holds ``batch_size`` rows of every member, member by member
+        (``M * batch_size`` rows, member k's at ``[k * batch_size, (k + 1) * batch_size)``).
         Raises ``RuntimeError`` before :meth:`compute_returns_and_advantage`.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
@@ -168,13 +176,31 @@ class RolloutBuffer:
                 "pyppo.RolloutBuffer.minibatches: call compute_returns_and_advantage() first "
                 "(after the buffer is full)"
             )
-        rows = self.num_steps * self.num_envs
-        perm_device = generator.device if generator is not None else self.device
-        order = torch.randperm(rows, generator=generator, device=perm_device)
-        order = order.to(self.device)
+        generators = list(generator) if isinstance(generator, Sequence) else [generator]
+        members = len(generators)
+        if self.num_envs % members:
+            raise ValueError(
+                f"pyppo.RolloutBuffer.minibatches: {self.num_envs} envs do not split into "
+                f"{members} members"
+            )
+        per_member = self.num_envs // members
+        rows = self.num_steps * per_member
+        orders = []
+        for k, gen in enumerate(generators):
+            perm_device = gen.device if gen is not None else self.device
+            local = torch.randperm(rows, generator=gen, device=perm_device).to(self.device)
+            # Member-local row t * per_member + n is buffer row t * num_envs + k * per_member + n.
+            if members > 1:
+                local = local // per_member * self.num_envs + k * per_member + local % per_member
+            orders.append(local)
         gather = self._impl.gather
         for start in range(0, rows, batch_size):
-            yield RolloutBatch(*gather(order[start : start + batch_size]))
+            if members == 1:
+                yield RolloutBatch(*gather(orders[0][start : start + batch_size]))
+            else:
+                yield RolloutBatch(
+                    *gather(torch.cat([o[start : start + batch_size] for o in orders]))
+                )
 
     @property
     def sanitize_counts(self) -> dict[str, Tensor]:

@@ -155,7 +155,7 @@ class ProcessState:
     rollout: dict[str, Any]
     env: dict[str, Any] | None
     torch_rng: Tensor  # torch's global CPU generator (model init, ...)
-    batch_rng: Tensor  # the minibatch order's generator
+    batch_rng: list[Tensor]  # the minibatch order's generator of each member
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ class Checkpoint:
 def _process_state(values: dict[str, Any], version: int) -> ProcessState:
     if version == 2:  # the random streams were one table
         rng = values["rng"]
-        return ProcessState(values["rollout"], values["env"], rng["torch"], rng["batch"])
+        return ProcessState(values["rollout"], values["env"], rng["torch"], [rng["batch"]])
     return ProcessState(**values)
 
 

@@ -212,6 +212,12 @@ class PPOConfig(_Validated):
         None, "stop an update's epochs when the mean KL exceeds this", valid=POSITIVE
     )
     seed: int = _opt(0, "seeds the model, the environment and the trainer")
+    seeds: str | None = _opt(
+        None,
+        "train a population in one process, one member per seed: N (N seeds from --seed), a "
+        "range a-b, or a list a,b,c; member k computes what --seed k alone would",
+        valid=("N, a-b or a,b,c", lambda v: bool(parse_seeds(v))),
+    )
     # For GPUs (README, "Settings"; their CPU measurements are in benchmarks/RESULTS.md).
     compile: bool = _opt(False, "torch.compile the update's forward pass and loss")
     bf16: bool = _opt(False, "model forward passes under bfloat16 autocast (weights float32)")
@@ -223,6 +229,11 @@ class PPOConfig(_Validated):
     def aux_coefs(self) -> tuple[float, float]:
         """(short, long) auxiliary loss coefficients."""
         return (self.aux_short_coef, self.aux_long_coef)
+
+    @property
+    def member_seeds(self) -> tuple[int, ...]:
+        """One seed per member: ``seeds`` parsed, or ``(seed,)`` for one model."""
+        return parse_seeds(self.seeds, self.seed) if self.seeds else (self.seed,)
 
 
 @dataclass

@@ -176,7 +176,11 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         allow_short: Discrete(3) actions short/flat/long (-1, 0, +1) if True, else
             Discrete(2) flat/long (0, +1).
         device: where every tensor lives; ``step()`` takes and returns tensors there.
-        seed: seeds the episode starts (``reset(seed=...)`` reseeds).
+        seed: seeds the episode starts (``reset(seed=...)`` reseeds). A sequence of seeds
+            makes a population's env: one member per seed, each with its own ``num_envs``
+            episodes whose starts come from its own seed (member k's episodes are those of
+            an env with ``seed=seeds[k]``), stepped together: ``num_envs * len(seeds)`` envs,
+            member k's at ``[k * num_envs, (k + 1) * num_envs)``.
         starts: ``"random"`` (episodes start at uniformly random bars) or ``"sequential"``
             (episodes tile the series in order, so ``steps_per_epoch`` steps visit every
             decision bar at least once: for evaluation and exact accounting).
@@ -193,7 +197,7 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
     Epochs: ``bars_per_epoch`` is the number of bars an agent can act on
     (``market.decision_bars(window)``: ``len(market) - window - longest horizon``); one epoch
     covers the series once, i.e. ``steps_per_epoch = ceil(bars_per_epoch / num_envs)`` calls
-    to ``step()``.
+    to ``step()`` (per member: each member's envs cover the series once).
 
     Gymnasium: the vector-env API with ``metadata["autoreset_mode"] = SAME_STEP``; rewards,
     terminated and truncated are (N,) tensors on ``device`` instead of numpy arrays;
@@ -211,7 +215,7 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         fee: float = EnvConfig.fee,
         allow_short: bool = EnvConfig.allow_short,
         device: str | torch.device = "cpu",
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         *,
         starts: str = "random",
         check_actions: bool | None = None,
@@ -228,7 +232,12 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         if starts not in ("random", "sequential"):
             raise ValueError(f"starts={starts!r}: use 'random' or 'sequential'")
         self.market = market
-        self.num_envs = int(num_envs)
+        seeds = [int(s) for s in seed] if isinstance(seed, Sequence) else [int(seed)]
+        if not seeds:
+            raise ValueError("seed: give one seed, or one per member")
+        self.members = len(seeds)
+        self.envs_per_member = int(num_envs)
+        self.num_envs = self.envs_per_member * self.members
         self.episode_length = int(episode_length)
         self.window = int(window)
         self.fee = float(fee)
@@ -253,7 +262,7 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
                 f"{window + episode_length + max(longest, 1)}. Use a shorter episode_length or "
                 "more data"
             )
-        self.steps_per_epoch = math.ceil(self.bars_per_epoch / self.num_envs)
+        self.steps_per_epoch = math.ceil(self.bars_per_epoch / self.envs_per_member)
 
         # Everything step() reads is precomputed once, on the device.
         feats = compute_features(market, self.window, self.device)
@@ -273,13 +282,15 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
             self._aux_table = torch.zeros(n_bars, 0, device=self.device)
         positions = [-1.0, 0.0, 1.0] if self.allow_short else [0.0, 1.0]
         self._action_to_position = torch.tensor(positions, device=self.device)
-        self.return_counts = torch.zeros(2, dtype=torch.int64, device=self.device)
-        self.aux_target_counts = torch.zeros(2, dtype=torch.int64, device=self.device)
+        # [nonfinite, clamped]; a population counts per member: [M, 2].
+        counts_shape = (2,) if self.members == 1 else (self.members, 2)
+        self.return_counts = torch.zeros(counts_shape, dtype=torch.int64, device=self.device)
+        self.aux_target_counts = torch.zeros(counts_shape, dtype=torch.int64, device=self.device)
 
         self._init_spaces(len(positions))
-        self._seed = seed
-        self._generator = torch.Generator(device=self.device)
-        self._generator.manual_seed(seed)
+        # Each member's episode starts come from its own generator (one for a plain env).
+        self._generators = [torch.Generator(device=self.device) for _ in seeds]
+        self._seed_generators(seeds)
         self._episodes_started = 0  # for starts="sequential"
         self._t = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
         self._pos = torch.zeros(self.num_envs, device=self.device)
@@ -305,12 +316,15 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
     # -- gymnasium API ---------------------------------------------------------------------
 
     def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+        self, *, seed: int | Sequence[int] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Tensor, dict[str, Any]]:
-        """Start N new episodes; returns ``(obs, info)`` with ``info["aux_targets"]``."""
+        """Start N new episodes; returns ``(obs, info)`` with ``info["aux_targets"]``.
+        ``seed``: reseed (one seed, or one per member for a population's env)."""
         if seed is not None:
-            self._seed = seed
-            self._generator.manual_seed(seed)
+            seeds = [int(s) for s in seed] if isinstance(seed, Sequence) else [int(seed)]
+            if len(seeds) != self.members:
+                raise ValueError(f"reset: {len(seeds)} seeds for {self.members} members")
+            self._seed_generators(seeds)
             self._episodes_started = 0
         self._start_episodes()
         self._needs_reset = False
@@ -334,7 +348,7 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         t_next = self._t + 1
         ret = self._log_returns.index_select(0, t_next)
         if self.sanitize:
-            self.return_counts += ops.sanitize_(ret, RETURN_LIMIT)
+            self.return_counts += self._sanitize(ret)
         cost = (position - self._pos).abs_().mul_(self.fee)
         reward = position.mul(ret).sub_(cost)
         self._episode_return += reward
@@ -383,9 +397,10 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         )
 
     def counters(self) -> dict[str, int]:
-        """Host copies of the sanitizer counts (reading them synchronizes once)."""
-        r = self.return_counts.tolist()
-        a = self.aux_target_counts.tolist()
+        """Host copies of the sanitizer counts, over all members (reading them synchronizes
+        once)."""
+        r = self.return_counts.reshape(-1, 2).sum(0).tolist()
+        a = self.aux_target_counts.reshape(-1, 2).sum(0).tolist()
         f = self.feature_sanitize_counts.tolist()
         return {
             "return_nonfinite": r[0],
@@ -415,8 +430,8 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
     def state_dict(self) -> dict[str, Any]:
         """Everything that decides the env's future: RNG, bars, positions, counters."""
         return {
-            "generator": self._generator.get_state(),
-            "seed": self._seed,
+            "generators": [g.get_state() for g in self._generators],
+            "seed": self._seeds,
             "episodes_started": self._episodes_started,
             "t": self._t.clone(),
             "pos": self._pos.clone(),
@@ -433,8 +448,11 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
             raise ValueError(
                 f"env state is for {state['t'].shape[0]} envs, this env has {self.num_envs}"
             )
-        self._generator.set_state(state["generator"].cpu())
-        self._seed = state["seed"]
+        # (a plain env's state from before populations had one "generator")
+        saved = state["generators"] if "generators" in state else [state["generator"]]
+        for generator, saved_state in zip(self._generators, saved, strict=True):
+            generator.set_state(saved_state.cpu())
+        self._seeds = list(state["seed"]) if isinstance(state["seed"], list) else [state["seed"]]
         self._episodes_started = state["episodes_started"]
         self._t = state["t"].to(self.device)
         self._pos = state["pos"].to(self.device)
@@ -466,24 +484,48 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
                 raise ValueError(f"actions must be in [0, {n - 1}], got values in [{lo}, {hi}]")
         return actions
 
+    def _sanitize(self, x: Tensor) -> Tensor:
+        """Sanitize ``x`` (one row per env) in place; its ``[nonfinite, clamped]`` counts, per
+        member for a population (two reductions more, whatever the number of members)."""
+        if self.members == 1:
+            return ops.sanitize_(x, RETURN_LIMIT)
+        rows = x.view(self.members, -1)
+        finite = torch.isfinite(rows)
+        counts = torch.stack(
+            [(~finite).sum(1), (finite & (rows.abs() > RETURN_LIMIT)).sum(1)], dim=1
+        )
+        ops.sanitize_(x, RETURN_LIMIT)
+        return counts
+
+    def _seed_generators(self, seeds: Sequence[int]) -> None:
+        self._seeds = list(seeds)
+        for generator, seed in zip(self._generators, seeds, strict=True):
+            generator.manual_seed(seed)
+
     def _start_episodes(self) -> None:
-        n = self.num_envs
+        n, per_member = self.num_envs, self.envs_per_member
         if self.starts == "random":
-            self._t = torch.randint(
-                self.first_bar,
-                self._max_start + 1,
-                (n,),
-                generator=self._generator,
-                device=self.device,
-            )
+            starts = [
+                torch.randint(
+                    self.first_bar,
+                    self._max_start + 1,
+                    (per_member,),
+                    generator=generator,
+                    device=self.device,
+                )
+                for generator in self._generators
+            ]
+            self._t = starts[0] if self.members == 1 else torch.cat(starts)
         else:
             # Tile the decision bars with back-to-back episodes, in order; the last tile is
-            # moved back so that it still fits (it overlaps its neighbour).
+            # moved back so that it still fits (it overlaps its neighbour). Every member
+            # tiles the same way.
             slots = math.ceil(self.bars_per_epoch / self.episode_length)
-            k = (self._episodes_started + np.arange(n)) % slots
+            k = (self._episodes_started + np.arange(per_member)) % slots
             first = np.minimum(self.first_bar + k * self.episode_length, self._max_start)
+            first = np.tile(first, self.members)
             self._t = torch.as_tensor(first, dtype=torch.int64).to(self.device)
-        self._episodes_started += n
+        self._episodes_started += per_member
         self._pos = torch.zeros(n, device=self.device)
         self._episode_return = torch.zeros(n, device=self.device)
         self._elapsed = 0
@@ -496,7 +538,7 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
     def _aux_targets(self) -> Tensor:
         aux = self._aux_table.index_select(0, self._t)
         if self.sanitize:
-            self.aux_target_counts += ops.sanitize_(aux, RETURN_LIMIT)
+            self.aux_target_counts += self._sanitize(aux)
         return aux
 
     def __repr__(self) -> str:

@@ -339,25 +339,37 @@ def guard_outputs(
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Count the non-finite elements of each output in one fused call, then repair them.
 
-    Returns ``(outputs, counts)``: the outputs through the differentiable
-    :func:`pyppo.ops.sanitize` (NaN/inf -> 0 with a zero gradient there, and values beyond
-    ``limits[name]`` clamped to it; an output without a limit is only repaired) and the int64
-    counts in the order of ``raw``'s keys. No host synchronisation. Outputs that share a
-    limit are repaired in one call (all outputs share the batch dimension).
+    Returns ``(outputs, counts)``: the outputs through :func:`repair_outputs` and the int64
+    counts in the order of ``raw``'s keys. No host synchronisation.
 
     :param raw: model outputs by name, each with the batch as its first dimension.
     :param limits: the clamp limit of each output, e.g. ``{"pred_1h": 1.0}``
         (:meth:`pyppo.heads.AuxHeads.output_limits`); missing names get ``inf``.
     """
+    counts = ops.count_nonfinite(list(raw.values()))
+    return repair_outputs(raw, limits), counts
+
+
+def repair_outputs(
+    raw: Mapping[str, Tensor], limits: Mapping[str, float] | None = None
+) -> dict[str, Tensor]:
+    """The outputs through the differentiable :func:`pyppo.ops.sanitize`: NaN/inf -> 0 with a
+    zero gradient there, and values beyond ``limits[name]`` clamped to it (an output without
+    a limit is only repaired). Outputs that share a limit are repaired in one call (they
+    share their first dimension).
+
+    :param raw: model outputs by name, each with the batch (or the member) as its first
+        dimension.
+    :param limits: the clamp limit of each output; missing names get ``inf``.
+    """
     names = list(raw)
-    counts = ops.count_nonfinite([raw[name] for name in names])
     by_limit: dict[float, list[str]] = {}
     for name in names:
         by_limit.setdefault(float((limits or {}).get(name, math.inf)), []).append(name)
-    guarded: dict[str, Tensor] = {}
+    repaired: dict[str, Tensor] = {}
     for limit, group in by_limit.items():
         flat = [raw[n].reshape(raw[n].shape[0], -1) for n in group]
         clean = ops.sanitize(torch.cat(flat, dim=1), limit)[0]
         for n, part in zip(group, clean.split([f.shape[1] for f in flat], dim=1), strict=True):
-            guarded[n] = part.reshape(raw[n].shape)
-    return {n: guarded[n] for n in names}, counts
+            repaired[n] = part.reshape(raw[n].shape)
+    return {n: repaired[n] for n in names}

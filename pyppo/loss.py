@@ -13,6 +13,11 @@ trainer, tests and users' own loops read ``terms.policy`` rather than positions 
   ~0.5 % would otherwise give losses of ~1e-5 and heads that never learn; 1.0 means no
   better than predicting the mean. With ``guard_aux``, a non-finite auxiliary loss is set
   to 0 and flagged in ``aux_zeroed`` (the trainer counts and logs it).
+
+A population's minibatch has a leading member dimension (``(M, B)`` instead of ``(B,)``):
+every mean and normalization is then taken per member (over the batch, the last dimension),
+each term is ``(M,)``, and ``total`` is the sum of the members' totals, so that each member's
+parameters get exactly the gradient of its own loss.
 """
 
 from __future__ import annotations
@@ -27,12 +32,13 @@ from torch import Tensor
 class PPOLossTerms:
     """The named terms of one minibatch's loss (0-d tensors unless noted)."""
 
-    total: Tensor  # what backward() is called on
+    total: Tensor  # what backward() is called on (the members' totals summed)
     policy: Tensor
     value: Tensor
     entropy: Tensor
     aux: Tensor  # [num_aux] auxiliary losses (after zeroing); empty without aux losses
     aux_zeroed: Tensor  # bool [num_aux]: that auxiliary loss was NaN/inf and set to 0
+    # A population's terms have a leading member dimension: [M], [M, num_aux].
     approx_kl: Tensor  # (r - 1) - log r averaged: the "k3" KL estimate, no gradient
     clip_fraction: Tensor  # share of samples whose ratio left [1 - eps, 1 + eps], no gradient
 
@@ -71,7 +77,8 @@ def ppo_loss(
     guard_aux: bool = True,
     advantage_stats: tuple[Tensor, Tensor] | None = None,
 ) -> PPOLossTerms:
-    """The loss of one minibatch of ``B`` samples.
+    """The loss of one minibatch of ``B`` samples (of each of ``M`` members: every argument
+    then has a leading ``(M, ...)``).
 
     :param logits: ``(B, A)`` action logits of the current policy.
     :param values: ``(B,)`` value estimates of the current critic.
@@ -89,31 +96,34 @@ def ppo_loss(
     :param guard_aux: set a non-finite auxiliary loss to 0 (and flag it) instead of letting
         it into ``total``.
     :param advantage_stats: ``(mean, std)`` to normalize the advantages with, instead of the
-        minibatch's own (across processes: the global minibatch's).
+        minibatch's own (across processes: the global minibatch's); ``(M,)`` each for a
+        population.
     """
     logprob, entropy = log_prob_and_entropy(logits, actions)
     logratio = logprob - old_logprobs
     ratio = logratio.exp()
     with torch.no_grad():
-        approx_kl = ((ratio - 1) - logratio).mean()
-        clip_fraction = ((ratio - 1.0).abs() > clip_epsilon).float().mean()
+        approx_kl = ((ratio - 1) - logratio).mean(-1)
+        clip_fraction = ((ratio - 1.0).abs() > clip_epsilon).float().mean(-1)
     if advantage_stats is None:
-        advantage_stats = (advantages.mean(), advantages.std(unbiased=False))
-    adv = (advantages - advantage_stats[0]) / (advantage_stats[1] + 1e-8)
-    policy = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_epsilon, 1 + clip_epsilon)).mean()
-    value = 0.5 * ((values - returns) ** 2).mean()
-    entropy_mean = entropy.mean()
+        advantage_stats = (advantages.mean(-1), advantages.std(-1, unbiased=False))
+    mean, std = (stat.unsqueeze(-1) for stat in advantage_stats)
+    adv = (advantages - mean) / (std + 1e-8)
+    clipped = ratio.clamp(1 - clip_epsilon, 1 + clip_epsilon)
+    policy = torch.max(-adv * ratio, -adv * clipped).mean(-1)
+    value = 0.5 * ((values - returns) ** 2).mean(-1)
+    entropy_mean = entropy.mean(-1)
     total = policy + value_coef * value - entropy_coef * entropy_mean
 
     if aux_predictions is None:
-        aux = logits.new_zeros(0)
-        aux_zeroed = torch.zeros(0, dtype=torch.bool, device=logits.device)
+        aux = logits.new_zeros((*logits.shape[:-2], 0))
+        aux_zeroed = torch.zeros(aux.shape, dtype=torch.bool, device=logits.device)
     else:
-        aux = ((aux_predictions - aux_targets) ** 2).mean(0) / aux_scale
+        aux = ((aux_predictions - aux_targets) ** 2).mean(-2) / aux_scale
         aux_zeroed = ~torch.isfinite(aux)
         if guard_aux:
             aux = torch.where(aux_zeroed, torch.zeros_like(aux), aux)
-        total = total + (aux_coefs * aux).sum()
+        total = total + (aux_coefs * aux).sum(-1)
     return PPOLossTerms(
-        total, policy, value, entropy_mean, aux, aux_zeroed, approx_kl, clip_fraction
+        total.sum(), policy, value, entropy_mean, aux, aux_zeroed, approx_kl, clip_fraction
     )

@@ -44,6 +44,8 @@ ROLLOUT = ("rollout/mean_step_reward", "rollout/mean_episode_return")
 STEP_STATS = ("loss/policy", "loss/value", "loss/entropy", "train/approx_kl", "train/clip_fraction")
 GUARD_STATS = ("train/grad_norm", "train/clip_coef")
 VALIDATION_SHARPE = "validation/sharpe"
+# A population's rows: which member, and its seed.
+MEMBER, SEED = "member", "seed"
 METRICS_FILE = "metrics.csv"  # in the run dir
 SKIPPED_STEPS = "guard/skipped_steps"
 
@@ -72,6 +74,8 @@ class MetricSchema:
     :param sanitizers: ``(source, what)`` pairs that count sanitized values, e.g.
         ``("env", "returns")``, ``("buffer", "rewards")``.
     :param extra: columns filled by callbacks (``validation/sharpe``).
+    :param population: rows are a population's, one per member: ``member`` and ``seed``
+        columns follow ``update``.
     """
 
     guard_groups: Sequence[str]
@@ -79,6 +83,7 @@ class MetricSchema:
     heads: AuxHeads
     sanitizers: Sequence[tuple[str, str]]
     extra: Sequence[str] = ()
+    population: bool = False
 
     @property
     def stats(self) -> list[str]:
@@ -89,6 +94,7 @@ class MetricSchema:
     def columns(self) -> list[str]:
         return [
             "update",
+            *((MEMBER, SEED) if self.population else ()),
             "epoch",
             "env_steps",
             *PERF,
@@ -110,26 +116,31 @@ class MetricSchema:
 
 def log_nan_events(row: dict[str, float], schema: MetricSchema) -> None:
     """Log the fixed messages users grep for, once per update, for every gradient group,
-    model output and auxiliary loss hit."""
+    model output and auxiliary loss hit; a population's name the member after the fixed
+    text (``NaN/inf gradient detected in aux_1h (member 3): ...``)."""
+    where = f" (member {int(row[MEMBER])})" if MEMBER in row else ""
     for group in schema.guard_groups:
         if row[f"nonfinite/grad/{group}"]:
             logger.warning(
-                "NaN/inf gradient detected in %s: %d non-finite elements zeroed this update",
+                "NaN/inf gradient detected in %s%s: %d non-finite elements zeroed this update",
                 group,
+                where,
                 row[f"nonfinite/grad/{group}"],
             )
     for name in schema.output_names:
         if row[f"nonfinite/output/{name}"]:
             logger.warning(
-                "Model output %s contains NaN/inf (%d elements this update)",
+                "Model output %s contains NaN/inf%s (%d elements this update)",
                 output_log_name(name),
+                where,
                 row[f"nonfinite/output/{name}"],
             )
     for head in schema.heads:
         if row[head.loss_zeroed_column]:
             logger.warning(
-                "%s was NaN/inf, setting to 0 (%d minibatches this update)",
+                "%s was NaN/inf, setting to 0%s (%d minibatches this update)",
                 head.loss_log_name,
+                where,
                 row[head.loss_zeroed_column],
             )
 

@@ -47,6 +47,15 @@ class StatefulEnv(Protocol):
 
 
 @runtime_checkable
+class PopulationModel(Protocol):
+    """Several models in one: ``members`` of them, with stacked parameters; ``forward`` takes
+    ``(members, batch, obs)`` and returns ``(members, batch, ...)`` outputs
+    (:class:`pyppo.population.PopulationActorCritic`)."""
+
+    members: int
+
+
+@runtime_checkable
 class OutputGuardedModel(Protocol):
     """Repairs its own non-finite outputs and counts them. ``output_names`` names the counts;
     ``take_output_counts()`` returns the int64 counts since the previous call and resets

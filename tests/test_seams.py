@@ -99,8 +99,8 @@ class StopAfter(TrainingCallback):
     def evaluate(self, trainer):
         return {"test/update": float(trainer.update)}
 
-    def on_result(self, trainer, metrics):
-        self.seen.append(metrics["test/update"])
+    def on_result(self, trainer, rows):
+        self.seen.append(rows[0]["test/update"])
         return trainer.update >= self.last
 
 
@@ -247,7 +247,7 @@ def test_format_2_checkpoints_still_load_and_keep_their_best_score(saved_run, tm
         {
             "rollout": r["rollout"],
             "env": r["env"],
-            "rng": {"torch": r["torch_rng"], "batch": r["batch_rng"]},
+            "rng": {"torch": r["torch_rng"], "batch": r["batch_rng"][0]},
         }
         for r in state["ranks"]
     ]
@@ -263,5 +263,5 @@ def test_format_2_checkpoints_still_load_and_keep_their_best_score(saved_run, tm
     callback.load_state_dict(old.callbacks[BEST_CHECKPOINT_CALLBACK])
     assert callback.best_score == 4.25
     assert torch.equal(
-        old.ranks[0].batch_rng, load_checkpoint(run / "checkpoint.pt").ranks[0].batch_rng
+        old.ranks[0].batch_rng[0], load_checkpoint(run / "checkpoint.pt").ranks[0].batch_rng[0]
     )

@@ -331,6 +331,11 @@ def test_the_progress_line_never_shows_nan():
     from pyppo.training.recorder import ProgressBar
 
     row = {"epoch": 1.0, "perf/steps_per_sec": 9_000.0, "rollout/mean_episode_return": math.nan}
-    assert "nan" not in ProgressBar.describe(row).replace("NaN events", "")
+    assert "nan" not in ProgressBar.describe([row]).replace("NaN events", "")
     row["rollout/mean_episode_return"] = 0.0125
-    assert "return +0.013" in ProgressBar.describe(row)
+    assert "return +0.013" in ProgressBar.describe([row])
+    # A population's line: the members' mean return (those that have one).
+    other = {**row, "rollout/mean_episode_return": 0.0375}
+    assert "return +0.025" in ProgressBar.describe(
+        [row, other, {**row, "rollout/mean_episode_return": math.nan}]
+    )

@@ -36,6 +36,7 @@ from pyppo.env import TradingEnv
 from pyppo.files import DiskFullError
 from pyppo.interrupts import EXIT_CODES, Interrupted, raised_as_interrupts
 from pyppo.model import TradingActorCritic
+from pyppo.population import PopulationActorCritic
 from pyppo.runlock import RunDirInUse
 
 TRAIN_FRACTION, VALIDATION_FRACTION = 0.7, 0.1
@@ -203,8 +204,9 @@ def split_data(market):
 
 def make_env(market, config: RunConfig, device: torch.device, *, rank: int = 0, world: int = 1):
     """The run's training TradingEnv over ``market``: process ``rank``'s share of the envs,
-    with its own seed."""
+    with its own seed (of each member, for a population)."""
     env = config.env
+    seeds = [seed + 1000 * rank for seed in config.ppo.member_seeds]
     return TradingEnv(
         market,
         num_envs=env.num_envs // world,
@@ -213,21 +215,29 @@ def make_env(market, config: RunConfig, device: torch.device, *, rank: int = 0, 
         fee=env.fee,
         allow_short=env.allow_short,
         device=device,
-        seed=config.ppo.seed + 1000 * rank,
+        seed=seeds[0] if len(seeds) == 1 else seeds,
         sanitize=config.ppo.guards,
     )
 
 
-def make_model(env, config: RunConfig):
-    """The run's model, initialised from the run's seed (the same weights every time)."""
-    torch.manual_seed(config.ppo.seed)
-    return TradingActorCritic(
-        env.obs_spec,
-        num_actions=env.single_action_space.n,
-        hidden_dim=config.model.hidden_dim,
-        aux_limit=config.model.aux_limit,
-        aux_labels=env.aux_labels,
-    )
+def make_model(env, config: RunConfig) -> TradingActorCritic:
+    """The run's model, initialised from the run's seed (the same weights every time); a
+    population (``--seeds``) of models each initialised from its own seed."""
+
+    def seeded(seed: int) -> TradingActorCritic:
+        torch.manual_seed(seed)
+        return TradingActorCritic(
+            env.obs_spec,
+            num_actions=env.single_action_space.n,
+            hidden_dim=config.model.hidden_dim,
+            aux_limit=config.model.aux_limit,
+            aux_labels=env.aux_labels,
+        )
+
+    seeds = config.ppo.member_seeds
+    if len(seeds) == 1:
+        return seeded(seeds[0])
+    return PopulationActorCritic.from_members([seeded(seed) for seed in seeds])
 
 
 def check_writable(folder: Path, what: str, files: tuple[str, ...] = ()) -> None:

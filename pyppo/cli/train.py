@@ -310,11 +310,17 @@ def _train_in(
         trainer.load_checkpoint(run_dir / LATEST)
         print(f"resuming {run_dir} at update {trainer.update} ({trainer.env_steps:,} env steps)")
     updates = trainer.updates_per_epoch()
+    members = trainer.members
+    who = (
+        f"{members} members (seeds {config.ppo.seeds}) x {env.envs_per_member * world} envs"
+        if members > 1
+        else f"{env.num_envs * world} envs"
+    )
     print(
         f"training on {device}"
         + (f" x {world} processes" if world > 1 else "")
-        + f": {len(train):,} bars, {env.num_envs * world} envs, "
-        f"{trainer.env_steps_per_epoch():,} env steps per epoch "
+        + f": {len(train):,} bars, {who}, {trainer.env_steps_per_epoch():,} env steps per "
+        f"epoch{' per member' if members > 1 else ''} "
         f"({updates} update{'s' if updates != 1 else ''}) -> {run_dir}"
     )
     trainer.stop = StopRequest()

@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from torch import Tensor
+
 from pyppo import stats
 from pyppo.checkpoint import BEST, BEST_CHECKPOINT_CALLBACK
 from pyppo.data import MarketData
@@ -36,6 +38,11 @@ class BestCheckpoint(TrainingCallback):
     ``best.pt`` when it beats every earlier score of the run (a resumed run included: the
     best score is part of ``checkpoint.pt``).
 
+    A population's members are scored one by one, and each keeps its own best: ``best.pt``
+    holds, for every member, its weights of the epoch it scored best (the callback keeps
+    them, in ``checkpoint.pt`` too), and its best scores, by which :class:`pyppo.Agent`
+    picks a member.
+
     :param bars: the validation bars (after the training bars, before the held-out test bars).
     :param score: maps the validation backtest to the number to maximize.
     :param filename: the checkpoint the best model goes to, in the trainer's run dir.
@@ -54,29 +61,62 @@ class BestCheckpoint(TrainingCallback):
         self.bars = bars
         self.score = score
         self.filename = filename
-        self.best_score = -math.inf
+        self.best_score: float | list[float] = -math.inf
+        # A population's: each member's weights of its best epoch (stacked), as best.pt has.
+        self.best_weights: dict[str, Tensor] | None = None
 
     def evaluate(self, trainer: PPOTrainer) -> CallbackMetrics:
         env = trainer.env
-        result = backtest(
-            self.bars,
-            trainer.model,
-            window=env.window,
-            fee=env.fee,
-            allow_short=env.allow_short,
-            device=trainer.device,
+        models = (
+            [trainer.model]
+            if trainer.members == 1
+            else [trainer.model.member(k) for k in range(trainer.members)]
         )
-        return {VALIDATION_SHARPE: self.score(result)}
+        scores = [
+            self.score(
+                backtest(
+                    self.bars,
+                    model,
+                    window=env.window,
+                    fee=env.fee,
+                    allow_short=env.allow_short,
+                    device=trainer.device,
+                )
+            )
+            for model in models
+        ]
+        return {VALIDATION_SHARPE: scores[0] if trainer.members == 1 else scores}
 
-    def on_result(self, trainer: PPOTrainer, metrics: CallbackMetrics) -> bool:
-        score = metrics[VALIDATION_SHARPE]
-        if score > self.best_score:
-            self.best_score = float(score)
-            trainer.save(self.filename)
+    def on_result(self, trainer: PPOTrainer, rows: list[dict[str, float]]) -> bool:
+        scores = [float(row[VALIDATION_SHARPE]) for row in rows]
+        if trainer.members == 1:
+            if scores[0] > self.best_score:
+                self.best_score = scores[0]
+                trainer.save(self.filename)
+            return False
+        best = self.best_score if isinstance(self.best_score, list) else [-math.inf] * len(rows)
+        improved = [k for k, score in enumerate(scores) if score > best[k]]
+        if improved:
+            current = trainer.model.state_dict()
+            if self.best_weights is None:
+                self.best_weights = {
+                    name: value.detach().clone() for name, value in current.items()
+                }
+            for k in improved:
+                best[k] = scores[k]
+                for name, value in current.items():
+                    self.best_weights[name][k] = value[k]
+            self.best_score = best
+            trainer.save(self.filename, model_state=self.best_weights)
         return False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_score": self.best_score}
+        state: dict[str, Any] = {"best_score": self.best_score}
+        if self.best_weights is not None:
+            state["best_weights"] = self.best_weights
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_score = float(state["best_score"])
+        best = state["best_score"]
+        self.best_score = [float(b) for b in best] if isinstance(best, list) else float(best)
+        self.best_weights = state.get("best_weights")

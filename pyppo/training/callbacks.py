@@ -11,9 +11,10 @@ callback whether it is due; a due callback
    :attr:`~TrainingCallback.columns`;
 2. those metrics are broadcast to every process and merged into the update's metrics row,
    which is then written;
-3. :meth:`~TrainingCallback.on_result` runs on every process with that row, so that every
-   process takes the same decision (saving a checkpoint is collective under
-   ``torch.distributed``); it returns True to ask training to stop after this update.
+3. :meth:`~TrainingCallback.on_result` runs on every process with the update's rows (one,
+   or one per member of a population), so that every process takes the same decision
+   (saving a checkpoint is collective under ``torch.distributed``); it returns True to ask
+   training to stop after this update.
 
 A callback's :meth:`~TrainingCallback.state_dict` is saved inside ``checkpoint.pt`` under
 its :attr:`~TrainingCallback.name`, so a resumed run continues it (the best score so far).
@@ -56,10 +57,10 @@ class TrainingCallback:
         """The metrics of :attr:`columns` (called on rank 0 only)."""
         return {}
 
-    def on_result(self, trainer: PPOTrainer, metrics: CallbackMetrics) -> bool:
-        """Act on the update's metrics row, which holds the broadcast metrics of
-        :attr:`columns` (called on every process, after the row is written); True stops
-        training."""
+    def on_result(self, trainer: PPOTrainer, rows: list[dict[str, float]]) -> bool:
+        """Act on the update's metrics rows (one per member), which hold the broadcast
+        metrics of :attr:`columns` (called on every process, after the rows are written);
+        True stops training."""
         return False
 
     def state_dict(self) -> dict[str, Any]:

@@ -19,13 +19,14 @@ from torch import Tensor
 
 from pyppo.distributed import all_reduce_sum_, rank_and_world
 from pyppo.files import replaced
-from pyppo.metrics import METRICS_FILE, SKIPPED_STEPS, MetricSchema, nan_event_count
+from pyppo.metrics import MEMBER, METRICS_FILE, SEED, SKIPPED_STEPS, MetricSchema, nan_event_count
 
 
 @dataclass
 class NaNCounters:
-    """One update's NaN/inf counters, int64 device tensors until the row is written (one host
-    read per update, not per minibatch)."""
+    """One update's NaN/inf counters, int64 device tensors until the rows are written (one
+    host read per update, not per minibatch). A population's have a leading member
+    dimension."""
 
     grads: Tensor  # per guard group: gradient elements zeroed
     outputs: Tensor  # per model output: elements repaired
@@ -33,9 +34,13 @@ class NaNCounters:
     skipped: Tensor  # optimizer steps skipped (nan_policy="skip")
 
     @classmethod
-    def zeros(cls, schema: MetricSchema, device: torch.device) -> NaNCounters:
+    def zeros(cls, schema: MetricSchema, device: torch.device, members: int = 1) -> NaNCounters:
+        lead = () if members == 1 else (members,)
+
         def z(n: int | tuple) -> Tensor:
-            return torch.zeros(n, dtype=torch.int64, device=device)
+            return torch.zeros(
+                (*lead, *((n,) if isinstance(n, int) else n)), dtype=torch.int64, device=device
+            )
 
         return cls(
             z(len(schema.guard_groups)),
@@ -44,27 +49,46 @@ class NaNCounters:
             z(()),
         )
 
-    def row(self, schema: MetricSchema) -> dict[str, float]:
-        """The counter columns of a metrics row (reads the counters)."""
-        row: dict[str, float] = {}
-        for columns, counts in (
+    def columns(self, schema: MetricSchema) -> dict[str, Tensor]:
+        """The counter columns, each a tensor (one value, or one per member)."""
+        named = {}
+        for names, counts in (
             ([f"nonfinite/grad/{g}" for g in schema.guard_groups], self.grads),
             ([f"nonfinite/output/{o}" for o in schema.output_names], self.outputs),
             ([head.loss_zeroed_column for head in schema.heads], self.aux_losses),
         ):
-            row.update(zip(columns, counts.tolist(), strict=True))
-        row[SKIPPED_STEPS] = int(self.skipped)
-        return row
+            named.update(zip(names, counts.unbind(-1), strict=True))
+        named[SKIPPED_STEPS] = self.skipped
+        return named
 
 
-def sanitized_row(counts: dict[tuple[str, str], Tensor]) -> dict[str, float]:
-    """The ``sanitized/...`` columns from ``[nonfinite, clamped]`` counts by (source, what)."""
-    row: dict[str, float] = {}
+def sanitized_columns(counts: dict[tuple[str, str], Tensor]) -> dict[str, Tensor]:
+    """The ``sanitized/...`` columns from ``[nonfinite, clamped]`` counts by (source, what),
+    each a tensor (one value, or one per member for ``(M, 2)`` counts)."""
+    named = {}
     for (source, what), count in counts.items():
-        nonfinite, clamped = count.tolist()
-        row[f"sanitized/{source}/{what}/nonfinite"] = nonfinite
-        row[f"sanitized/{source}/{what}/clamped"] = clamped
-    return row
+        nonfinite, clamped = count.unbind(-1)
+        named[f"sanitized/{source}/{what}/nonfinite"] = nonfinite
+        named[f"sanitized/{source}/{what}/clamped"] = clamped
+    return named
+
+
+def member_rows(
+    shared: dict[str, float], columns: dict[str, Tensor], members: int
+) -> list[dict[str, float]]:
+    """One metrics row per member: the ``shared`` values, then ``columns`` (tensors of one
+    value, or one per member), read back in two transfers (counts stay integers)."""
+    rows = [dict(shared) for _ in range(members)]
+    for dtype in (torch.int64, torch.float64):
+        names = [
+            n for n, v in columns.items() if (v.dtype == torch.int64) == (dtype == torch.int64)
+        ]
+        if not names:
+            continue
+        table = torch.stack([columns[n].to(dtype).reshape(-1).expand(members) for n in names])
+        for row, values in zip(rows, table.t().tolist(), strict=True):
+            row.update(zip(names, values, strict=True))
+    return rows
 
 
 # Columns that are the same on every process (already global), and those that add up over
@@ -73,28 +97,33 @@ GLOBAL_COLUMNS = (
     "update",
     "epoch",
     "env_steps",
+    MEMBER,
+    SEED,
     "nonfinite/grad/",
     SKIPPED_STEPS,
 )
 SUMMED_COLUMNS = ("nonfinite/output/", "nonfinite/loss/", "sanitized/", "perf/steps_per_sec")
 
 
-def reduce_row(row: dict[str, float], device: torch.device) -> dict[str, float]:
-    """One metrics row for all processes: counters summed, losses and statistics averaged
-    (one all-reduce; the row itself in a single process)."""
+def reduce_rows(rows: list[dict[str, float]], device: torch.device) -> list[dict[str, float]]:
+    """The metrics rows (one per member) for all processes: counters summed, losses and
+    statistics averaged (one all-reduce; the rows themselves in a single process)."""
     world = rank_and_world()[1]
     if world == 1:
-        return row
+        return rows
     values = all_reduce_sum_(
-        torch.tensor(list(row.values()), dtype=torch.float64, device=device)
+        torch.tensor([list(row.values()) for row in rows], dtype=torch.float64, device=device)
     ).tolist()
-    out = {}
-    for (key, local), total in zip(row.items(), values, strict=True):
-        if key.startswith(GLOBAL_COLUMNS):
-            out[key] = local
-        else:
-            out[key] = total if key.startswith(SUMMED_COLUMNS) else total / world
-    return out
+    reduced = []
+    for row, totals in zip(rows, values, strict=True):
+        out = {}
+        for (key, local), total in zip(row.items(), totals, strict=True):
+            if key.startswith(GLOBAL_COLUMNS):
+                out[key] = local
+            else:
+                out[key] = total if key.startswith(SUMMED_COLUMNS) else total / world
+        reduced.append(out)
+    return reduced
 
 
 class MetricsWriter:
@@ -139,10 +168,10 @@ class MetricsWriter:
             writer.writerow(row)
             f.flush()
             os.fsync(f.fileno())
-        board = self._board()
+        board = self._board(int(row.get(MEMBER, 0)))
         if board is not None:
             for key, value in row.items():
-                if key not in ("update", "env_steps") and value == value:
+                if key not in ("update", "env_steps", MEMBER, SEED) and value == value:
                     board.add_scalar(key, value, int(row["env_steps"]))
 
     def _start(self, path: Path) -> None:
@@ -160,23 +189,31 @@ class MetricsWriter:
             writer.writerows(self.history)
         self._started = True
 
-    def _board(self) -> Any:
-        if self._tensorboard is None and self.run_dir is not None:
+    def _board(self, member: int) -> Any:
+        """The TensorBoard writer of ``member``: ``tensorboard/``, or one run per member
+        (``tensorboard/member_3``) for a population."""
+        if self._tensorboard is False or self.run_dir is None:
+            return None
+        if self._tensorboard is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 self._tensorboard = False
-            else:
-                purge = None if self.resume_from is None else self.resume_from[1] + 1
-                self._tensorboard = SummaryWriter(
-                    str(self.run_dir / "tensorboard"), purge_step=purge
-                )
-        return self._tensorboard or None
+                return None
+            self._summary_writer = SummaryWriter
+            self._tensorboard = {}
+        if member not in self._tensorboard:
+            folder = self.run_dir / "tensorboard"
+            if MEMBER in self.columns:
+                folder = folder / f"member_{member}"
+            purge = None if self.resume_from is None else self.resume_from[1] + 1
+            self._tensorboard[member] = self._summary_writer(str(folder), purge_step=purge)
+        return self._tensorboard[member]
 
     def flush(self) -> None:
         """Write out TensorBoard's buffered events."""
-        if self._tensorboard:
-            self._tensorboard.flush()
+        for board in (self._tensorboard or {}).values():
+            board.flush()
 
 
 def _rows_up_to(path: Path, update: int) -> int:
@@ -202,9 +239,10 @@ class ProgressBar:
             else:
                 self.bar = tqdm(total=total, initial=done, unit="update", dynamic_ncols=True)
 
-    def update(self, row: dict[str, float]) -> None:
+    def update(self, rows: list[dict[str, float]]) -> None:
+        """One update's rows (one per member)."""
         self.done += 1
-        text = self.describe(row)
+        text = self.describe(rows)
         if self.bar is not None:
             self.bar.set_description_str(text, refresh=False)
             self.bar.update(1)
@@ -214,14 +252,17 @@ class ProgressBar:
             print(f"update {self.done}/{self.total} | {text}", flush=True)
 
     @staticmethod
-    def describe(row: dict[str, float]) -> str:
-        """The progress line's text for one update's metrics row (never NaN: before the first
-        episode ends there is no episode return to show)."""
-        episode = row["rollout/mean_episode_return"]
-        shown = f"{episode:+.3f}" if episode == episode else "-"
+    def describe(rows: list[dict[str, float]]) -> str:
+        """The progress line's text for one update's rows (the members' mean episode return,
+        their NaN events together; never NaN: before the first episode ends there is no
+        episode return to show)."""
+        returns = [r["rollout/mean_episode_return"] for r in rows]
+        returns = [x for x in returns if x == x]
+        shown = f"{sum(returns) / len(returns):+.3f}" if returns else "-"
+        first = rows[0]
         return (
-            f"epoch {row['epoch']:.0f} | {row['perf/steps_per_sec']:,.0f} steps/s | return "
-            f"{shown} | NaN events {nan_event_count(row)}"
+            f"epoch {first['epoch']:.0f} | {first['perf/steps_per_sec']:,.0f} steps/s | return "
+            f"{shown} | NaN events {sum(nan_event_count(r) for r in rows)}"
         )
 
     def close(self) -> None:

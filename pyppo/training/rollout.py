@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,9 +41,17 @@ def one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def sample_actions(logits: Tensor, generator: torch.Generator) -> Tensor:
-    """Gumbel-max sampling from a categorical: no host sync, reproducible per generator."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+def sample_actions(logits: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
+    """Gumbel-max sampling from a categorical: no host sync, reproducible per generator.
+    With several generators (a population's members), the rows of ``logits`` are split into
+    that many equal blocks, block k drawn from generator k (what a run of member k alone
+    would draw)."""
+    shape, options = logits.shape, dict(device=logits.device, dtype=logits.dtype)
+    if len(generators) == 1:
+        u = torch.rand(shape, generator=generators[0], **options)
+    else:
+        block = (shape[0] // len(generators), *shape[1:])
+        u = torch.cat([torch.rand(block, generator=g, **options) for g in generators])
     # logits + Gumbel noise, -log(-log(u)), in place: this runs at every rollout step.
     return logits.sub(u.clamp_(1e-20, 1.0).log_().neg_().log_()).argmax(-1)
 
@@ -51,28 +59,35 @@ def sample_actions(logits: Tensor, generator: torch.Generator) -> Tensor:
 class Rollout:
     """Collects rollouts of ``env`` into ``buffer``.
 
-    :param env: the vector env (``num_envs`` envs).
+    :param env: the vector env (``num_envs`` envs; a population's env has its members' envs
+        one block after the other).
     :param buffer: the :class:`~pyppo.RolloutBuffer` to fill.
-    :param seed: the env's ``reset`` seed and the action sampler's seed.
+    :param seeds: the env's ``reset`` seed and the action sampler's seed: one for a plain
+        run, one per member for a population.
     :param want_aux: warn once if the env gives no ``info["aux_targets"]``.
     """
 
-    def __init__(self, env: Any, buffer: RolloutBuffer, *, seed: int, want_aux: bool) -> None:
+    def __init__(
+        self, env: Any, buffer: RolloutBuffer, *, seeds: Sequence[int], want_aux: bool
+    ) -> None:
         self.env = env
         self.buffer = buffer
         self.device = buffer.device
         self.num_envs = buffer.num_envs
-        self.seed = seed
+        self.seeds = list(seeds)
+        self.members = len(self.seeds)
         self.want_aux = want_aux
-        self.action_generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.action_generators = [
+            torch.Generator(device=self.device).manual_seed(seed) for seed in self.seeds
+        ]
         self.obs: Tensor | None = None
         self.aux: Tensor | None = None
         self.starts: Tensor | None = None
         self.aux_available: bool | None = None  # known after the first reset
         self.env_takes_tensors = True
         self.episode_return = torch.zeros(self.num_envs, device=self.device)
-        # Mean return of the latest finished episodes (a device tensor: no sync per step).
-        self.last_episode_return = torch.tensor(float("nan"), device=self.device)
+        # Per member, the mean return of its latest finished episodes (no sync per step).
+        self.last_episode_return = torch.full((self.members,), float("nan"), device=self.device)
 
     @torch.inference_mode()
     def collect(
@@ -93,7 +108,7 @@ class Rollout:
             out, bad = policy(self.obs)
             if bad is not None:
                 output_counts += bad
-            actions = sample_actions(out["action_logits"], self.action_generator)
+            actions = sample_actions(out["action_logits"], self.action_generators)
             logprobs = log_prob(out["action_logits"], actions)
             env_actions = actions if self.env_takes_tensors else actions.cpu().numpy()
             obs, reward, terminated, truncated, info = self.env.step(env_actions)
@@ -126,7 +141,7 @@ class Rollout:
         return torch.zeros(self.num_envs, self.buffer.num_aux, device=self.device)
 
     def _reset_env(self) -> None:
-        obs, info = self.env.reset(seed=self.seed)
+        obs, info = self.env.reset(seed=self.seeds[0] if self.members == 1 else self.seeds)
         if self.aux_available is None:
             self.aux_available = "aux_targets" in info
             if self.want_aux and not self.aux_available:
@@ -152,12 +167,13 @@ class Rollout:
 
     def _track_episodes(self, reward: Tensor, done: Tensor, info: dict) -> None:
         if "episode_return" in info:  # TradingEnv adds up its episodes itself
-            self.last_episode_return = info["episode_return"].float().mean()
+            self.last_episode_return = info["episode_return"].float().view(self.members, -1).mean(1)
             return
         self.episode_return += reward
         finished = done.float()
-        count = finished.sum()
-        mean = (self.episode_return * finished).sum() / count.clamp_min(1)
+        count = finished.view(self.members, -1).sum(1)
+        total = (self.episode_return * finished).view(self.members, -1).sum(1)
+        mean = total / count.clamp_min(1)
         # where, not an if on count: no host sync per step.
         self.last_episode_return = torch.where(count > 0, mean, self.last_episode_return)
         self.episode_return *= 1 - finished
@@ -171,7 +187,7 @@ class Rollout:
             "env_takes_tensors": self.env_takes_tensors,
             "episode_return": self.episode_return,
             "last_episode_return": self.last_episode_return,
-            "action_generator": self.action_generator.get_state(),
+            "action_generators": [g.get_state() for g in self.action_generators],
         }
 
     def load_state_dict(self, state: dict[str, Any], *, env_restored: bool) -> None:
@@ -183,5 +199,8 @@ class Rollout:
         self.aux_available = state["aux_available"]
         self.env_takes_tensors = state["env_takes_tensors"]
         self.episode_return = to_device(state["episode_return"])
-        self.last_episode_return = to_device(state["last_episode_return"])
-        self.action_generator.set_state(state["action_generator"].cpu())
+        self.last_episode_return = to_device(state["last_episode_return"]).reshape(self.members)
+        # (a plain run's state from before populations had one "action_generator")
+        saved = state.get("action_generators") or [state["action_generator"]]
+        for generator, saved_state in zip(self.action_generators, saved, strict=True):
+            generator.set_state(saved_state.cpu())

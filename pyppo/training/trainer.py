@@ -18,6 +18,7 @@ Counters stay on the device during an update and are read once at its end.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -51,11 +52,13 @@ from pyppo.distributed import (
 )
 from pyppo.guard import GradientGuard, guard_outputs
 from pyppo.heads import DEFAULT_AUX_LABELS, AuxHeads
-from pyppo.metrics import MetricSchema, log_nan_events
+from pyppo.metrics import MEMBER, SEED, MetricSchema, log_nan_events
+from pyppo.optim import StackedAdam
 from pyppo.protocols import (
     AuxTargetEnv,
     EpochEnv,
     OutputGuardedModel,
+    PopulationModel,
     SanitizingEnv,
     StatefulEnv,
 )
@@ -64,12 +67,15 @@ from pyppo.training.recorder import (
     MetricsWriter,
     NaNCounters,
     ProgressBar,
-    reduce_row,
-    sanitized_row,
+    member_rows,
+    reduce_rows,
+    sanitized_columns,
 )
 from pyppo.training.rollout import Rollout
 from pyppo.training.stop import StopRequest, TrainingInterrupted
 from pyppo.training.update import PPOUpdate
+
+logger = logging.getLogger("pyppo")
 
 
 class NonFiniteParametersError(RuntimeError):
@@ -81,7 +87,9 @@ class PPOTrainer:
 
     :param model: a :class:`pyppo.TradingActorCritic`, or any module whose ``forward(obs)``
         returns a dict with ``action_logits`` and ``value`` (and ``pred_<label>`` for the
-        two auxiliary horizons when auxiliary losses are on).
+        two auxiliary horizons when auxiliary losses are on); or a population
+        (:class:`pyppo.population.PopulationActorCritic`, one member per seed of
+        ``config.seeds``, with a :class:`~pyppo.TradingEnv` made with those seeds).
     :param environment: a :class:`pyppo.TradingEnv`, or a gymnasium vector env with discrete
         actions and ``autoreset_mode=SAME_STEP``; auxiliary targets come from
         ``info["aux_targets"]`` (without them auxiliary losses are turned off, with one
@@ -125,16 +133,33 @@ class PPOTrainer:
         # and of every minibatch; docs/design.md, "Many processes".
         self.rank, self.world_size = rank_and_world()
         group = dist.group.WORLD if self.world_size > 1 else None
+        # A population: one member per seed, the model's and the env's members alike.
+        self.seeds = cfg.member_seeds
+        self.members = len(self.seeds)
+        model_members = model.members if isinstance(model, PopulationModel) else 1
+        env_members = getattr(environment, "members", 1)
+        if model_members != self.members or env_members != self.members:
+            raise ValueError(
+                f"{self.members} member seeds, a model of {model_members} and an env of "
+                f"{env_members}: make a population's model and env with one member per seed"
+            )
+        self.envs_per_member = self.num_envs // self.members
         torch.manual_seed(cfg.seed)
         self.model = model.to(self.device)
         broadcast_module_(self.model)  # identical initial weights on every process
-        # fused: one kernel per step instead of ~10 small ops per parameter tensor.
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
+        if self.members == 1:
+            # fused: one kernel per step instead of ~10 small ops per parameter tensor.
+            self.optimizer = torch.optim.Adam(
+                self.model.parameters(), lr=cfg.lr, eps=1e-5, fused=True
+            )
+        else:  # per member: its own step count and skipped steps
+            self.optimizer = StackedAdam(self.model.parameters(), cfg.lr, eps=1e-5)
         self.guard = GradientGuard(
             self.model,
             cfg.max_grad_norm if cfg.guards else math.inf,
             policy=cfg.nan_policy,
             process_group=group,
+            num_members=self.members,
         )
         self.callbacks = list(callbacks)
         names = [cb.name for cb in self.callbacks]
@@ -166,12 +191,15 @@ class PPOTrainer:
             num_aux=len(self.heads),
             sanitize=cfg.guards,
         )
-        # Each process its own episodes, actions and minibatches: seeds offset by the rank.
-        seed = cfg.seed + 1000 * self.rank
+        # Each process its own episodes, actions and minibatches: seeds offset by the rank;
+        # each member its own, from its seed.
+        seeds = [seed + 1000 * self.rank for seed in self.seeds]
         self.rollout = Rollout(
-            environment, self.buffer, seed=seed, want_aux=cfg.enable_auxiliary_losses
+            environment, self.buffer, seeds=seeds, want_aux=cfg.enable_auxiliary_losses
         )
-        self.batch_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self.batch_generators = [
+            torch.Generator(device=self.device).manual_seed(seed + 1) for seed in seeds
+        ]
         self.updater = PPOUpdate(
             self._forward,
             self.optimizer,
@@ -180,7 +208,8 @@ class PPOTrainer:
             self.heads,
             self.device,
             group,
-            num_envs=self.num_envs,
+            num_envs=self.envs_per_member,
+            members=self.members,
         )
 
         # Set (e.g. by SIGINT, see pyppo.training.stop) to stop at the next update boundary.
@@ -196,7 +225,12 @@ class PPOTrainer:
 
     def _forward(self, obs: Tensor) -> tuple[dict[str, Tensor], Tensor | None]:
         """Model outputs, repaired, and their non-finite counts (one per ``output_names``),
-        or None where the model guards and counts its outputs itself."""
+        or None where the model guards and counts its outputs itself. A population's
+        observations come member by member: ``(M * N, obs)`` from the env (outputs as
+        ``(M * N, ...)``), or ``(M, B, obs)`` from a minibatch (outputs ``(M, B, ...)``)."""
+        if self.members > 1 and obs.dim() == 2:
+            out, bad = self._forward(obs.view(self.members, -1, obs.shape[-1]))
+            return {name: value.flatten(0, 1) for name, value in out.items()}, bad
         if self.config.bf16:
             # Matrix multiplies in bfloat16; the loss, its gradients' guard and Adam see
             # float32 (the outputs are cast back, the weights never leave float32).
@@ -221,14 +255,16 @@ class PPOTrainer:
         """Fill the buffer with ``num_steps`` steps of every env, then run GAE."""
         cfg = self.config
         self.rollout.collect(self._forward, cfg.gamma, cfg.gae_lambda, counters.outputs)
-        self.env_steps += cfg.num_steps * self.num_envs * self.world_size
+        self.env_steps += cfg.num_steps * self.envs_per_member * self.world_size
 
     # -- the PPO update --------------------------------------------------------------------
 
     def ppo_update(self, counters: NaNCounters) -> dict[str, Tensor]:
         """``num_epochs`` passes of minibatch updates over the buffer (see
         :class:`pyppo.training.update.PPOUpdate`); returns the mean statistics by name."""
-        return self.updater.run(self.buffer, self.batch_generator, counters, aux=self.aux_losses_on)
+        return self.updater.run(
+            self.buffer, self.batch_generators, counters, aux=self.aux_losses_on
+        )
 
     # -- training ----------------------------------------------------------------------------
 
@@ -245,8 +281,10 @@ class PPOTrainer:
         return max(1, math.ceil(self.steps_per_epoch() / self.config.num_steps))
 
     def env_steps_per_epoch(self) -> int:
-        """Env steps one training epoch takes, over every env of every process."""
-        return self.updates_per_epoch() * self.config.num_steps * self.num_envs * self.world_size
+        """Env steps one training epoch takes, over every env of every process (of each
+        member: a population's members each take as many)."""
+        steps = self.updates_per_epoch() * self.config.num_steps
+        return steps * self.envs_per_member * self.world_size
 
     def metric_schema(self) -> MetricSchema:
         """The columns this trainer's metrics rows have."""
@@ -255,18 +293,28 @@ class PPOTrainer:
             if isinstance(self.env, SanitizingEnv)
             else []
         )
-        sanitizers += [("buffer", name) for name in self.buffer.sanitize_counts]
+        if self.members == 1:
+            # (A population's buffer only ever sees what its env sanitized already; its
+            # counts are the whole population's, checked in _warn_if_the_buffer_sanitized.)
+            sanitizers += [("buffer", name) for name in self.buffer.sanitize_counts]
         extra = [column for cb in self.callbacks for column in cb.columns]
-        return MetricSchema(self.guard.groups, self.output_names, self.heads, sanitizers, extra)
+        return MetricSchema(
+            self.guard.groups,
+            self.output_names,
+            self.heads,
+            sanitizers,
+            extra,
+            population=self.members > 1,
+        )
 
     def train(self, epochs: int | None = None, *, total_steps: int | None = None) -> list[dict]:
         """Train for ``epochs`` passes over the training bars or ``total_steps`` env steps
-        (counted over all envs), continuing from the current state (e.g. after
-        :meth:`load_checkpoint`). A callback may end training early. Returns the metrics
-        rows of all updates so far."""
+        (counted over all envs, of each member for a population), continuing from the
+        current state (e.g. after :meth:`load_checkpoint`). A callback may end training
+        early. Returns the metrics rows of all updates so far (one per member per update)."""
         if (epochs is None) == (total_steps is None):
             raise ValueError("give exactly one of epochs or total_steps")
-        per_update = self.config.num_steps * self.num_envs * self.world_size
+        per_update = self.config.num_steps * self.envs_per_member * self.world_size
         if epochs is not None:
             updates_per_epoch = self.updates_per_epoch()
             target_updates = epochs * updates_per_epoch
@@ -283,13 +331,14 @@ class PPOTrainer:
         bar = ProgressBar(target_updates, self.update, enabled=self.progress)
         try:
             while self.update < target_updates:
-                row, due = self._one_update(updates_per_epoch)
-                # The row is on disk before any checkpoint that covers it.
-                writer.write(row)
-                bar.update(row)
+                rows, due = self._one_update(updates_per_epoch)
+                # The rows are on disk before any checkpoint that covers them.
+                for row in rows:
+                    writer.write(row)
+                bar.update(rows)
                 stop_asked = False
                 for callback in due:
-                    stop_asked |= bool(callback.on_result(self, row))
+                    stop_asked |= bool(callback.on_result(self, rows))
                 if self.config.checkpoint_every and self.update % self.config.checkpoint_every == 0:
                     self.save(LATEST)
                 # Decided here, between updates (a resumable state), by every process at once.
@@ -307,13 +356,13 @@ class PPOTrainer:
 
     def _one_update(
         self, updates_per_epoch: int | None
-    ) -> tuple[dict[str, float], list[TrainingCallback]]:
-        """One update; returns its metrics row (the due callbacks' metrics merged in) and
-        those callbacks, whose :meth:`~TrainingCallback.on_result` the loop runs once the row
-        is written."""
+    ) -> tuple[list[dict[str, float]], list[TrainingCallback]]:
+        """One update; returns its metrics rows, one per member (the due callbacks' metrics
+        merged in), and those callbacks, whose :meth:`~TrainingCallback.on_result` the loop
+        runs once the rows are written."""
         start = time.perf_counter()
         schema = self.metric_schema()
-        counters = NaNCounters.zeros(schema, self.device)
+        counters = NaNCounters.zeros(schema, self.device, self.members)
         env_before = self._env_counts()
         self.model.train()
         self.collect_rollout(counters)
@@ -323,24 +372,27 @@ class PPOTrainer:
         if updates_per_epoch is not None:
             self.epoch = math.ceil(self.update / updates_per_epoch)
         seconds = time.perf_counter() - start
-        row = self._metrics_row(stats, counters, env_before, seconds, t_rollout, schema)
-        row = reduce_row(row, self.device)
+        rows = self._metrics_rows(stats, counters, env_before, seconds, t_rollout, schema)
+        rows = reduce_rows(rows, self.device)
         self._check_parameters()
         epoch_done = updates_per_epoch is not None and self.update % updates_per_epoch == 0
         due = [cb for cb in self.callbacks if cb.due(self, epoch_done)]
         for callback in due:
-            row.update(self._run_callback(callback))
-        self.history.append(row)
+            for name, values in self._run_callback(callback).items():
+                for k, row in enumerate(rows):
+                    row[name] = values if self.members == 1 else values[k]
+        self.history.extend(rows)
         if self.config.guards and self.rank == 0:
-            log_nan_events(row, schema)
-        return row, due
+            for row in rows:
+                log_nan_events(row, schema)
+        return rows, due
 
     def _run_callback(self, callback: TrainingCallback) -> dict[str, Any]:
         """``callback``'s metrics, computed on rank 0 and broadcast to every process."""
         metrics = callback.evaluate(self) if self.rank == 0 else None
         if isinstance(self.model, OutputGuardedModel):
             self.model.take_output_counts()  # a callback's forward passes are not training's
-        return broadcast_metrics(metrics, callback.columns, 1, self.device)
+        return broadcast_metrics(metrics, callback.columns, self.members, self.device)
 
     def _env_counts(self) -> dict[str, Tensor]:
         """Running sanitizer counts of the env, cloned (their change is what an update saw)."""
@@ -348,7 +400,7 @@ class PPOTrainer:
             return {}
         return {name: counts.clone() for name, counts in self.env.sanitize_counts().items()}
 
-    def _metrics_row(
+    def _metrics_rows(
         self,
         stats: dict[str, Tensor],
         counters: NaNCounters,
@@ -356,32 +408,57 @@ class PPOTrainer:
         seconds: float,
         t_rollout: float,
         schema: MetricSchema,
-    ) -> dict[str, float]:
-        values, returns = self.buffer.values.reshape(-1), self.buffer.returns.reshape(-1)
-        var = returns.var()
-        explained = 1 - (returns - values).var() / var if float(var) > 0 else torch.tensor(0.0)
-        row: dict[str, float] = {
+    ) -> list[dict[str, float]]:
+        """The update's metrics rows, one per member, read back in two transfers."""
+        members = self.members
+        # (T, M * N) -> (M, T * N): each member's own transitions.
+        by_member = lambda x: x.view(x.shape[0], members, -1).transpose(0, 1).flatten(1)  # noqa: E731
+        values, returns = by_member(self.buffer.values), by_member(self.buffer.returns)
+        var = returns.var(1)
+        explained = torch.where(var > 0, 1 - (returns - values).var(1) / var, 0.0)
+        shared: dict[str, float] = {
             "update": self.update,
             "epoch": self.epoch,
             "env_steps": self.env_steps,
             "perf/steps_per_sec": self.config.num_steps * self.num_envs / seconds,
             "perf/rollout_seconds": t_rollout,
             "perf/update_seconds": seconds - t_rollout,
-            "train/lr": self.optimizer.param_groups[0]["lr"],
-            "train/explained_variance": float(explained),
-            "rollout/mean_step_reward": float(self.buffer.rewards.mean()),
-            "rollout/mean_episode_return": float(self.rollout.last_episode_return),
         }
-        row.update(
-            {name: float(stats[name]) if name in stats else math.nan for name in schema.stats}
-        )
+        lr = self.optimizer.param_groups[0]["lr"] if members == 1 else self.optimizer.lr
+        columns: dict[str, Tensor] = {
+            "train/lr": torch.as_tensor(lr, dtype=torch.float64, device=self.device),
+            "train/explained_variance": explained,
+            "rollout/mean_step_reward": by_member(self.buffer.rewards).mean(1),
+            "rollout/mean_episode_return": self.rollout.last_episode_return,
+        }
+        nan = torch.tensor(math.nan, device=self.device)
+        columns.update({name: stats.get(name, nan) for name in schema.stats})
         if isinstance(self.model, OutputGuardedModel):
             counters.outputs += self.model.take_output_counts()
-        row.update(counters.row(schema))
+        columns.update(counters.columns(schema))
         sanitized = {("env", k): v - env_before[k] for k, v in self._env_counts().items()}
-        sanitized.update({("buffer", k): v for k, v in self.buffer.sanitize_counts.items()})
-        row.update(sanitized_row(sanitized))
-        return row
+        if members == 1:
+            sanitized.update({("buffer", k): v for k, v in self.buffer.sanitize_counts.items()})
+        else:
+            self._warn_if_the_buffer_sanitized()
+        columns.update(sanitized_columns(sanitized))
+        rows = member_rows(shared, columns, members)
+        if members > 1:
+            for k, row in enumerate(rows):
+                rows[k] = {"update": row.pop("update"), MEMBER: k, SEED: self.seeds[k], **row}
+        return rows
+
+    def _warn_if_the_buffer_sanitized(self) -> None:
+        """A population's buffer sanitizes again what its env handed over (the env counts
+        per member, the buffer only in total): anything it finds means the env let a
+        non-finite or out-of-range value through, which is logged (one host read)."""
+        counts = torch.stack(list(self.buffer.sanitize_counts.values())).sum(0).tolist()
+        if any(counts):
+            logger.warning(
+                "the rollout buffer repaired %d non-finite and clamped %d values this update "
+                "(over every member)",
+                *counts,
+            )
 
     def _check_parameters(self) -> None:
         bad = int(ops.count_nonfinite([p.detach() for p in self.model.parameters()]).sum())
@@ -406,7 +483,7 @@ class PPOTrainer:
             rollout=self.rollout.state_dict(),
             env=self.env.state_dict() if isinstance(self.env, StatefulEnv) else None,
             torch_rng=torch.get_rng_state(),
-            batch_rng=self.batch_generator.get_state(),
+            batch_rng=[generator.get_state() for generator in self.batch_generators],
         )
 
     def checkpoint(self) -> Checkpoint:
@@ -428,13 +505,20 @@ class PPOTrainer:
             callbacks={cb.name: cb.state_dict() for cb in self.callbacks},
         )
 
-    def save(self, name: str) -> Path | None:
+    def save(self, name: str, model_state: dict[str, Tensor] | None = None) -> Path | None:
         """Write a checkpoint into ``run_dir`` atomically (never with NaN parameters). Every
-        process must call it under torch.distributed; rank 0 writes."""
+        process must call it under torch.distributed; rank 0 writes.
+
+        :param name: the file, in ``run_dir``.
+        :param model_state: weights to write instead of the model's own (a population's
+            best members, :class:`pyppo.evaluation.BestCheckpoint`).
+        """
         if self.run_dir is None:
             return None
         self._check_parameters()
         checkpoint = self.checkpoint()
+        if model_state is not None:
+            checkpoint.model = model_state
         return checkpoint.save(self.run_dir / name) if self.rank == 0 else None
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -479,4 +563,5 @@ class PPOTrainer:
             self.env.load_state_dict(mine.env)
         self.rollout.load_state_dict(mine.rollout, env_restored=env_restored)
         torch.set_rng_state(mine.torch_rng.cpu())
-        self.batch_generator.set_state(mine.batch_rng.cpu())
+        for generator, state in zip(self.batch_generators, mine.batch_rng, strict=True):
+            generator.set_state(state.cpu())
