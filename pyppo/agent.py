@@ -31,6 +31,7 @@ from pyppo.checkpoint import (
     build_model,
     find_checkpoint,
     load_checkpoint,
+    validated_member,
 )
 from pyppo.data import MarketData, MarketDataError, load_market_data
 from pyppo.device import resolve_device
@@ -39,6 +40,7 @@ from pyppo.files import OutputSet
 from pyppo.heads import AuxHeads
 from pyppo.inference import action_positions, policy_outputs, walk
 from pyppo.model import ModelSpec, TradingActorCritic
+from pyppo.population import EnsembleActorCritic, PopulationActorCritic
 
 EXPORT_CONFIG, EXPORT_WEIGHTS = "agent.json", "model.safetensors"
 # What agent.json says it is; version 2 carries the weights' SHA-256.
@@ -61,16 +63,26 @@ class Agent:
     :param device: where the forward passes run.
     """
 
-    model: TradingActorCritic
+    model: TradingActorCritic | EnsembleActorCritic
     spec: EnvSpec
     device: torch.device
 
     @classmethod
-    def load(cls, source: str | Path, device: str | torch.device | None = None) -> Agent:
+    def load(
+        cls,
+        source: str | Path,
+        device: str | torch.device | None = None,
+        member: int | str | None = None,
+    ) -> Agent:
         """Load a trained agent from a run dir (``best.pt``, else ``checkpoint.pt``), a
         checkpoint file, or a folder written by :func:`export_agent`. Nothing in the files
         can run code. Raises :class:`~pyppo.checkpoint.CheckpointError` when they cannot be
-        used."""
+        used.
+
+        :param member: of a population (``--seeds``): the member to load (0 .. K-1),
+            ``"ensemble"`` (the members' mean action probabilities, greedy), or None for the
+            member validation picks (never chosen on the held-out bars).
+        """
         device = resolve_device(device or "cpu")
         path = Path(source)
         if (path / EXPORT_CONFIG).is_file():
@@ -83,6 +95,7 @@ class Agent:
         except ValueError as err:
             raise CheckpointError(f"checkpoint {path} cannot be used as an agent: {err}") from None
         model = build_model(spec.model, checkpoint.model, source=path)
+        model = choose_member(model, member, validated_member(checkpoint), path)
         return cls(model.to(device), spec.env, device)
 
     @classmethod
@@ -108,6 +121,8 @@ class Agent:
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
             raise CheckpointError(f"export {folder} cannot be used: {err}") from None
         model = build_model(spec.model, weights, source=folder)
+        if isinstance(model, PopulationActorCritic):  # only an ensemble is exported whole
+            model = EnsembleActorCritic(model)
         return cls(model.to(device), spec.env, device)
 
     # -- what it knows ------------------------------------------------------------------
@@ -218,18 +233,44 @@ def export_agent(agent: Agent, out: str | Path) -> Path:
     :meth:`Agent.load` needs to rebuild it, and the weights' SHA-256): a portable agent,
     without pickles. Both files appear together or not at all."""
     out = Path(out)
-    weights = {k: v.detach().cpu().contiguous() for k, v in agent.model.state_dict().items()}
+    model = agent.model.population if isinstance(agent.model, EnsembleActorCritic) else agent.model
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with OutputSet(out) as files:
         save_file(weights, files.path(EXPORT_WEIGHTS))
         config = {
             "format": EXPORT_FORMAT,
             "version": EXPORT_VERSION,
             "sha256": file_sha256(files.path(EXPORT_WEIGHTS)),
-            "model": agent.model.describe().to_dict(),
+            "model": model.describe().to_dict(),
             "env": agent.spec.to_dict(),
         }
         files.write_text(EXPORT_CONFIG, json.dumps(config, indent=2) + "\n")
     return out
+
+
+def choose_member(
+    model: TradingActorCritic, member: int | str | None, picked: int | None, source: Path
+) -> TradingActorCritic | EnsembleActorCritic:
+    """The model an agent acts with: a plain model as it is; of a population, member
+    ``member``, the ensemble (``"ensemble"``), or the member validation picked (``None``)."""
+    if not isinstance(model, PopulationActorCritic):
+        if member not in (None, 0):
+            raise CheckpointError(f"{source} holds one model, not a population: drop member=")
+        return model
+    if member == "ensemble":
+        return EnsembleActorCritic(model).eval()
+    if member is None:
+        if picked is None:
+            raise CheckpointError(
+                f"{source} holds a population of {model.members} that validation never scored: "
+                "choose a member (member=0 .. or 'ensemble'; --member on the command line)"
+            )
+        member = picked
+    if isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < model.members:
+        raise CheckpointError(
+            f"member={member!r}: {source} holds members 0 to {model.members - 1}, or 'ensemble'"
+        )
+    return model.member(member)
 
 
 def file_sha256(path: Path) -> str:

@@ -32,6 +32,7 @@ from pyppo.config import PPOConfig, RunConfig, apply
 from pyppo.env import EnvSpec, TradingEnv
 from pyppo.files import replaced
 from pyppo.model import ModelSpec, TradingActorCritic
+from pyppo.population import PopulationActorCritic
 
 # Version 3: typed sections (trainer state without the best score, which belongs to the
 # validation callback, under "callbacks"). Version 2 loads too (its best score moves there);
@@ -252,6 +253,16 @@ def _ppo_config(values: dict[str, Any]) -> PPOConfig:
     return apply(RunConfig(), {"ppo": values}).ppo
 
 
+def validated_member(checkpoint: Checkpoint) -> int | None:
+    """The member of a population's checkpoint that validation picks: the best of the members'
+    best validation scores (None when validation never ran)."""
+    state = checkpoint.callbacks.get(BEST_CHECKPOINT_CALLBACK, {})
+    scores = state.get("best_score")
+    if not isinstance(scores, list) or not scores:
+        return None
+    return max(range(len(scores)), key=lambda k: scores[k])
+
+
 def find_checkpoint(run: str | os.PathLike) -> Path:
     """The checkpoint to use of ``run``: a checkpoint file as given; in a run dir the one
     validation picked (``best.pt``), else the latest (``checkpoint.pt``). Raises
@@ -268,10 +279,15 @@ def find_checkpoint(run: str | os.PathLike) -> Path:
 def build_model(
     spec: ModelSpec, weights: dict[str, Tensor], source: str | os.PathLike = "the checkpoint"
 ) -> TradingActorCritic:
-    """The :class:`~pyppo.TradingActorCritic` that ``spec`` describes, with ``weights``, in
-    eval mode on the CPU. Raises :class:`CheckpointError` naming ``source`` when the weights
-    do not fit or are not finite."""
-    model = TradingActorCritic.from_spec(spec)
+    """The :class:`~pyppo.TradingActorCritic` that ``spec`` describes (a
+    :class:`~pyppo.population.PopulationActorCritic` for ``spec.members > 1``), with
+    ``weights``, in eval mode on the CPU. Raises :class:`CheckpointError` naming ``source``
+    when the weights do not fit or are not finite."""
+    model = (
+        PopulationActorCritic.from_spec(spec)
+        if spec.members > 1
+        else TradingActorCritic.from_spec(spec)
+    )
     try:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError, ValueError) as err:

@@ -141,3 +141,25 @@ class PopulationActorCritic(TradingActorCritic):
             [(~torch.isfinite(value)).flatten(1).sum(1) for value in raw.values()], dim=1
         )
         return repair_outputs(raw, self._output_limits)
+
+
+class EnsembleActorCritic(nn.Module):
+    """A population's members acting as one agent: at each bar the mean of their action
+    probabilities (the greedy action is that mean's argmax), and the mean of their values and
+    return predictions. What a trader would deploy of a population; it takes plain
+    ``(B, obs)`` observations, like one :class:`~pyppo.TradingActorCritic`.
+
+    :param population: the members.
+    """
+
+    def __init__(self, population: PopulationActorCritic) -> None:
+        super().__init__()
+        self.population = population
+        self.output_names = population.output_names
+
+    def forward(self, obs: Tensor) -> dict[str, Tensor]:
+        members = self.population.members
+        out = self.population(obs.unsqueeze(0).expand(members, *obs.shape))
+        probs = torch.softmax(out["action_logits"], dim=-1).mean(0)
+        mean = {name: value.mean(0) for name, value in out.items() if name != "action_logits"}
+        return {"action_logits": probs.clamp_min(1e-30).log(), **mean}

@@ -10,8 +10,9 @@ import pytest
 import torch
 from helpers import SMALL_RUN, same_rows
 
-from pyppo import PPOTrainer, TradingActorCritic, TradingEnv, synthetic_market
-from pyppo.cli import train_main
+from pyppo import Agent, PPOTrainer, TradingActorCritic, TradingEnv, export_agent, synthetic_market
+from pyppo.checkpoint import CheckpointError, build_model, load_checkpoint, validated_member
+from pyppo.cli import evaluate_run, train_main
 from pyppo.metrics import read_metrics
 from pyppo.population import PopulationActorCritic
 
@@ -173,3 +174,51 @@ def test_the_command_line_trains_a_population(tmp_path):
     ]
     validated = [r for r in rows if r["validation/sharpe"] == r["validation/sharpe"]]
     assert len(validated) == 3  # each member scored at the end of the epoch
+
+
+@pytest.fixture(scope="module")
+def population_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("population") / "run"
+    args = [*SMALL_RUN, "--seeds", "0-2", "--epochs", "1", "--run-dir", str(run)]
+    assert train_main(args) == 0
+    return run
+
+
+@pytest.mark.slow
+def test_the_evaluation_reports_every_member_and_their_ensemble(population_run):
+    metrics, report = evaluate_run(population_run, device="cpu")
+    text = report.read_text()
+    assert "## Population: 3 members" in text
+    for label in ("member 0, seed 0", "member 2, seed 2", "| IQM |", "IQM, 95 % CI", "ensemble"):
+        assert label in text, label
+    assert "too few for a reliable interval" in text
+    members = [metrics[f"member {k}"]["sharpe"] for k in range(3)]
+    picked = validated_member(load_checkpoint(population_run / "best.pt"))
+    assert metrics["agent"]["sharpe"] == pytest.approx(members[picked])
+
+
+@pytest.mark.slow
+def test_an_agent_is_the_picked_member_a_chosen_one_or_the_ensemble(population_run, tmp_path):
+    best = load_checkpoint(population_run / "best.pt")
+    picked = validated_member(best)
+    population = build_model(best.agent.model, best.model)
+    default = Agent.load(population_run)
+    chosen = Agent.load(population_run, member=picked)
+    for a, b in zip(default.model.parameters(), chosen.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    other = Agent.load(population_run, member=(picked + 1) % 3)
+    assert torch.equal(
+        next(other.model.parameters()), next(population.parameters())[(picked + 1) % 3]
+    )
+    ensemble = Agent.load(population_run, member="ensemble")
+    bars = synthetic_market(3000, seed=0).frame
+    probs = ensemble.predict(bars)
+    singles = [Agent.load(population_run, member=k).predict(bars) for k in range(3)]
+    for action in ("short", "flat", "long"):
+        mean = sum(s[f"prob_{action}"] for s in singles) / 3
+        assert probs[f"prob_{action}"] == pytest.approx(mean, rel=1e-5)
+    export_agent(ensemble, tmp_path / "ensemble")
+    again = Agent.load(tmp_path / "ensemble").predict(bars)
+    assert again["prob_long"] == pytest.approx(probs["prob_long"], rel=1e-6)
+    with pytest.raises(CheckpointError, match="holds members 0 to 2"):
+        Agent.load(population_run, member=3)

@@ -13,12 +13,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from pyppo.checkpoint import Checkpoint, build_model, find_checkpoint, load_checkpoint
+from pyppo.checkpoint import (
+    Checkpoint,
+    build_model,
+    find_checkpoint,
+    load_checkpoint,
+    validated_member,
+)
 from pyppo.cli.common import Parser, UserError, check_writable, load_data, run_cli, split_data
 from pyppo.config import RunConfig, apply
 from pyppo.device import resolve_device
 from pyppo.evaluation.report import write_report
 from pyppo.metrics import METRICS_FILE, read_metrics
+from pyppo.population import PopulationActorCritic
 from pyppo.runlock import RunLock
 
 # What pyppo-eval writes into the run dir.
@@ -113,6 +120,11 @@ def evaluate_run(
     config = checkpoint.run_config
     test, validation = evaluation_data(config, checkpoint, data)
     model = build_model(checkpoint.agent.model, checkpoint.model, source=path).to(resolved)
+    population, picked = None, None
+    if isinstance(model, PopulationActorCritic):
+        # The statistics' agent is the member validation picks; every member is scored too.
+        population, picked = model, validated_member(checkpoint)
+        model = population.member(0 if picked is None else picked)
     # The whole run's learning curve, not only up to the (best) checkpoint's update.
     metrics_csv = path.parent / METRICS_FILE
     history = list(read_metrics(metrics_csv)) if metrics_csv.is_file() else None
@@ -128,6 +140,8 @@ def evaluate_run(
             folds=folds,
             validation=validation,
             history=history,
+            population=population,
+            picked=picked,
         )
 
 

@@ -3,6 +3,7 @@ portable copy of an agent: safetensors weights and a JSON config)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from typing import Any
@@ -39,9 +40,29 @@ def predict_parser() -> Parser:
         help="every bar, walking the positions the agent's actions lead to",
     )
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    add_member_argument(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return p
+
+
+def member_choice(text: str) -> int | str:
+    """``--member``: a member's number, or ``ensemble``."""
+    if text == "ensemble":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give a member's number or 'ensemble'")
+    return int(text)
+
+
+def add_member_argument(parser: Parser) -> None:
+    parser.add_argument(
+        "--member",
+        type=member_choice,
+        default=None,
+        help="of a population (--seeds): a member's number, or ensemble (the members' mean "
+        "action probabilities); default: the member validation picks",
+    )
 
 
 def _json_value(value: Any) -> Any:
@@ -59,7 +80,7 @@ def predict_main(argv: list[str] | None = None) -> int:
 
 def _predict(argv: list[str]) -> int:
     args = predict_parser().parse_args(argv)
-    agent = Agent.load(args.run, device=args.device)
+    agent = Agent.load(args.run, device=args.device, member=args.member)
     bars = synthetic_market().frame if args.synthetic else args.data
     result = agent.predict(bars, args.position, all_bars=args.all_bars)
     frame = result if args.all_bars else pd.DataFrame([result]).set_index("timestamp")
@@ -81,6 +102,7 @@ def export_parser() -> Parser:
     )
     p.add_argument("run", help="a run dir or a checkpoint (.pt)")
     p.add_argument("--out", required=True, help="the folder to write")
+    add_member_argument(p)
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return p
 
@@ -92,6 +114,6 @@ def export_main(argv: list[str] | None = None) -> int:
 
 def _export(argv: list[str]) -> int:
     args = export_parser().parse_args(argv)
-    out = export_agent(Agent.load(args.run), args.out)
+    out = export_agent(Agent.load(args.run, member=args.member), args.out)
     print(f"exported to {out}: load it with pyppo.Agent.load({str(out)!r})")
     return 0

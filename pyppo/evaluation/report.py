@@ -29,6 +29,7 @@ from pyppo.evaluation.backtest import Backtest, backtest
 from pyppo.files import OutputSet
 from pyppo.heads import AuxHeads
 from pyppo.metrics import nan_events_table
+from pyppo.population import EnsembleActorCritic, PopulationActorCritic
 
 POLICIES = ("agent", "buy_and_hold", "random")
 FOLD_KEYS = ("Return [%]", "Sharpe Ratio", "Max. Drawdown [%]")
@@ -76,11 +77,16 @@ def write_report(
     folds: int = 0,
     validation=None,
     history: list[dict[str, float]] | None = None,
+    population: PopulationActorCritic | None = None,
+    picked: int | None = None,
 ) -> tuple[dict[str, dict[str, float]], Path]:
     """Backtest, then write ``report.md``, ``equity.csv``, ``trades.csv`` and the figures
     into ``run_dir``; returns the metrics by policy and the report's path.
 
     :param checkpoint: the checkpoint ``model`` comes from (its update, its heads).
+    :param population: the population ``model`` is member ``picked`` of (the one validation
+        picks): the report then also scores every member and their ensemble (metrics
+        ``"member 0"``..., ``"ensemble"``).
     :param folds: also score ``folds`` consecutive sub-periods of the held-out bars.
     :param validation: the validation bars, for buy-and-hold's Sharpe on them in the
         learning-curve figure.
@@ -145,6 +151,11 @@ def write_report(
     ]
     if folds:
         lines += _folds_section(results, times, folds)
+    if population is not None:
+        scored = _population_backtests(population, market, config, device)
+        seeds = checkpoint.config.member_seeds
+        lines += _population_section(scored, results["buy_and_hold"], seeds, picked)
+        metrics.update({name: {**r.metrics()} for name, r in scored.items()})
     lines += [
         "## Auxiliary heads (held-out)",
         "",
@@ -212,6 +223,90 @@ def _folds_section(results: dict[str, Backtest], times: pd.DatetimeIndex, folds:
         *_table(["period", "from", "to", *columns], rows),
         "",
     ]
+
+
+def _population_backtests(
+    population: PopulationActorCritic, market, config: RunConfig, device: Any
+) -> dict[str, Backtest]:
+    """Every member's backtest (``"member 0"``...) and the ensemble's."""
+    common = dict(window=config.env.window, fee=config.env.fee, allow_short=config.env.allow_short)
+    models = {f"member {k}": population.member(k) for k in range(population.members)}
+    models["ensemble"] = EnsembleActorCritic(population).eval()
+    return {name: backtest(market, m, device=device, **common) for name, m in models.items()}
+
+
+# Fewer members than this make the population's confidence interval unreliable.
+MIN_MEMBERS_FOR_INTERVALS = 5
+BOOTSTRAP_REPS, BOOTSTRAP_SEED = 2000, 0
+
+
+def _population_section(
+    scored: dict[str, Backtest], hold: Backtest, seeds: tuple[int, ...], picked: int | None
+) -> list[str]:
+    """The population table: each member, then mean, median, IQM and a bootstrap interval of
+    Sharpe and return, the share beating buy-and-hold, and the ensemble."""
+    members = [name for name in scored if name.startswith("member ")]
+    sharpe = np.array([stats.sharpe_for_ranking(scored[m].sharpe) for m in members])
+    returns = np.array([100 * float(scored[m].equity[-1] - 1) for m in members])
+    hold_sharpe = stats.sharpe_for_ranking(hold.sharpe)
+
+    def row(label: str, result: Backtest) -> list[str]:
+        summary = stats.summary(result.returns, result.positions, result.bars_per_year)
+        beats = stats.sharpe_for_ranking(result.sharpe) > hold_sharpe
+        return [
+            label,
+            _fmt_statistic("Sharpe Ratio", result.sharpe),
+            _fmt(summary["Return [%]"]),
+            _fmt(summary["Max. Drawdown [%]"]),
+            _fmt(summary["Exposure Time [%]"]),
+            "yes" if beats else "no",
+        ]
+
+    rows = []
+    for k, name in enumerate(members):
+        mark = " (validation's pick)" if k == picked else ""
+        rows.append(row(f"member {k}, seed {seeds[k]}{mark}", scored[name]))
+    aggregates = [
+        ("mean", float(np.mean(sharpe)), float(np.mean(returns))),
+        ("median", float(np.median(sharpe)), float(np.median(returns))),
+        ("IQM", stats.iqm(sharpe), stats.iqm(returns)),
+    ]
+    for label, s, r in aggregates:
+        rows.append([label, _fmt(s), _fmt(r), "", "", ""])
+    ci = [
+        stats.bootstrap_ci(x, reps=BOOTSTRAP_REPS, seed=BOOTSTRAP_SEED) for x in (sharpe, returns)
+    ]
+    rows.append(["IQM, 95 % CI", *(f"{_fmt(lo)} to {_fmt(hi)}" for lo, hi in ci), "", "", ""])
+    rows.append(row("**ensemble** (mean action probabilities, greedy)", scored["ensemble"]))
+    beating = int(np.sum(sharpe > hold_sharpe))
+    lines = [
+        f"## Population: {len(members)} members",
+        "",
+        *_table(
+            [
+                "member",
+                "Sharpe Ratio",
+                "Return [%]",
+                "Max. Drawdown [%]",
+                "Exposure Time [%]",
+                "beats buy & hold",
+            ],
+            rows,
+        ),
+        "",
+        f"{beating} of {len(members)} members beat buy-and-hold's Sharpe ratio "
+        f"({_fmt(hold.sharpe)}) on these bars. The interquartile mean (IQM) averages the "
+        "middle half of the members; its 95 % interval is a percentile bootstrap over members "
+        f"({BOOTSTRAP_REPS} replicates, seed {BOOTSTRAP_SEED}). A member that never trades "
+        "counts with a Sharpe ratio of 0. The agent of the statistics above is the member "
+        "validation picked (never one chosen on these bars).",
+    ]
+    if len(members) < MIN_MEMBERS_FOR_INTERVALS:
+        lines.append(
+            f"- **warning: {len(members)} members are too few for a reliable interval** "
+            f"(train at least {MIN_MEMBERS_FOR_INTERVALS}: --seeds {MIN_MEMBERS_FOR_INTERVALS})."
+        )
+    return [*lines, ""]
 
 
 def _write_equity_csv(path: Path, results: dict[str, Backtest]) -> None:
