@@ -5,6 +5,7 @@ The one entry point for the kernel benchmarks; ``--ops`` picks some (default: al
     python benchmarks/bench_kernels.py                   # CPU, all of them
     python benchmarks/bench_kernels.py --device cuda     # GPU
     python benchmarks/bench_kernels.py --ops sanitize --sizes 16M --repeats 20 --json out.json
+    python benchmarks/bench_kernels.py --ops gae --busy   # with the other core busy
 
 sanitize: fused ``pyppo.ops.sanitize_`` vs the unfused torch sequence (count non-finite,
 ``nan_to_num_``, count out-of-range, ``clamp_``) vs ``dst.copy_(src)`` of the same tensor,
@@ -22,7 +23,15 @@ import argparse
 import bench_gae
 import bench_guard
 import torch
-from common import check_device, machine, median_seconds, print_machine, print_table, write_json
+from common import (
+    busy_neighbour,
+    check_device,
+    machine,
+    median_seconds,
+    print_machine,
+    print_table,
+    write_json,
+)
 
 from pyppo import ops
 
@@ -138,6 +147,9 @@ def main() -> None:
         help="for sanitize and gae (gae: float32 or float64); guard is fp32",
     )
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument(
+        "--busy", action="store_true", help="keep another core busy (a shared machine)"
+    )
     parser.add_argument_group("sanitize").add_argument(
         "--sizes",
         nargs="+",
@@ -158,7 +170,9 @@ def main() -> None:
 
     info = machine(args.device)
     print_machine(info)
-    results = {name: BENCHES[name](args) for name in args.ops}
+    print(f"busy neighbour: {args.busy}")
+    with busy_neighbour(args.busy):
+        results = {name: BENCHES[name](args) for name in args.ops}
     write_json(args.json, {"machine": info, "results": results})
 
 

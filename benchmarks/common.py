@@ -8,12 +8,14 @@ medians of several repeats.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 
 import torch
@@ -46,6 +48,27 @@ def training_env(device: str, num_envs: int, seed: int = 0) -> pyppo.TradingEnv:
     split (its first 70 %), ``num_envs`` episodes on ``device``."""
     train, _ = pyppo.synthetic_market(seed=0).split(0.7)
     return pyppo.TradingEnv(train, num_envs=num_envs, device=device, seed=seed)
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+@contextlib.contextmanager
+def busy_neighbour(enabled: bool) -> Iterator[None]:
+    """Keep one more core busy (a process spinning) inside the block, as a shared machine's
+    neighbour does: work that pyppo splits over threads then waits for the busy one."""
+    if not enabled:
+        yield
+        return
+    spinner = multiprocessing.Process(target=_spin, daemon=True)
+    spinner.start()
+    try:
+        yield
+    finally:
+        spinner.terminate()
+        spinner.join()
 
 
 def check_device(parser: argparse.ArgumentParser, device: str) -> None:

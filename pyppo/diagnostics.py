@@ -1,6 +1,6 @@
 """Counting the places where a computation waits for the device: reads of tensor values
 back to the host (``.item()``, ``float(t)``, ``if t:``, ``.tolist()``, ``.numpy()``, and the
-dispatcher ops behind them). On a GPU each one stalls the CPU until the queued kernels have
+dispatcher ops behind them), and the ops it dispatches (on a GPU, the kernel launches). On a GPU each one stalls the CPU until the queued kernels have
 run, so a training loop that wants to keep a GPU busy reads as few as it can;
 ``torch.cuda.set_sync_debug_mode`` finds them on a GPU, :class:`HostReads` anywhere."""
 
@@ -21,8 +21,10 @@ class _DispatchReads(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.reads = 0
+        self.ops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.ops += 1
         if func in READ_OPS:
             self.reads += 1
         return func(*args, **(kwargs or {}))
@@ -43,6 +45,7 @@ class HostReads:
     def __init__(self) -> None:
         self.python = 0
         self.dispatch = 0
+        self.ops = 0  # every op dispatched meanwhile (each a kernel launch on a GPU)
         self._mode = _DispatchReads()
         self._originals: dict[str, object] = {}
 
@@ -63,6 +66,7 @@ class HostReads:
         for name, method in self._originals.items():
             setattr(torch.Tensor, name, method)
         self.dispatch = self._mode.reads
+        self.ops = self._mode.ops
 
     def _counting(self, method):  # noqa: ANN001, ANN202
         def call(tensor: torch.Tensor, *args: object, **kwargs: object) -> object:

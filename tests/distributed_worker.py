@@ -8,6 +8,8 @@ A scenario is a "+"-joined set of flags ("plain" for none):
 ``nan``: rank 1 plants NaN into its aux_1h weight gradient at its first two minibatch steps.
 ``skip``: the trainer runs with nan_policy="skip".
 ``kl``: the trainer runs with a target_kl that stops some updates after their first epoch.
+``population``: a population of two members (seeds 0 and 1), each rank a slice of each
+member's envs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from pyppo import PPOTrainer, TradingActorCritic, TradingEnv, synthetic_market
+from pyppo.population import PopulationActorCritic
 
 # In the first update, the first epoch's mean approximate KL is 1.064e-7 over both ranks'
 # minibatches, but 1.043e-7 over rank 0's own and 1.085e-7 over rank 1's: a rank deciding
@@ -32,9 +35,18 @@ def run_scenario(out: Path, flags: set[str], rank: int) -> None:
     out.mkdir(exist_ok=True)
     log = logging.FileHandler(out / f"log{rank}.txt")
     logging.getLogger("pyppo").addHandler(log)
-    env = TradingEnv(synthetic_market(3000, seed=4), num_envs=4, episode_length=100, seed=rank)
+    market = synthetic_market(3000, seed=4)
+    seeds = [0, 1] if "population" in flags else [0]
+    env_seeds = [seed + rank for seed in seeds]
+    env = TradingEnv(
+        market, num_envs=4, episode_length=100, seed=env_seeds if len(seeds) > 1 else rank
+    )
     torch.manual_seed(100 + rank)  # different initial weights: the trainer must unify them
     model = TradingActorCritic(env.obs_spec, hidden_dim=32)
+    if len(seeds) > 1:
+        model = PopulationActorCritic.from_members(
+            [model, TradingActorCritic(env.obs_spec, hidden_dim=32)]
+        )
     trainer = PPOTrainer(
         model,
         env,
@@ -45,6 +57,7 @@ def run_scenario(out: Path, flags: set[str], rank: int) -> None:
         progress=False,
         nan_policy="skip" if "skip" in flags else "zero",
         target_kl=KL_TARGET if "kl" in flags else None,
+        seeds="0-1" if len(seeds) > 1 else None,
     )
     initial = [p.detach().clone() for p in model.parameters()]
     planted = []
@@ -64,7 +77,11 @@ def run_scenario(out: Path, flags: set[str], rank: int) -> None:
         {
             "initial": initial,
             "final": [p.detach() for p in model.parameters()],
-            "adam_steps": [float(s["step"]) for s in trainer.optimizer.state.values()],
+            "adam_steps": (
+                trainer.optimizer.step_count.tolist()
+                if len(seeds) > 1
+                else [float(s["step"]) for s in trainer.optimizer.state.values()]
+            ),
         },
         out / f"rank{rank}.pt",
     )

@@ -37,7 +37,7 @@ def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return proc
 
 
-SCENARIOS = ("plain", "nan", "nan+skip", "kl")
+SCENARIOS = ("plain", "nan", "nan+skip", "kl", "population")
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,16 @@ def test_skip_policy_every_rank_skips_the_same_steps(scenarios):
     assert sum(r["guard/skipped_steps"] for r in rows) == planted_steps == 2
     minibatch_steps = 3 * 2 * 4  # updates x epochs x (128 samples / 32 per rank)
     assert r0["adam_steps"][0] == minibatch_steps - planted_steps
+
+
+def test_a_population_trains_on_two_ranks_identically(scenarios):
+    r0, r1 = worker(scenarios / "population")
+    assert identical(r0["initial"], r1["initial"]) and identical(r0["final"], r1["final"])
+    assert all(torch.isfinite(p).all() and p.shape[0] == 2 for p in r0["final"])
+    assert not identical(r0["initial"], r0["final"])
+    assert r0["adam_steps"] == r1["adam_steps"] == [24.0, 24.0]  # 3 updates x 2 epochs x 4
+    rows = list(read_metrics(scenarios / "population" / "metrics.csv"))
+    assert [r["member"] for r in rows] == [0, 1] * 3
 
 
 def test_target_kl_stops_every_rank_at_the_same_epoch(scenarios):

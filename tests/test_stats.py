@@ -8,6 +8,7 @@ import statistics
 import numpy as np
 import pytest
 
+from pyppo import stats
 from pyppo.stats import (
     CONVENTIONS,
     SUMMARY_KEYS,
@@ -238,3 +239,23 @@ def test_agrees_with_empyrical(make_returns, bars_per_year):
     np.testing.assert_allclose(equity(r)[1:], ep.cum_returns(r, starting_value=1.0), rtol=1e-12)
     periods = drawdowns(equity(r))[1]
     assert max(p.depth for p in periods) == approx(-ep.max_drawdown(r), rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 8, 13, 64])
+def test_iqm_is_the_quarter_trimmed_mean(n):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    x = np.random.default_rng(n).standard_t(3, size=n)
+    assert stats.iqm(x) == pytest.approx(float(scipy_stats.trim_mean(x, 0.25)), rel=1e-12)
+
+
+def test_the_bootstrap_interval_is_reproducible_and_stratified():
+    x = np.random.default_rng(1).normal(size=(3, 10))  # 3 windows x 10 seeds
+    a = stats.bootstrap_ci(x, seed=4)
+    assert a == stats.bootstrap_ci(x, seed=4) and a != stats.bootstrap_ci(x, seed=5)
+    assert a[0] < stats.iqm(x.ravel()) < a[1]
+    # Stratified: a window whose runs all agree keeps its weight in every replicate.
+    same = np.vstack([np.zeros(10), np.ones(10)])
+    lo, hi = stats.bootstrap_ci(same, statistic=np.mean, reps=500)
+    assert lo == hi == 0.5
+    with pytest.raises(ValueError, match="finite"):
+        stats.bootstrap_ci([1.0, np.nan])

@@ -228,7 +228,7 @@ class PPOTrainer:
         or None where the model guards and counts its outputs itself. A population's
         observations come member by member: ``(M * N, obs)`` from the env (outputs as
         ``(M * N, ...)``), or ``(M, B, obs)`` from a minibatch (outputs ``(M, B, ...)``)."""
-        if self.members > 1 and obs.dim() == 2:
+        if isinstance(self.model, PopulationModel) and obs.dim() == 2:
             out, bad = self._forward(obs.view(self.members, -1, obs.shape[-1]))
             return {name: value.flatten(0, 1) for name, value in out.items()}, bad
         if self.config.bf16:
@@ -434,7 +434,7 @@ class PPOTrainer:
         nan = torch.tensor(math.nan, device=self.device)
         columns.update({name: stats.get(name, nan) for name in schema.stats})
         if isinstance(self.model, OutputGuardedModel):
-            counters.outputs += self.model.take_output_counts()
+            counters.outputs += self.model.take_output_counts().view(counters.outputs.shape)
         columns.update(counters.columns(schema))
         sanitized = {("env", k): v - env_before[k] for k, v in self._env_counts().items()}
         if members == 1:

@@ -92,6 +92,10 @@ void gae_piece(const T* rewards, const T* values, const S* starts, const T* last
   }
 }
 
+// Elements per parallel task (4 x ATen's GRAIN_SIZE): below this, work stays on the calling
+// thread.
+constexpr int64_t kMinTaskElements = 1 << 17;
+
 template <typename T, typename S>
 void gae_cpu_typed(const at::Tensor& rewards, const at::Tensor& values,
                    const at::Tensor& episode_starts, const at::Tensor& last_values,
@@ -100,10 +104,12 @@ void gae_cpu_typed(const at::Tensor& rewards, const at::Tensor& values,
   const int64_t steps = rewards.size(0), num_envs = rewards.size(1);
   constexpr int64_t W = Vec<T>::size();
   constexpr int64_t kPiece = kPieceBytes / sizeof(T);
-  // Threads split the envs in whole vectors, each task at least ~16K elements so that small
-  // rollouts stay on one thread.
+  // Threads split the envs in whole vectors, each task at least kMinTaskElements: GAE reads
+  // each element once, so a rollout under that (a 2,048 x 64 one takes ~0.1 ms) finishes on
+  // the calling thread before a second thread could even be woken, and a busy neighbour
+  // core would make that wake cost milliseconds.
   const int64_t num_blocks = (num_envs + W - 1) / W;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, steps * W));
+  const int64_t grain = std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(1, steps * W));
   const T* r = rewards.const_data_ptr<T>();
   const T* v = values.const_data_ptr<T>();
   const S* s = episode_starts.const_data_ptr<S>();
