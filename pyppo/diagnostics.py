@@ -1,7 +1,8 @@
 """Counting the places where a computation waits for the device: reads of tensor values
 back to the host (``.item()``, ``float(t)``, ``if t:``, ``.tolist()``, ``.numpy()``, and the
-dispatcher ops behind them), and the ops it dispatches (on a GPU, the kernel launches). On a GPU each one stalls the CPU until the queued kernels have
-run, so a training loop that wants to keep a GPU busy reads as few as it can;
+dispatcher ops behind them), and the ops it dispatches (on a GPU, the kernel launches). On a
+GPU each one stalls the CPU until the queued kernels have run, so a training loop that wants
+to keep a GPU busy reads as few as it can;
 ``torch.cuda.set_sync_debug_mode`` finds them on a GPU, :class:`HostReads` anywhere."""
 
 from __future__ import annotations
