@@ -162,15 +162,50 @@ class RolloutBuffer {
   void compute_returns_and_advantage(const at::Tensor& last_values,
                                      const at::Tensor& last_episode_starts, double gamma,
                                      double gae_lambda) {
+    check_gae_inputs(last_values, last_episode_starts);
+    gae_into(gae_kernel_, rewards_, values_, episode_starts_, last_values.reshape({num_envs_}),
+             last_episode_starts.reshape({num_envs_}), gamma, gae_lambda, advantages_, returns_);
+    computed_ = true;
+  }
+
+  // GAE with a gamma and lambda per member: the envs are cut into gammas.size() equal blocks
+  // of columns, member by member, and each block runs the kernel with its own settings. The
+  // kernel takes gamma and lambda as scalars of its recurrence, so a member's block is
+  // copied out contiguous, run, and copied back: one call per member, paid only when the
+  // members' settings differ (the trainer takes the one-call form above otherwise).
+  void compute_returns_and_advantage_by_member(const at::Tensor& last_values,
+                                               const at::Tensor& last_episode_starts,
+                                               const std::vector<double>& gammas,
+                                               const std::vector<double>& gae_lambdas) {
+    check_gae_inputs(last_values, last_episode_starts);
+    const int64_t members = static_cast<int64_t>(gammas.size());
+    TORCH_CHECK_VALUE(members >= 1 && gae_lambdas.size() == gammas.size(),
+                      "pyppo.RolloutBuffer.compute_returns_and_advantage: give one gamma and one "
+                      "gae_lambda per member, got ", gammas.size(), " and ", gae_lambdas.size());
+    TORCH_CHECK_VALUE(num_envs_ % members == 0, "pyppo.RolloutBuffer.compute_returns_and_advantage: ",
+                      num_envs_, " envs cannot be cut into ", members, " equal member blocks");
+    const int64_t width = num_envs_ / members;
+    const at::Tensor last = last_values.reshape({num_envs_});
+    const at::Tensor last_starts = last_episode_starts.reshape({num_envs_});
+    for (int64_t k = 0; k < members; ++k) {
+      const auto block = [&](const at::Tensor& t) { return t.narrow(-1, k * width, width).contiguous(); };
+      at::Tensor advantages = at::empty({num_steps_, width}, rewards_.options());
+      at::Tensor returns = at::empty({num_steps_, width}, rewards_.options());
+      gae_into(gae_kernel_, block(rewards_), block(values_), block(episode_starts_), block(last),
+               block(last_starts), gammas[k], gae_lambdas[k], advantages, returns);
+      advantages_.narrow(1, k * width, width).copy_(advantages);
+      returns_.narrow(1, k * width, width).copy_(returns);
+    }
+    computed_ = true;
+  }
+
+  void check_gae_inputs(const at::Tensor& last_values, const at::Tensor& last_episode_starts) const {
     TORCH_CHECK(full_, "pyppo.RolloutBuffer.compute_returns_and_advantage: the buffer holds ",
                 pos_, " of ", num_steps_, " steps; add() the rest first");
     const at::ScalarType dt = dtype();
     check_field("last_values", last_values, per_env_shapes({}), {dt}, "compute_returns_and_advantage");
     check_field("last_episode_starts", last_episode_starts, per_env_shapes({}),
                 {dt, at::kBool, at::kByte}, "compute_returns_and_advantage");
-    gae_into(gae_kernel_, rewards_, values_, episode_starts_, last_values.reshape({num_envs_}),
-             last_episode_starts.reshape({num_envs_}), gamma, gae_lambda, advantages_, returns_);
-    computed_ = true;
   }
 
   // The transitions at flat indices t * num_envs + n, one contiguous tensor per field:
@@ -283,6 +318,9 @@ void bind_rollout_buffer(pybind11::module& m) {
       .def("compute_returns_and_advantage", &RB::compute_returns_and_advantage,
            py::arg("last_values"), py::arg("last_episode_starts"), py::arg("gamma"),
            py::arg("gae_lambda"))
+      .def("compute_returns_and_advantage_by_member",
+           &RB::compute_returns_and_advantage_by_member, py::arg("last_values"),
+           py::arg("last_episode_starts"), py::arg("gammas"), py::arg("gae_lambdas"))
       .def("gather", &RB::gather, py::arg("indices"))
       .def("reset", &RB::reset)
       .def_property_readonly("num_steps", &RB::num_steps)

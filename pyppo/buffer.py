@@ -125,8 +125,8 @@ class RolloutBuffer:
         self,
         last_values: Tensor,
         last_episode_starts: Tensor,
-        gamma: float = 0.99,
-        gae_lambda: float = 0.95,
+        gamma: float | Sequence[float] = 0.99,
+        gae_lambda: float | Sequence[float] = 0.95,
     ) -> None:
         """Run GAE (:func:`pyppo.ops.gae`) over the full buffer into :attr:`advantages` and
         :attr:`returns`.
@@ -134,9 +134,25 @@ class RolloutBuffer:
         ``last_values`` ``(N,)`` or ``(N, 1)``: the critic's value of the observation after
         the last step; ``last_episode_starts``: whether that observation begins a new episode
         (then nothing is bootstrapped). Raises ``RuntimeError`` before the buffer is full.
+
+        A population's buffer (envs member by member) may take one ``gamma`` and one
+        ``gae_lambda`` per member (two sequences of M values): members whose settings differ
+        then run one GAE call each on their block of envs; equal settings take one call.
         """
-        self._impl.compute_returns_and_advantage(
-            last_values, last_episode_starts, float(gamma), float(gae_lambda)
+        gammas = _per_member(gamma)
+        lambdas = _per_member(gae_lambda)
+        if len(set(gammas)) == 1 and len(set(lambdas)) == 1:
+            self._impl.compute_returns_and_advantage(
+                last_values, last_episode_starts, gammas[0], lambdas[0]
+            )
+            return
+        members = max(len(gammas), len(lambdas))
+        if len(gammas) == 1:
+            gammas *= members
+        if len(lambdas) == 1:
+            lambdas *= members
+        self._impl.compute_returns_and_advantage_by_member(
+            last_values, last_episode_starts, gammas, lambdas
         )
 
     def reset(self) -> None:
@@ -289,3 +305,10 @@ class RolloutBuffer:
             f"obs_shape={self.obs_shape}, device={self.device}, dtype={self.dtype}, "
             f"pos={self.pos}, full={self.full})"
         )
+
+
+def _per_member(value: float | Sequence[float]) -> list[float]:
+    """A setting as a list of floats: one value, or one per member."""
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    return [float(v) for v in value]

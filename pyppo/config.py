@@ -57,14 +57,39 @@ class _Validated:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.metadata.get("per_member") and isinstance(value, (list, tuple)):
+                # One value per member; a single one is the plain setting.
+                value = tuple(float(v) for v in value) if len(value) != 1 else float(value[0])
+                setattr(self, f.name, value)
             if "valid" in f.metadata and value is not None:
                 what, ok = f.metadata["valid"]
-                if not ok(value):
-                    flag = flag_of(f)
-                    raise ValueError(f"{f.name} ({flag}) must be {what}, got {value!r}")
+                for item in (
+                    value if isinstance(value, tuple) and f.metadata.get("per_member") else (value,)
+                ):
+                    if not ok(item):
+                        flag = flag_of(f)
+                        raise ValueError(f"{f.name} ({flag}) must be {what}, got {item!r}")
             choices = f.metadata.get("choices")
             if choices and value is not None and value not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def format_seeds(seeds: Sequence[int]) -> str:
+    """Seeds as a user would write them: ``0-7`` for a run of consecutive seeds, else
+    ``0,3,5``."""
+    if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(str(s) for s in seeds)
+
+
+def _per_member(default: float, help: str, **cli: Any) -> Any:
+    """A setting that may differ between a population's members: one value for all, or one
+    per member (``--lr 1e-4,3e-4``, a TOML list)."""
+    return _opt(default, f"{help}; one value, or one per member (a,b,c)", per_member=True, **cli)
+
+
+# A per-member setting's type: one value, or one per member.
+PerMember = float | tuple[float, ...]
 
 
 def parse_seeds(spec: str, base: int = 0) -> tuple[int, ...]:
@@ -162,19 +187,19 @@ class ModelConfig(_Validated):
 class PPOConfig(_Validated):
     """PPO hyperparameters and the NaN protection of the update (stored in checkpoints)."""
 
-    lr: float = _opt(1e-4, "Adam learning rate", valid=POSITIVE)
-    gamma: float = _opt(0.99, "discount factor", valid=FRACTION)
-    gae_lambda: float = _opt(0.95, "GAE lambda", valid=FRACTION)
-    clip_epsilon: float = _opt(0.2, "PPO ratio clip", valid=POSITIVE)
+    lr: PerMember = _per_member(1e-4, "Adam learning rate", valid=POSITIVE)
+    gamma: PerMember = _per_member(0.99, "discount factor", valid=FRACTION)
+    gae_lambda: PerMember = _per_member(0.95, "GAE lambda", valid=FRACTION)
+    clip_epsilon: PerMember = _per_member(0.2, "PPO ratio clip", valid=POSITIVE)
     value_coef: float = _opt(0.5, "value loss coefficient", valid=NON_NEGATIVE)
-    entropy_coef: float = _opt(0.01, "entropy bonus coefficient", valid=NON_NEGATIVE)
-    aux_short_coef: float = _opt(
+    entropy_coef: PerMember = _per_member(0.01, "entropy bonus coefficient", valid=NON_NEGATIVE)
+    aux_short_coef: PerMember = _per_member(
         0.1,
         "short-horizon auxiliary loss coefficient",
         valid=NON_NEGATIVE,
         aliases=("--aux-1h-coef",),
     )
-    aux_long_coef: float = _opt(
+    aux_long_coef: PerMember = _per_member(
         0.1,
         "long-horizon auxiliary loss coefficient",
         valid=NON_NEGATIVE,
@@ -225,8 +250,24 @@ class PPOConfig(_Validated):
         10, "save checkpoint.pt every this many updates (0: at the end)", valid=AT_LEAST_0
     )
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        members = len(self.member_seeds)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("per_member") and isinstance(value, tuple) and len(value) != members:
+                raise ValueError(
+                    f"{f.name} ({flag_of(f)}) has {len(value)} values for {members} member(s): "
+                    f"give one value, or one per member"
+                )
+
+    def per_member(self, name: str) -> tuple[float, ...]:
+        """A per-member setting's value for each member (``len(member_seeds)`` values)."""
+        value = getattr(self, name)
+        return value if isinstance(value, tuple) else (value,) * len(self.member_seeds)
+
     @property
-    def aux_coefs(self) -> tuple[float, float]:
+    def aux_coefs(self) -> tuple[PerMember, PerMember]:
         """(short, long) auxiliary loss coefficients."""
         return (self.aux_short_coef, self.aux_long_coef)
 
@@ -322,6 +363,13 @@ def _convert(value: Any, hint: Any, name: str) -> Any:
     if type(None) in args:  # X | None
         hint = next(a for a in args if a is not type(None))
         args = typing.get_args(hint)
+    if set(args) == set(typing.get_args(PerMember)):  # one number, or one per member
+        if isinstance(value, str):
+            items = value.split(",")
+        else:
+            items = list(value) if isinstance(value, (list, tuple)) else [value]
+        numbers = tuple(_convert(item, float, name) for item in items)
+        return numbers[0] if len(numbers) == 1 else numbers
     origin = typing.get_origin(hint)
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else list(value)

@@ -67,9 +67,9 @@ def ppo_loss(
     advantages: Tensor,
     returns: Tensor,
     *,
-    clip_epsilon: float,
+    clip_epsilon: float | Tensor,
     value_coef: float,
-    entropy_coef: float,
+    entropy_coef: float | Tensor,
     aux_predictions: Tensor | None = None,
     aux_targets: Tensor | None = None,
     aux_scale: Tensor | None = None,
@@ -86,13 +86,13 @@ def ppo_loss(
     :param old_logprobs: ``(B,)`` their log-probabilities under the rollout's policy.
     :param advantages: ``(B,)`` GAE advantages (normalized here over the minibatch).
     :param returns: ``(B,)`` value targets.
-    :param clip_epsilon: the ratio clip.
+    :param clip_epsilon: the ratio clip (a population's may be ``(M, 1)``: one per member).
     :param value_coef: weight of the value loss.
-    :param entropy_coef: weight of the entropy bonus.
+    :param entropy_coef: weight of the entropy bonus (or ``(M,)``: one per member).
     :param aux_predictions: ``(B, K)`` auxiliary predictions, or None for no aux losses.
     :param aux_targets: ``(B, K)`` their targets.
     :param aux_scale: ``(K,)`` the targets' variance over the rollout (the MSE's unit).
-    :param aux_coefs: ``(K,)`` weights of the auxiliary losses.
+    :param aux_coefs: ``(K,)`` weights of the auxiliary losses (or ``(M, K)``).
     :param guard_aux: set a non-finite auxiliary loss to 0 (and flag it) instead of letting
         it into ``total``.
     :param advantage_stats: ``(mean, std)`` to normalize the advantages with, instead of the

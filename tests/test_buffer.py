@@ -80,6 +80,33 @@ def test_advantages_match_reference(device, dtype):
     torch.testing.assert_close(buf.returns.cpu(), ret)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_gae_with_a_gamma_and_lambda_per_member(device):
+    members, width = 3, 2
+    buf = RolloutBuffer(T, members * width, OBS, device=device, num_aux=AUX)
+    for step in random_steps(envs=members * width, device=device):
+        buf.add(**step)
+    last_values = torch.randn(members * width, device=device)
+    last_starts = torch.tensor([True, False] * members, device=device)
+    gammas, lambdas = (0.9, 0.99, 0.5), (0.95, 0.0, 1.0)
+    buf.compute_returns_and_advantage(last_values, last_starts, gammas, lambdas)
+    for k in range(members):
+        block = slice(k * width, (k + 1) * width)
+        adv, ret = reference.gae(
+            buf.rewards[:, block].cpu(),
+            buf.values[:, block].cpu(),
+            buf.episode_starts[:, block].cpu(),
+            last_values[block].cpu(),
+            last_starts[block].cpu(),
+            gammas[k],
+            lambdas[k],
+        )
+        torch.testing.assert_close(buf.advantages[:, block].cpu(), adv)
+        torch.testing.assert_close(buf.returns[:, block].cpu(), ret)
+    with pytest.raises(ValueError, match="cannot be cut into 4 equal member blocks"):
+        buf.compute_returns_and_advantage(last_values, last_starts, (0.9, 0.8, 0.7, 0.6), 0.95)
+
+
 def test_per_env_fields_accept_column_shape():
     buf = RolloutBuffer(1, N, OBS, num_aux=AUX)
     step = random_steps(steps=1)[0]

@@ -199,6 +199,10 @@ def test_print_config_round_trips(tmp_path, capsys):
         (["--bad-ticks", "0.5"], "bad_ticks (--bad-ticks) must be a rate in [0, 0.3)"),
         (["--horizons", "1h"], "exactly two"),
         (["--nan-policy", "ignore"], "invalid choice"),
+        (["--lr", "1e-4,3e-4"], "lr (--lr) has 2 values for 1 member(s)"),
+        (["--seeds", "3", "--gamma", "0.9,0.99"], "gamma (--gamma) has 2 values for 3 member"),
+        (["--seeds", "2", "--lr", "1e-4,-1"], "lr (--lr) must be a finite number > 0, got -1.0"),
+        (["--seeds", "2", "--entropy-coef", "0.01,x"], "entropy_coef must be a number"),
     ],
 )
 def test_bad_values_are_clear_errors(argv, message):
@@ -423,3 +427,16 @@ def test_seeds_are_a_count_a_range_or_a_list(spec, base, seeds):
 def test_bad_seeds_are_clear_errors(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_seeds(spec)
+
+
+def test_settings_may_differ_per_member(tmp_path):
+    config, _, _ = resolve_config(["--seeds", "2", "--lr", "1e-4,3e-4", "--clip-epsilon", "0.1"])
+    assert config.ppo.lr == (1e-4, 3e-4)
+    assert config.ppo.per_member("lr") == (1e-4, 3e-4)
+    assert config.ppo.per_member("clip_epsilon") == (0.1, 0.1)
+    path = tmp_path / "population.toml"
+    path.write_text("[ppo]\nseeds = '0-2'\ngamma = [0.9, 0.95, 0.99]\nlr = [0.001]\n")
+    from_toml, _, _ = resolve_config(["--config", str(path)])
+    assert from_toml.ppo.gamma == (0.9, 0.95, 0.99)
+    assert from_toml.ppo.lr == 0.001  # a list of one is the plain setting
+    assert RunConfig.from_dict(from_toml.to_dict()) == from_toml

@@ -89,6 +89,33 @@ def test_member_k_trains_as_a_run_with_seed_k(market):
             torch.testing.assert_close(stacked[name][k], param, **TOLERANCE)
 
 
+def test_members_with_their_own_settings_train_as_runs_with_those_settings(market):
+    # Every per-member setting at once; member k equals a run with seed k and its settings.
+    settings = dict(
+        lr=(1e-4, 1e-3),
+        gamma=(0.99, 0.9),
+        gae_lambda=(0.95, 0.7),
+        clip_epsilon=(0.2, 0.05),
+        entropy_coef=(0.01, 0.1),
+        aux_short_coef=(0.1, 0.5),
+        aux_long_coef=(0.0, 0.2),
+    )
+    population = population_trainer(market, seeds=(0, 1), **settings)
+    rows = population.train(total_steps=8 * 32 * 2)
+    stacked = dict(population.model.named_parameters())
+    for k in range(2):
+        own = {name: values[k] for name, values in settings.items()}
+        single = single_trainer(market, k, **own)
+        alone = single.train(total_steps=8 * 32 * 2)
+        mine = [r for r in rows if r["member"] == k]
+        for a, b in zip(alone, mine, strict=True):
+            assert b["train/lr"] == pytest.approx(own["lr"])
+            for key in ("loss/policy", "loss/value", "loss/entropy", "loss/aux_1h"):
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+        for name, param in single.model.named_parameters():
+            torch.testing.assert_close(stacked[name][k], param, **TOLERANCE)
+
+
 def test_one_seed_is_the_single_run(market):
     # "--seeds 1" (one member, from --seed) and "--seeds 0-0" are the run without --seeds.
     a = single_trainer(market, 0).train(total_steps=8 * 32 * 2)

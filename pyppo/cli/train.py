@@ -33,7 +33,7 @@ from pyppo.cli.common import (
     split_data,
 )
 from pyppo.cli.flags import add_config_arguments, config_from_namespace, explicit_names
-from pyppo.config import RunConfig, apply, get, load_toml, same_value
+from pyppo.config import RunConfig, apply, format_seeds, get, load_toml, same_value
 from pyppo.distributed import init_from_environment, on_rank0, rank_and_world
 from pyppo.evaluation import BestCheckpoint
 from pyppo.files import stray_temporaries, write_text
@@ -312,7 +312,8 @@ def _train_in(
     updates = trainer.updates_per_epoch()
     members = trainer.members
     who = (
-        f"{members} members (seeds {config.ppo.seeds}) x {env.envs_per_member * world} envs"
+        f"{members} members (seeds {format_seeds(config.ppo.member_seeds)}) x "
+        f"{env.envs_per_member * world} envs"
         if members > 1
         else f"{env.num_envs * world} envs"
     )

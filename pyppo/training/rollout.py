@@ -91,16 +91,33 @@ class Rollout:
 
     @torch.inference_mode()
     def collect(
-        self, policy: Policy, gamma: float, gae_lambda: float, output_counts: Tensor
+        self,
+        policy: Policy,
+        gamma: Sequence[float],
+        gae_lambda: Sequence[float],
+        output_counts: Tensor,
     ) -> None:
-        """Fill the buffer with ``buffer.num_steps`` steps of every env, then run GAE; add
-        the policy's non-finite output counts to ``output_counts``."""
+        """Fill the buffer with ``buffer.num_steps`` steps of every env, then run GAE with
+        each member's ``gamma`` and ``gae_lambda`` (one value per member); add the policy's
+        non-finite output counts to ``output_counts``."""
         with one_cpu_thread(self.device):
             self._collect(policy, gamma, gae_lambda, output_counts)
 
+    def _env_gamma(self, gamma: Sequence[float]) -> float | Tensor:
+        """The discount of each env's next step: one number, or ``(N,)`` when members differ."""
+        if len(set(gamma)) == 1:
+            return gamma[0]
+        per_member = torch.tensor(gamma, dtype=torch.float32, device=self.device)
+        return per_member.repeat_interleave(self.num_envs // self.members)
+
     def _collect(
-        self, policy: Policy, gamma: float, gae_lambda: float, output_counts: Tensor
+        self,
+        policy: Policy,
+        gamma: Sequence[float],
+        gae_lambda: Sequence[float],
+        output_counts: Tensor,
     ) -> None:
+        env_gamma = self._env_gamma(gamma)
         self.buffer.reset()
         if self.obs is None:
             self._reset_env()
@@ -120,7 +137,7 @@ class Rollout:
             if "final_obs" in info:  # bootstrap truncated episodes (docs/design.md, gae)
                 final_value = policy(self._final_obs(info))[0]["value"].reshape(-1)
                 bootstrap = truncated & ~terminated
-                reward = reward + gamma * torch.where(bootstrap, final_value, 0.0)
+                reward = reward + env_gamma * torch.where(bootstrap, final_value, 0.0)
             self.buffer.add(
                 self.obs, actions, logprobs, reward, out["value"].reshape(-1), self.starts, self.aux
             )

@@ -153,7 +153,7 @@ class PPOTrainer:
                 self.model.parameters(), lr=cfg.lr, eps=1e-5, fused=True
             )
         else:  # per member: its own step count and skipped steps
-            self.optimizer = StackedAdam(self.model.parameters(), cfg.lr, eps=1e-5)
+            self.optimizer = StackedAdam(self.model.parameters(), cfg.per_member("lr"), eps=1e-5)
         self.guard = GradientGuard(
             self.model,
             cfg.max_grad_norm if cfg.guards else math.inf,
@@ -254,7 +254,9 @@ class PPOTrainer:
     def collect_rollout(self, counters: NaNCounters) -> None:
         """Fill the buffer with ``num_steps`` steps of every env, then run GAE."""
         cfg = self.config
-        self.rollout.collect(self._forward, cfg.gamma, cfg.gae_lambda, counters.outputs)
+        self.rollout.collect(
+            self._forward, cfg.per_member("gamma"), cfg.per_member("gae_lambda"), counters.outputs
+        )
         self.env_steps += cfg.num_steps * self.envs_per_member * self.world_size
 
     # -- the PPO update --------------------------------------------------------------------

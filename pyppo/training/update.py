@@ -71,7 +71,20 @@ class PPOUpdate:
         self.config = config
         self.heads = heads
         self.members = members
-        self.aux_coefs = torch.tensor(config.aux_coefs, device=device)
+        # The loss's per-member settings: plain numbers for one model; for a population,
+        # tensors with the member axis first (each member may have its own).
+        if members == 1:
+            self.clip_epsilon: float | Tensor = config.clip_epsilon
+            self.entropy_coef: float | Tensor = config.entropy_coef
+            self.aux_coefs = torch.tensor(config.aux_coefs, device=device)
+        else:
+            self.clip_epsilon = torch.tensor(config.per_member("clip_epsilon"), device=device)
+            self.clip_epsilon = self.clip_epsilon.unsqueeze(-1)  # (M, 1): against (M, B) ratios
+            self.entropy_coef = torch.tensor(config.per_member("entropy_coef"), device=device)
+            self.aux_coefs = torch.tensor(
+                [config.per_member("aux_short_coef"), config.per_member("aux_long_coef")],
+                device=device,
+            ).T  # (M, 2)
         self.device = device
         # Across processes: each steps its share of every minibatch, statistics are global.
         self.process_group = process_group
@@ -135,9 +148,9 @@ class PPOUpdate:
             b.old_logprobs,
             b.advantages,
             b.returns,
-            clip_epsilon=cfg.clip_epsilon,
+            clip_epsilon=self.clip_epsilon,
             value_coef=cfg.value_coef,
-            entropy_coef=cfg.entropy_coef,
+            entropy_coef=self.entropy_coef,
             advantage_stats=adv_stats,
             **aux,
         )
