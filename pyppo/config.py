@@ -169,6 +169,18 @@ class EnvConfig(_Validated):
         1e-4, "cost per unit of position change (1e-4 = 1 basis point)", valid=NON_NEGATIVE
     )
     allow_short: bool = _opt(True, "flat/long actions only", flag="--long-only")
+    fill: str = _opt(
+        "close",
+        "when a decision on a bar's close fills: at that close, or at the next bar's open "
+        "(needs an open column)",
+        choices=("close", "next_open"),
+    )
+    spread: float = _opt(
+        0.0,
+        "bid-ask spread in basis points: half of it is paid per unit of position change, on "
+        "top of the fee",
+        valid=NON_NEGATIVE,
+    )
 
 
 @dataclass

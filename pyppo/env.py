@@ -4,7 +4,8 @@ Timeline of one episode (``t`` is a bar index into the market, ``L = episode_len
 
     reset:      observe bar t0                          (position 0)
     step k:     act on bar t = t0+k-1 -> position p      (target position, not a trade size)
-                reward = p * logret[t+1] - fee * |p - previous p|
+                reward = p * logret[t+1] - cost * |p - previous p|   (close fills;
+                         pyppo.execution: next-open fills, cost = fee + spread / 2)
                 observe bar t+1; aux_targets = forward returns from bar t+1
     step L:     truncated; info["final_obs"] holds the observation of bar t0+L and the
                 returned observation is the first one of the next episode (auto-reset)
@@ -43,6 +44,7 @@ from pyppo import ops
 from pyppo.config import EnvConfig
 from pyppo.data import MarketData, MarketDataError
 from pyppo.device import resolve_device
+from pyppo.execution import check_fill, cost_per_unit, gap_log_returns, step_rewards
 from pyppo.features import FEATURE_CLIP, RETURN_LIMIT, ObsSpec, compute_features
 
 try:  # gymnasium is optional: the env follows its VectorEnv API either way.
@@ -188,6 +190,14 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
             synchronize; an out-of-range action on CUDA then fails with a device assert).
         sanitize: ``False`` passes realized returns and auxiliary targets through raw, NaN
             and all (only to demonstrate what the guards prevent; observations stay clean).
+        fill: ``"close"`` (a decision fills at its bar's close) or ``"next_open"`` (at the
+            next bar's open; the market needs an open column): see :mod:`pyppo.execution`.
+        spread: the bid-ask spread in basis points, half of it paid per unit of position
+            change on top of ``fee``.
+        span: ``(lo, hi)``: the bars whose returns and labels the episodes may use (default:
+            all). Episodes act on bars ``t >= max(lo, window)`` with ``t + max(longest
+            horizon, 1) < hi``, so no reward or auxiliary target reaches outside the span,
+            while observations are built from every earlier bar (walk-forward training).
 
     Auxiliary horizons are the market's (``synthetic_market(horizons=...)``,
     ``load_market_data(horizons=...)``): :attr:`aux_horizon_bars` is ``market.horizons`` (in
@@ -220,6 +230,9 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         starts: str = "random",
         check_actions: bool | None = None,
         sanitize: bool = True,
+        fill: str = EnvConfig.fill,
+        spread: float = EnvConfig.spread,
+        span: tuple[int, int] | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs={num_envs}: need at least 1 env")
@@ -229,6 +242,8 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
             raise ValueError(f"window={window}: need at least 1 bar")
         if not (math.isfinite(fee) and fee >= 0):
             raise ValueError(f"fee={fee}: must be a finite number >= 0")
+        if not (math.isfinite(spread) and spread >= 0):
+            raise ValueError(f"spread={spread}: must be a finite number of basis points >= 0")
         if starts not in ("random", "sequential"):
             raise ValueError(f"starts={starts!r}: use 'random' or 'sequential'")
         self.market = market
@@ -241,6 +256,9 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         self.episode_length = int(episode_length)
         self.window = int(window)
         self.fee = float(fee)
+        self.fill = check_fill(fill)
+        self.spread = float(spread)
+        self.cost = cost_per_unit(self.fee, self.spread)
         self.allow_short = bool(allow_short)
         self.device = resolve_device(device)
         self.starts = starts
@@ -251,16 +269,22 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
 
         n_bars = len(market)
         longest = max(self.aux_horizon_bars, default=0)
-        self.first_bar = self.window
-        self.bars_per_epoch = market.decision_bars(self.window)
+        lo, hi = (0, n_bars) if span is None else (int(span[0]), int(span[1]))
+        if not 0 <= lo < hi <= n_bars:
+            raise ValueError(f"span=({lo}, {hi}): need 0 <= lo < hi <= {n_bars} (the bars)")
+        self.span = (lo, hi)
+        self.first_bar = max(self.window, lo)
+        # Decision bars: a window behind each, the next bar and every horizon inside the span.
+        self.bars_per_epoch = hi - max(longest, 1) - self.first_bar
         # An episode from t0 acts on t0 .. t0+L-1, all of which must be decision bars.
-        self._max_start = n_bars - self.episode_length - max(longest, 1)
+        self._max_start = hi - self.episode_length - max(longest, 1)
         if self._max_start < self.first_bar:
+            what = f"{n_bars} bars are" if span is None else f"bars {lo}..{hi - 1} are"
             raise MarketDataError(
-                f"{n_bars} bars are too few for episode_length={episode_length}, window={window} "
+                f"{what} too few for episode_length={episode_length}, window={window} "
                 f"and longest aux horizon {longest} bars: need at least "
-                f"{window + episode_length + max(longest, 1)}. Use a shorter episode_length or "
-                "more data"
+                f"{self.first_bar - lo + episode_length + max(longest, 1)}. Use a shorter "
+                "episode_length or more data"
             )
         self.steps_per_epoch = math.ceil(self.bars_per_epoch / self.envs_per_member)
 
@@ -272,6 +296,10 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         # Raw (unsanitized) values: they are sanitized per step so that the counts say how
         # often bad values actually reached the agent.
         self._log_returns = market.log_returns.to(self.device, torch.float32)
+        # Next-open fills: the part of each bar's return the previous position earns.
+        self._gaps = None
+        if self.fill != "close":
+            self._gaps = gap_log_returns(market, self.fill).to(self.device, torch.float32)
         if self.aux_horizon_bars:
             self._aux_table = (
                 torch.stack([market.forward_returns(h) for h in self.aux_horizon_bars], dim=1)
@@ -349,8 +377,14 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         ret = self._log_returns.index_select(0, t_next)
         if self.sanitize:
             self.return_counts += self._sanitize(ret)
-        cost = (position - self._pos).abs_().mul_(self.fee)
-        reward = position.mul(ret).sub_(cost)
+        if self._gaps is None:
+            cost = (position - self._pos).abs_().mul_(self.cost)
+            reward = position.mul(ret).sub_(cost)
+        else:
+            gap = self._gaps.index_select(0, t_next)
+            if self.sanitize:
+                self.return_counts += self._sanitize(gap)
+            reward = step_rewards(self._pos, position, ret, gap, self.cost)
         self._episode_return += reward
         self._t, self._pos = t_next, position
         self._elapsed += 1

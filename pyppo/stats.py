@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -510,3 +511,117 @@ def bootstrap_ci(
     tail = (1 - confidence) / 2 * 100
     lo, hi = np.percentile(estimates, [tail, 100 - tail])
     return float(lo), float(hi)
+
+
+# -- significance: is a Sharpe ratio more than luck? ----------------------------------------
+
+SIGNIFICANCE_CONVENTIONS = """\
+Significance (Bailey and Lopez de Prado): SR is the per-bar Sharpe ratio mean(r) / std(r,
+ddof=1) (not annualized), skew the sample skewness m3 / m2^1.5 and kurtosis the raw sample
+kurtosis m4 / m2^2 (3 for a normal), with T bars. PSR(SR*) = Phi((SR - SR*) * sqrt(T - 1) /
+sqrt(1 - skew * SR + (kurtosis - 1) / 4 * SR^2)): the probability that the true Sharpe exceeds
+SR* (0 by default). DSR = PSR(SR0), SR0 = sqrt(V) * ((1 - g) * Phi^-1(1 - 1/N) + g *
+Phi^-1(1 - 1/(N e))), g = 0.5772 (Euler-Mascheroni): the expected maximum of N Sharpe
+ratios with variance V when there is no edge; N = configurations tried whose results were
+looked at; V = the variance of their Sharpes when known, else the variance of the Sharpe
+estimate itself, (1 - skew * SR + (kurtosis - 1) / 4 * SR^2) / (T - 1). With N = 1 the DSR
+is the PSR against 0. Minimum track record length = 1 + (1 - skew * SR + (kurtosis - 1) / 4
+* SR^2) * (Phi^-1(0.95) / (SR - SR*))^2 bars (inf when SR <= SR*)."""
+
+EULER_GAMMA = 0.5772156649015329
+_NORMAL = NormalDist()
+
+
+@dataclass(frozen=True)
+class SharpeMoments:
+    """What the significance of a Sharpe ratio depends on (per bar, not annualized)."""
+
+    sharpe: float  # mean / std (ddof=1)
+    skew: float  # m3 / m2^1.5
+    kurtosis: float  # m4 / m2^2, raw (3 for a normal)
+    bars: int
+
+    @property
+    def estimate_variance(self) -> float:
+        """The variance of the Sharpe estimate: (1 - skew SR + (kurt - 1)/4 SR^2) / (T - 1)."""
+        sr = self.sharpe
+        return (1 - self.skew * sr + (self.kurtosis - 1) / 4 * sr**2) / (self.bars - 1)
+
+
+def sharpe_moments(returns: np.ndarray) -> SharpeMoments:
+    """The per-bar Sharpe ratio of ``returns`` with their skewness and raw kurtosis; NaN
+    moments for fewer than 2 bars or no dispersion."""
+    r = _vector("returns", returns)
+    if len(r) < 2 or np.ptp(r) == 0:
+        return SharpeMoments(math.nan, math.nan, math.nan, len(r))
+    centered = r - r.mean()
+    m2 = float(np.mean(centered**2))
+    return SharpeMoments(
+        sharpe=float(r.mean() / r.std(ddof=1)),
+        skew=float(np.mean(centered**3) / m2**1.5),
+        kurtosis=float(np.mean(centered**4) / m2**2),
+        bars=len(r),
+    )
+
+
+def probabilistic_sharpe_ratio(moments: SharpeMoments, benchmark: float = 0.0) -> float:
+    """The probability that the true per-bar Sharpe ratio exceeds ``benchmark`` (PSR; see
+    :data:`SIGNIFICANCE_CONVENTIONS`); NaN when the moments are.
+
+    :param moments: :func:`sharpe_moments` of the returns.
+    :param benchmark: the per-bar Sharpe ratio to beat (SR*).
+    """
+    sr = moments.sharpe
+    if not math.isfinite(sr) or moments.bars < 2:
+        return math.nan
+    spread = 1 - moments.skew * sr + (moments.kurtosis - 1) / 4 * sr**2
+    if spread <= 0:  # moments no return series can have; stay conservative
+        return math.nan
+    return _NORMAL.cdf((sr - benchmark) * math.sqrt(moments.bars - 1) / math.sqrt(spread))
+
+
+def expected_max_sharpe(trials: int, variance: float) -> float:
+    """The expected maximum of ``trials`` per-bar Sharpe ratios of variance ``variance`` when
+    the true Sharpe of each is 0 (the deflated Sharpe ratio's SR0); 0 for one trial."""
+    if trials < 1:
+        raise ValueError(f"trials={trials}: need at least 1")
+    if trials == 1:
+        return 0.0
+    z = (1 - EULER_GAMMA) * _NORMAL.inv_cdf(1 - 1 / trials) + EULER_GAMMA * _NORMAL.inv_cdf(
+        1 - 1 / (trials * math.e)
+    )
+    return math.sqrt(variance) * z
+
+
+def deflated_sharpe_ratio(
+    moments: SharpeMoments, trials: int, trial_sharpes: np.ndarray | None = None
+) -> float:
+    """The probability that the true Sharpe ratio is positive once the selection among
+    ``trials`` configurations is accounted for (DSR; see :data:`SIGNIFICANCE_CONVENTIONS`).
+
+    :param moments: :func:`sharpe_moments` of the selected strategy's returns.
+    :param trials: configurations tried whose results were looked at (N).
+    :param trial_sharpes: their per-bar Sharpe ratios, for their variance; when None (or
+        fewer than 2) the variance of the Sharpe estimate is used.
+    """
+    if trial_sharpes is not None and len(trial_sharpes) >= 2:
+        variance = float(np.var(np.asarray(trial_sharpes, dtype=np.float64), ddof=1))
+    else:
+        variance = moments.estimate_variance
+    if not math.isfinite(variance):
+        return math.nan
+    return probabilistic_sharpe_ratio(moments, expected_max_sharpe(trials, variance))
+
+
+def min_track_record_length(
+    moments: SharpeMoments, benchmark: float = 0.0, confidence: float = 0.95
+) -> float:
+    """Bars of track record needed for the Sharpe ratio to exceed ``benchmark`` with
+    ``confidence`` (inf when it does not exceed it at all; NaN when undefined)."""
+    sr = moments.sharpe
+    if not math.isfinite(sr):
+        return math.nan
+    if sr <= benchmark:
+        return math.inf
+    spread = 1 - moments.skew * sr + (moments.kurtosis - 1) / 4 * sr**2
+    return 1 + spread * (_NORMAL.inv_cdf(confidence) / (sr - benchmark)) ** 2

@@ -202,9 +202,18 @@ def split_data(market):
     return train, validation, test
 
 
-def make_env(market, config: RunConfig, device: torch.device, *, rank: int = 0, world: int = 1):
+def make_env(
+    market,
+    config: RunConfig,
+    device: torch.device,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    span: tuple[int, int] | None = None,
+):
     """The run's training TradingEnv over ``market``: process ``rank``'s share of the envs,
-    with its own seed (of each member, for a population)."""
+    with its own seed (of each member, for a population); ``span`` limits the bars whose
+    rewards and labels it trains on (:class:`pyppo.TradingEnv`)."""
     env = config.env
     seeds = [seed + 1000 * rank for seed in config.ppo.member_seeds]
     return TradingEnv(
@@ -217,6 +226,9 @@ def make_env(market, config: RunConfig, device: torch.device, *, rank: int = 0, 
         device=device,
         seed=seeds[0] if len(seeds) == 1 else seeds,
         sanitize=config.ppo.guards,
+        fill=env.fill,
+        spread=env.spread,
+        span=span,
     )
 
 

@@ -28,6 +28,8 @@ from torch import nn
 
 from pyppo import ops, stats
 from pyppo.data import MarketData, MarketDataError
+from pyppo.evaluation.baselines import DEFAULT_BASELINES, BaselineSettings, baseline_positions
+from pyppo.execution import cost_per_unit, gap_log_returns, step_rewards
 from pyppo.features import RETURN_LIMIT
 from pyppo.heads import AuxHeads
 from pyppo.inference import action_positions, policy_outputs, walk
@@ -49,12 +51,25 @@ class Backtest:
     market_returns: np.ndarray  # the market's log return over each bar (sanitized, ±1)
     timestamps: pd.DatetimeIndex  # the bar each return belongs to (decision bar + 1)
     bars_per_year: float
-    fee: float  # cost per unit of position change
+    fee: float  # fee per unit of position change
     # Bars whose return was repaired or clamped: no fill at their close, their move booked at
     # the next real price (see the module's docstring).
     repaired: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     preds: dict[str, np.ndarray] = field(default_factory=dict)  # "pred_<label>" -> (bars,)
     targets: dict[str, np.ndarray] = field(default_factory=dict)  # "pred_<label>" -> (bars,)
+    spread: float = 0.0  # bid-ask spread in basis points, half paid per unit of change
+    fill: str = "close"  # pyppo.execution.FILLS
+    start_position: float = 0.0  # held before the first bar
+
+    @property
+    def cost(self) -> float:
+        """What one unit of position change costs: ``fee + spread / 2``."""
+        return cost_per_unit(self.fee, self.spread)
+
+    @property
+    def changes(self) -> np.ndarray:
+        """``|position - previous position|`` on each bar (the turnover)."""
+        return np.abs(np.diff(np.concatenate([[self.start_position], self.positions])))
 
     @property
     def equity(self) -> np.ndarray:
@@ -68,9 +83,9 @@ class Backtest:
 
     @property
     def fees(self) -> np.ndarray:
-        """The fee paid on each bar, as a fraction of the equity at its start."""
-        changes = np.abs(np.diff(np.concatenate([[0.0], self.positions])))
-        return -np.expm1(-self.fee * changes)
+        """The costs (fee and spread) paid on each bar, as a fraction of the equity at its
+        start."""
+        return -np.expm1(-self.cost * self.changes)
 
     @property
     def sharpe(self) -> float:
@@ -85,7 +100,7 @@ class Backtest:
         r = self.returns
         active = self.positions != 0
         hits = np.sign(self.positions[active]) == np.sign(self.market_returns[active])
-        changes = np.abs(np.diff(np.concatenate([[0.0], self.positions])))
+        changes = self.changes
         equity = stats.equity(r)
         drawdown, _ = stats.drawdowns(equity)
         out = {
@@ -103,20 +118,28 @@ class Backtest:
 
 
 def net_returns(
-    positions: np.ndarray, returns: np.ndarray, fee: float, start_position: float = 0.0
+    positions: np.ndarray,
+    returns: np.ndarray,
+    fee: float,
+    start_position: float = 0.0,
+    gaps: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Per-bar rewards as :class:`pyppo.TradingEnv` computes them, in float32:
-    ``position * return - fee * |position - previous position|``.
+    """Per-bar rewards as :class:`pyppo.TradingEnv` computes them, in float32
+    (:func:`pyppo.execution.step_rewards`): ``position * return - fee * |position - previous
+    position|`` with close fills, the gap earned by the previous position with next-open
+    fills.
 
     :param positions: (B,) the position held over each bar.
     :param returns: (B,) the sanitized log return of each of those bars.
-    :param fee: cost per unit of position change.
+    :param fee: cost per unit of position change (with a spread: ``fee + spread / 2``).
     :param start_position: the position held before the first bar.
+    :param gaps: (B,) the sanitized opening gap of each bar (next-open fills), or None.
     """
     pos = np.asarray(positions, dtype=np.float32)
     previous = np.concatenate([np.array([start_position], dtype=np.float32), pos[:-1]])
-    cost = np.abs(pos - previous) * np.float32(fee)
-    return pos * np.asarray(returns, dtype=np.float32) - cost
+    bar = np.asarray(returns, dtype=np.float32)
+    gap = np.zeros_like(bar) if gaps is None else np.asarray(gaps, dtype=np.float32)
+    return step_rewards(previous, pos, bar, gap, np.float32(fee))
 
 
 def backtest(
@@ -128,56 +151,79 @@ def backtest(
     allow_short: bool = True,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    spread: float = 0.0,
+    fill: str = "close",
+    start: int | None = None,
+    stop: int | None = None,
+    start_position: float = 0.0,
+    baselines: BaselineSettings = DEFAULT_BASELINES,
 ) -> Backtest:
-    """Run ``policy`` over every decision bar of ``market`` in order, starting flat.
+    """Run ``policy`` over the decision bars of ``market`` in order, from ``start_position``.
 
-    The decision bars are ``window .. window + market.decision_bars(window) - 1``; the
-    position taken at bar t is held over bar t + 1, whose sanitized log return it earns,
-    less ``fee`` per unit of position change. The result is what a one-env
-    :class:`pyppo.TradingEnv` stepped through those bars would give.
+    The decision bars are ``window .. window + market.decision_bars(window) - 1`` (or
+    ``[start, stop)`` within them); the position taken at bar t is held over bar t + 1,
+    whose sanitized log return it earns, less ``fee + spread / 2`` per unit of position
+    change, filled at bar t's close or bar t+1's open (:mod:`pyppo.execution`). With close
+    fills the result is what a one-env :class:`pyppo.TradingEnv` stepped through those bars
+    would give.
 
     :param market: the bars (any length that leaves at least one decision bar).
     :param policy: a model (see :func:`pyppo.inference.policy_outputs`) acting greedily
         through :func:`pyppo.inference.walk`, whose predictions for the market's horizons
-        (``pred_<label>``) are recorded when present; ``"buy_and_hold"`` (long throughout)
-        or ``"random"`` (uniform actions drawn from a CPU generator seeded with ``seed``).
+        (``pred_<label>``) are recorded when present; or a baseline's name
+        (:mod:`pyppo.evaluation.baselines`: ``"buy_and_hold"``, ``"random"`` (seeded with
+        ``seed``), ``"ma_cross_10_30"``, ``"momentum_3"``, ``"reversion_3"``).
     :param window: the return window of the observation.
     :param fee: cost per unit of position change.
     :param allow_short: short/flat/long actions, else flat/long.
     :param device: where the model's forward passes run.
     :param seed: seeds the random policy.
+    :param spread: the bid-ask spread in basis points (half paid per unit of change).
+    :param fill: ``"close"`` or ``"next_open"``.
+    :param start: the first decision bar (default ``window``; at least that).
+    :param stop: one past the last decision bar (default: the last with a next bar and
+        every horizon ahead).
+    :param start_position: the position held before the first decision (a walk-forward
+        window carries the previous window's last position over).
+    :param baselines: the baselines' lengths.
     """
-    steps = market.decision_bars(window)
-    if steps < 1:
-        longest = max(market.horizons, default=1)
+    longest = max(max(market.horizons, default=1), 1)
+    first = window if start is None else max(int(start), window)
+    last = window + market.decision_bars(window) if stop is None else int(stop)
+    steps = last - first
+    if steps < 1 or last + longest > len(market):
         raise MarketDataError(
-            f"{len(market)} bars leave no decision bar for window {window} and longest "
-            f"horizon {longest} bars: need at least {window + max(longest, 1) + 1}"
+            f"{len(market)} bars leave no decision bar in [{first}, {last}) for window "
+            f"{window} and longest horizon {longest} bars: need at least "
+            f"{window + longest + 1}"
         )
-    bars = np.arange(window, window + steps + 1, dtype=np.int64)  # decisions, then one more
-    returns32, repaired = _sanitized_log_returns(market, bars)
-    # A decision at bar t fills at bar t's close: not where bar t's own move was repaired.
-    no_fill = repaired[:-1]
+    bars = np.arange(first, last + 1, dtype=np.int64)  # decisions, then one more
+    returns32, repaired = _sanitized(market.log_returns, bars)
+    gaps32, gap_repaired = _sanitized(gap_log_returns(market, fill), bars)
+    # A decision at bar t fills at bar t's close (or t+1's open): not at a repaired price.
+    no_fill = repaired[:-1] | gap_repaired[1:]
     bars = bars[:-1]
     choices = action_positions(allow_short)
     outputs: dict[str, np.ndarray] = {}  # the agent's, per bar
     if isinstance(policy, str):
-        if policy == "buy_and_hold":
-            positions = np.full(steps, choices[-1], dtype=np.float32)
-        elif policy == "random":
-            gen = torch.Generator().manual_seed(seed)
-            positions = choices[torch.randint(0, len(choices), (steps,), generator=gen).numpy()]
-        else:
-            raise ValueError(f"policy={policy!r}: use a model, 'buy_and_hold' or 'random'")
-        positions = _hold_where_no_fill(positions, no_fill)
+        positions = baseline_positions(
+            policy,
+            _sanitized(market.log_returns, np.arange(len(market)))[0],
+            bars,
+            choices,
+            baselines,
+            seed,
+        )
+        positions = _hold_where_no_fill(positions, no_fill, start_position)
         name = policy
     else:
-        stop = window + steps
-        outs = policy_outputs(policy, market, window, allow_short, device, stop=stop)
-        run = walk(outs, no_fill=no_fill)
+        outs = policy_outputs(policy, market, window, allow_short, device, start=first, stop=last)
+        run = walk(outs, start_position=start_position, no_fill=no_fill)
         positions, outputs, name = run.positions, run.outputs, "agent"
     # Each position earns the next bar's sanitized return, booked where a price is real.
-    earned = net_returns(positions, returns32[1:], fee).astype(np.float64)
+    cost = cost_per_unit(fee, spread)
+    gaps = gaps32[1:] if fill != "close" else None
+    earned = net_returns(positions, returns32[1:], cost, start_position, gaps).astype(np.float64)
     result = Backtest(
         name,
         _booked_at_real_prices(earned, repaired[1:]),
@@ -187,6 +233,9 @@ def backtest(
         market.bars_per_year,
         fee,
         repaired=repaired[1:],
+        spread=spread,
+        fill=fill,
+        start_position=start_position,
     )
     heads = AuxHeads.from_labels(market.horizon_labels)
     for head, horizon in zip(heads, market.horizons, strict=True):
@@ -199,20 +248,22 @@ def backtest(
     return result
 
 
-def _sanitized_log_returns(market: MarketData, bars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _sanitized(log_returns: torch.Tensor, bars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The log return of each of ``bars`` (from the bar before), float32 and sanitized as the
     env sanitizes it, and whether the sanitizer changed it (NaN/inf repaired, or clamped)."""
-    raw = market.log_returns[torch.from_numpy(bars)].to(torch.float32)
+    raw = log_returns[torch.from_numpy(bars)].to(torch.float32)
     clean = ops.sanitize(raw, RETURN_LIMIT)[0]
     changed = ~torch.eq(clean, raw)  # NaN compares unequal: repaired
     return clean.numpy(), changed.numpy()
 
 
-def _hold_where_no_fill(positions: np.ndarray, no_fill: np.ndarray) -> np.ndarray:
-    """``positions`` with the position before each no-fill bar kept over it (flat before
-    the first bar)."""
+def _hold_where_no_fill(
+    positions: np.ndarray, no_fill: np.ndarray, start_position: float = 0.0
+) -> np.ndarray:
+    """``positions`` with the position before each no-fill bar kept over it
+    (``start_position`` before the first bar)."""
     held = positions.copy()
-    previous = np.float32(0.0)
+    previous = np.float32(start_position)
     for i in np.flatnonzero(no_fill):
         held[i] = held[i - 1] if i > 0 else previous
     return held
