@@ -1,10 +1,11 @@
 """One typed configuration: every setting of a run, its default and its help, in one place.
 
-:class:`RunConfig` holds the four sections a run is made of (:class:`DataConfig`,
-:class:`EnvConfig`, :class:`ModelConfig`, :class:`PPOConfig`) plus how long and where to
-train. The command line (generated from these fields by :mod:`pyppo.cli.flags`), TOML files
-(``--config``), ``config.json`` in each run dir, checkpoints, :class:`pyppo.TradingEnv`,
-:class:`pyppo.TradingActorCritic` and :class:`pyppo.PPOTrainer` all read their defaults
+:class:`RunConfig` holds the sections a run is made of (:class:`DataConfig`,
+:class:`EnvConfig`, :class:`ModelConfig`, :class:`PPOConfig`, :class:`SelectionConfig`) plus
+how long and where to train. The command line (generated from these fields by
+:mod:`pyppo.cli.flags`), TOML files (``--config``), ``config.json`` in each run dir,
+checkpoints, :class:`pyppo.TradingEnv`, :class:`pyppo.TradingActorCritic` and
+:class:`pyppo.PPOTrainer` all read their defaults
 from these dataclasses, so the command line and the Python API train the same run.
 
 A field's ``metadata`` says how it appears on the command line: ``help``; ``flag`` when the
@@ -290,6 +291,19 @@ class PPOConfig(_Validated):
 
 
 @dataclass
+class SelectionConfig(_Validated):
+    """How many configurations were tried before this one (for the deflated Sharpe ratio)."""
+
+    trials: int = _opt(
+        1,
+        "configurations tried whose results were looked at before choosing this one (a sweep "
+        "adds its trials); deflates the Sharpe ratio in reports",
+        flag="--selection-trials",
+        valid=AT_LEAST_1,
+    )
+
+
+@dataclass
 class RunConfig(_Validated):
     """Everything a training run is: its data, env, model, PPO settings, and how long and
     where it trains."""
@@ -298,6 +312,7 @@ class RunConfig(_Validated):
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     epochs: int = _opt(10, "passes over the training bars", valid=AT_LEAST_1)
     total_steps: int | None = _opt(
         None, "train for this many env steps instead of --epochs", valid=AT_LEAST_1
@@ -335,7 +350,13 @@ class RunConfig(_Validated):
         return tomli_w.dumps(_drop_none(values))
 
 
-SECTIONS = {"data": DataConfig, "env": EnvConfig, "model": ModelConfig, "ppo": PPOConfig}
+SECTIONS = {
+    "data": DataConfig,
+    "env": EnvConfig,
+    "model": ModelConfig,
+    "ppo": PPOConfig,
+    "selection": SelectionConfig,
+}
 
 
 # -- reading values into a config --------------------------------------------------------

@@ -126,6 +126,9 @@ def test_every_flag_in_help_is_covered():
         "--compile",
         "--bf16",
         "--seeds",
+        "--fill",
+        "--spread",
+        "--selection-trials",
     }
     assert flags - covered == new
 

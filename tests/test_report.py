@@ -3,6 +3,7 @@ agree with an independent library, sub-periods, and figures a person reads at a 
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -36,7 +37,15 @@ def test_statistics_recompute_from_equity_csv_and_agree_with_empyrical(run):
     empyrical = pytest.importorskip("empyrical")
     metrics, report = evaluate_run(run, device="cpu")
     equity = pd.read_csv(run / "equity.csv", index_col="timestamp", parse_dates=True)
-    assert list(equity.columns) == ["agent", "buy_and_hold", "random", "position"]
+    assert list(equity.columns) == [
+        "agent",
+        "buy_and_hold",
+        "random",
+        "position",
+        "ma_cross_10_30",
+        "momentum_3",
+        "reversion_3",
+    ]
     returns = equity["agent"].pct_change().to_numpy(copy=True)
     returns[0] = equity["agent"].iloc[0] - 1.0
     per_year = bars_per_year(equity.index)  # hourly bars without gaps: 8766
@@ -61,6 +70,14 @@ def test_statistics_recompute_from_equity_csv_and_agree_with_empyrical(run):
     for key in stats.SUMMARY_KEYS:
         assert f"| {key} |" in text, key
     assert "Conventions:" in text and "ddof=1" in text
+    # The verdict first, then costs, turnover and significance for every policy.
+    assert text.split("\n")[2].startswith("Verdict: ")
+    assert "fill: close" in text and "## Trading and costs" in text and "## Significance" in text
+    summary = json.loads((run / "report.json").read_text())
+    assert summary["verdict"] == text.split("\n")[2]
+    assert set(summary["verdicts"]) == set(equity.columns) - {"position"}
+    assert all(v.startswith("Verdict: ") for v in summary["verdicts"].values())
+    assert summary["significance"]["agent"]["trials"] == 1
 
 
 def test_folds_on_the_default_run_and_on_an_hourly_csv(run, tmp_path, capsys):

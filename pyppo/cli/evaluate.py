@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -24,6 +25,7 @@ from pyppo.cli.common import Parser, UserError, check_writable, load_data, run_c
 from pyppo.config import RunConfig, apply
 from pyppo.device import resolve_device
 from pyppo.evaluation.report import write_report
+from pyppo.execution import FILLS
 from pyppo.metrics import METRICS_FILE, read_metrics
 from pyppo.population import PopulationActorCritic
 from pyppo.runlock import RunLock
@@ -31,6 +33,7 @@ from pyppo.runlock import RunLock
 # What pyppo-eval writes into the run dir.
 REPORT_FILES = (
     "report.md",
+    "report.json",
     "equity.csv",
     "trades.csv",
     "equity.png",
@@ -56,6 +59,22 @@ def eval_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="K",
         help="also score K consecutive sub-periods of the held-out bars",
+    )
+    p.add_argument(
+        "--fee", type=float, default=None, help="evaluate at this fee (default: the run's)"
+    )
+    p.add_argument(
+        "--spread",
+        type=float,
+        default=None,
+        metavar="BP",
+        help="evaluate at this bid-ask spread in basis points (default: the run's)",
+    )
+    p.add_argument(
+        "--fill",
+        choices=FILLS,
+        default=None,
+        help="evaluate with this fill timing (default: the run's)",
     )
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return p
@@ -97,10 +116,19 @@ def evaluation_data(config: RunConfig, checkpoint: Checkpoint, data: str | None)
 
 
 def evaluate_run(
-    run: str | Path, *, data: str | None = None, device: str | None = None, folds: int = 0
+    run: str | Path,
+    *,
+    data: str | None = None,
+    device: str | None = None,
+    folds: int = 0,
+    costs: dict[str, Any] | None = None,
 ) -> tuple[dict[str, dict[str, float]], Path]:
     """Backtest a run's best checkpoint (else its last) on the held-out bars, or on ``data``;
-    write report.md and the plots. Returns ``(metrics by policy, report path)``."""
+    write report.md, report.json and the plots. Returns ``(metrics by policy, report path)``.
+
+    :param costs: env settings to evaluate at instead of the run's (``fee``, ``spread``,
+        ``fill``): train at one cost, evaluate at another.
+    """
     path = find_checkpoint(run)
     resolved = resolve_device(device)
     checkpoint = load_checkpoint(path)
@@ -119,6 +147,11 @@ def evaluate_run(
         raise UserError(f"--folds {folds}", "give a number of sub-periods >= 1, or leave it out")
     config = checkpoint.run_config
     test, validation = evaluation_data(config, checkpoint, data)
+    if costs:
+        try:
+            config = apply(config, {"env": costs})
+        except ValueError as err:
+            raise UserError(str(err)) from None
     model = build_model(checkpoint.agent.model, checkpoint.model, source=path).to(resolved)
     population, picked = None, None
     if isinstance(model, PopulationActorCritic):
@@ -152,6 +185,9 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 def _evaluate(argv: list[str]) -> int:
     args = eval_parser().parse_args(argv)
-    _, report = evaluate_run(args.run, data=args.data, device=args.device, folds=args.folds)
+    costs = {k: v for k in ("fee", "spread", "fill") if (v := getattr(args, k)) is not None}
+    _, report = evaluate_run(
+        args.run, data=args.data, device=args.device, folds=args.folds, costs=costs
+    )
     print(report.read_text())
     return 0

@@ -44,6 +44,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "env": "environment",
         "model": "model",
         "ppo": "PPO and NaN protection",
+        "selection": "selection (for the deflated Sharpe ratio)",
     }
     groups = {key: parser.add_argument_group(title) for key, title in titles.items()}
     for section, f, hint in _cli_fields():

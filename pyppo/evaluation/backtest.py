@@ -92,6 +92,11 @@ class Backtest:
         """The annualized Sharpe ratio (:func:`pyppo.stats.sharpe_ratio`; NaN when flat)."""
         return stats.sharpe_ratio(self.returns, self.bars_per_year)
 
+    def sharpe_at_cost(self, multiple: float) -> float:
+        """The Sharpe ratio with the costs scaled by ``multiple``, the positions kept."""
+        log_returns = self.log_returns + (1.0 - multiple) * self.cost * self.changes
+        return stats.sharpe_ratio(np.expm1(log_returns), self.bars_per_year)
+
     def metrics(self) -> dict[str, float]:
         """Total return, annualized Sharpe (NaN when the policy never trades), max drawdown,
         turnover per bar, hit rate, bar count and, per prediction, its correlation with the

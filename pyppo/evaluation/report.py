@@ -12,6 +12,7 @@ K periods (not walk-forward retraining).
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -26,26 +27,50 @@ from pyppo.config import RunConfig
 from pyppo.data import format_duration
 from pyppo.evaluation import plots
 from pyppo.evaluation.backtest import Backtest, backtest
+from pyppo.evaluation.baselines import DEFAULT_BASELINES, BaselineSettings
+from pyppo.evaluation.verdict import EVIDENCE_DSR, Significance, significance, verdict_line
 from pyppo.files import OutputSet
 from pyppo.heads import AuxHeads
 from pyppo.metrics import nan_events_table
 from pyppo.population import EnsembleActorCritic, PopulationActorCritic
 
-POLICIES = ("agent", "buy_and_hold", "random")
 FOLD_KEYS = ("Return [%]", "Sharpe Ratio", "Max. Drawdown [%]")
+# The cost multiples of the cost-sensitivity table.
+COST_MULTIPLES = (0.0, 1.0, 2.0, 5.0)
 
 
-def run_backtests(model: nn.Module, market, config: RunConfig, device: Any) -> dict[str, Backtest]:
-    """The agent, buy-and-hold and random over every decision bar of ``market``."""
-    common = dict(
-        window=config.env.window,
-        fee=config.env.fee,
-        allow_short=config.env.allow_short,
-        device=device,
+def policy_names(baselines: BaselineSettings = DEFAULT_BASELINES) -> tuple[str, ...]:
+    """Every policy of a report, in column order: the agent, then the baselines."""
+    return ("agent", *baselines.names)
+
+
+def backtest_settings(config: RunConfig) -> dict[str, Any]:
+    """The run's backtest settings: window, costs, fill timing, actions, the random seed."""
+    env = config.env
+    return dict(
+        window=env.window,
+        fee=env.fee,
+        spread=env.spread,
+        fill=env.fill,
+        allow_short=env.allow_short,
         seed=config.ppo.seed,
     )
+
+
+def run_backtests(
+    model: nn.Module,
+    market,
+    config: RunConfig,
+    device: Any,
+    baselines: BaselineSettings = DEFAULT_BASELINES,
+) -> dict[str, Backtest]:
+    """The agent and every baseline over every decision bar of ``market``."""
+    common = backtest_settings(config)
     return {
-        name: backtest(market, model if name == "agent" else name, **common) for name in POLICIES
+        name: backtest(
+            market, model if name == "agent" else name, device=device, baselines=baselines, **common
+        )
+        for name in policy_names(baselines)
     }
 
 
@@ -94,9 +119,12 @@ def write_report(
         its update).
     """
     results = run_backtests(model, market, config, device)
+    policies = tuple(results)
     fee = config.env.fee
+    train_env = (checkpoint.run_config or config).env
+    trained = {"fee": train_env.fee, "spread": train_env.spread, "fill": train_env.fill}
     summaries = policy_summaries(results)
-    metrics = {name: {**results[name].metrics(), **summaries[name]} for name in POLICIES}
+    metrics = {name: {**results[name].metrics(), **summaries[name]} for name in policies}
     agent = results["agent"]
     times = agent.timestamps
     trades = stats.trades(agent.positions, agent.returns, agent.fees)
@@ -119,26 +147,32 @@ def write_report(
     if history:
         figures["training.png"] = plots.training_figure(history, hold_sharpe, heads)
 
+    scored = None
+    if population is not None:
+        scored = _population_backtests(population, market, config, device)
+    judged, verdicts = _significance(results, config, scored)
     lines = [
         "# pyppo evaluation",
+        "",
+        verdicts["agent"],
         "",
         f"- checkpoint: update {checkpoint.trainer.update}, "
         f"{checkpoint.trainer.env_steps:,} env steps",
         f"- held-out bars: {len(market):,} ({market.frame.index[0]} to "
         f"{market.frame.index[-1]}, {format_duration(market.bar_interval)} bars); "
         f"{len(times):,} traded",
-        f"- fee: {fee} per unit of position change; {agent.bars_per_year:,.0f} bars a year "
-        "(the data's own, gaps included)",
+        f"- {_costs_line(agent, trained)}",
+        f"- {agent.bars_per_year:,.0f} bars a year (the data's own, gaps included)",
         *_warnings(agent),
         "",
         "## Backtest statistics",
         "",
         *_table(
-            ["statistic", *POLICIES],
+            ["statistic", *policies],
             [
                 [
                     _label(key, len(times)),
-                    *(_fmt_statistic(key, summaries[p][key]) for p in POLICIES),
+                    *(_fmt_statistic(key, summaries[p][key]) for p in policies),
                 ]
                 for key in stats.SUMMARY_KEYS
             ],
@@ -149,10 +183,11 @@ def write_report(
         "Every trade of the agent is in trades.csv, every bar's equity in equity.csv.",
         "",
     ]
+    lines += _costs_section(results)
+    lines += _significance_section(judged, config.selection.trials, len(times))
     if folds:
         lines += _folds_section(results, times, folds)
-    if population is not None:
-        scored = _population_backtests(population, market, config, device)
+    if scored is not None:
         seeds = checkpoint.config.member_seeds
         lines += _population_section(scored, results["buy_and_hold"], seeds, picked)
         metrics.update({name: {**r.metrics()} for name, r in scored.items()})
@@ -188,6 +223,17 @@ def write_report(
         for name, fig in figures.items():
             plots.save(fig, out.path(name))
         out.write_text("report.md", "\n".join(lines) + "\n")
+        summary = {
+            "verdict": verdicts["agent"],
+            "verdicts": verdicts,
+            "significance": {name: j.to_dict() for name, j in judged.items()},
+            "execution": {"fee": agent.fee, "spread_bps": agent.spread, "fill": agent.fill},
+            "bars": len(times),
+            "metrics": metrics,
+        }
+        out.write_text("report.json", json.dumps(_plain_json(summary), indent=2) + "\n")
+    for name, j in judged.items():
+        metrics[name].update(psr=j.psr, dsr=j.dsr, evidence=float(j.evidence))
     return metrics, run_dir / "report.md"
 
 
@@ -229,7 +275,7 @@ def _population_backtests(
     population: PopulationActorCritic, market, config: RunConfig, device: Any
 ) -> dict[str, Backtest]:
     """Every member's backtest (``"member 0"``...) and the ensemble's."""
-    common = dict(window=config.env.window, fee=config.env.fee, allow_short=config.env.allow_short)
+    common = backtest_settings(config)
     models = {f"member {k}": population.member(k) for k in range(population.members)}
     models["ensemble"] = EnsembleActorCritic(population).eval()
     return {name: backtest(market, m, device=device, **common) for name, m in models.items()}
@@ -309,10 +355,150 @@ def _population_section(
     return [*lines, ""]
 
 
+def _costs_line(agent: Backtest, trained: dict[str, Any]) -> str:
+    """Fill timing and costs as evaluated, and as trained when they differ."""
+    fill = {
+        "close": "a decision on a bar's close fills at that close",
+        "next_open": "a decision on a bar's close fills at the next bar's open",
+    }[agent.fill]
+    line = (
+        f"fill: {agent.fill} ({fill}); costs: fee {agent.fee:g} + spread {agent.spread:g} bp "
+        f"/ 2 = {agent.cost * 1e4:.2f} bp per unit of position change"
+    )
+    evaluated = {"fee": agent.fee, "spread": agent.spread, "fill": agent.fill}
+    if trained != evaluated:
+        line += (
+            f" (trained at fee {trained['fee']:g}, spread {trained['spread']:g} bp, fill "
+            f"{trained['fill']})"
+        )
+    return line
+
+
+def _costs_section(results: dict[str, Backtest]) -> list[str]:
+    """Turnover, the share of gross P&L paid in costs, and the Sharpe ratio at cost
+    multiples (positions kept: the agent's observations do not hold the costs)."""
+    rows = []
+    for name, result in results.items():
+        changes = result.changes
+        paid = float(np.sum(result.cost * changes))
+        gross = float(np.sum(result.log_returns)) + paid
+        share = paid / gross if gross > 0 else math.nan
+        sharpes = [result.sharpe_at_cost(multiple) for multiple in COST_MULTIPLES]
+        rows.append(
+            [
+                name,
+                f"{changes.mean():.4f}" if len(changes) else "n/a",
+                _fmt(float(changes.mean() * result.bars_per_year)) if len(changes) else "n/a",
+                f"{100 * share:.1f}" if math.isfinite(share) else "n/a (gross P&L <= 0)",
+                *(_fmt_statistic("Sharpe Ratio", v) for v in sharpes),
+            ]
+        )
+    header = [
+        "policy",
+        "turnover per bar",
+        "turnover per year",
+        "costs [% of gross P&L]",
+        *(f"Sharpe at {m:g}x costs" for m in COST_MULTIPLES),
+    ]
+    return [
+        "## Trading and costs",
+        "",
+        *_table(header, rows),
+        "",
+        "Turnover: mean |position change| per bar (a flip from short to long counts 2). Gross "
+        "P&L: the log return before costs. The cost-sensitivity columns keep each policy's "
+        "positions and scale the costs.",
+        "",
+    ]
+
+
+def _significance(
+    results: dict[str, Backtest], config: RunConfig, scored: dict[str, Backtest] | None
+) -> tuple[dict[str, Significance], dict[str, str]]:
+    """Each policy's significance and verdict line (the agent's with its members' interval
+    and their record against buy-and-hold, for a population)."""
+    returns = {name: r.returns for name, r in results.items()}
+    baselines = tuple(name for name in results if name != "agent")
+    bars_per_year = results["agent"].bars_per_year
+    trials = config.selection.trials
+    judged = {
+        name: significance(returns, name, baselines, bars_per_year, trials) for name in results
+    }
+    extra: dict[str, Any] = {}
+    if scored is not None:
+        members = [n for n in scored if n.startswith("member ")]
+        sharpe = np.array([stats.sharpe_for_ranking(scored[m].sharpe) for m in members])
+        hold = stats.sharpe_for_ranking(results["buy_and_hold"].sharpe)
+        extra = dict(
+            interval=stats.bootstrap_ci(sharpe, reps=BOOTSTRAP_REPS, seed=BOOTSTRAP_SEED),
+            beats_hold=(int(np.sum(sharpe > hold)), len(members)),
+        )
+    verdicts = {
+        name: verdict_line(j, **(extra if name == "agent" else {})) for name, j in judged.items()
+    }
+    return judged, verdicts
+
+
+def _significance_section(judged: dict[str, Significance], trials: int, bars: int) -> list[str]:
+    rows = [
+        [
+            name,
+            _fmt_statistic("Sharpe Ratio", j.sharpe),
+            _fmt(j.psr),
+            _fmt(j.dsr),
+            _fmt(j.min_track_record),
+            _fmt(j.dsr_vs_hold),
+            f"{_fmt(j.dsr_vs_best)} ({j.best_baseline})" if j.best_baseline else "n/a",
+            "yes" if j.evidence else "no",
+        ]
+        for name, j in judged.items()
+    ]
+    header = [
+        "policy",
+        "Sharpe Ratio",
+        "PSR",
+        "DSR",
+        "min. track record [bars]",
+        "DSR vs buy & hold",
+        "DSR vs best other baseline",
+        "evidence of an edge",
+    ]
+    return [
+        "## Significance",
+        "",
+        *_table(header, rows),
+        "",
+        f"One window of {bars:,} bars, {trials} configuration(s) tried "
+        "(selection.trials): a single held-out period says little about another; "
+        "pyppo-walkforward retrains over several. An edge is claimed only when the DSR of the "
+        f"active returns against buy-and-hold and against the best other baseline are both "
+        f">= {EVIDENCE_DSR}. {' '.join(stats.SIGNIFICANCE_CONVENTIONS.split())}",
+        "",
+    ]
+
+
+def _plain_json(value: Any) -> Any:
+    """``value`` with NaN and inf as None (strict JSON) and numpy scalars as floats."""
+    if isinstance(value, dict):
+        return {str(k): _plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_json(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def _write_equity_csv(path: Path, results: dict[str, Backtest]) -> None:
     times = results["agent"].timestamps
-    frame = pd.DataFrame({name: results[name].equity for name in POLICIES}, index=times)
+    # The columns of earlier versions keep their places; the newer baselines follow.
+    first = ("agent", "buy_and_hold", "random")
+    frame = pd.DataFrame({name: results[name].equity for name in first}, index=times)
     frame["position"] = results["agent"].positions
+    for name, result in results.items():
+        if name not in first:
+            frame[name] = result.equity
     frame.index.name = "timestamp"
     frame.to_csv(path)
 
