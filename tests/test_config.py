@@ -357,6 +357,8 @@ def test_known_flags_all_at_once_train(tmp_path):
         "window": 30,
         "fee": 0.0005,
         "allow_short": False,
+        "fill": "close",
+        "spread": 0.0,
     }
     assert config["ppo"]["nan_policy"] == "skip" and config["ppo"]["aux_long_coef"] == 0.02
     state = load_checkpoint(run / "checkpoint.pt")
