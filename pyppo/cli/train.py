@@ -83,12 +83,13 @@ AUTO = "auto"
 DERIVED_FROM_DATA = ("data.horizons",)
 
 
-def train_parser() -> argparse.ArgumentParser:
-    p = Parser(
-        prog="pyppo-train",
-        description="Train a PPO trading agent (with short- and long-horizon auxiliary return "
-        "heads) on the embedded synthetic market or your own OHLCV file.",
-    )
+def train_parser(
+    prog: str = "pyppo-train",
+    description: str = "Train a PPO trading agent (with short- and long-horizon auxiliary "
+    "return heads) on the embedded synthetic market or your own OHLCV file.",
+) -> argparse.ArgumentParser:
+    """The parser of every training setting (also the start of other commands' parsers)."""
+    p = Parser(prog=prog, description=description)
     p.add_argument(
         "--config",
         metavar="FILE",
@@ -105,6 +106,13 @@ def resolve_config(argv: list[str] | None = None) -> tuple[RunConfig, set[str], 
     """The run's config from ``--config`` and flags, the dotted names set explicitly, and
     whether ``--print-config`` was given. Raises :class:`UserError` for a bad value."""
     args = train_parser().parse_args(argv)
+    config, explicit = config_from_args(args)
+    return config, explicit, args.print_config
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
+    """The config that parsed training flags (and ``--config``) describe, and the dotted
+    names set explicitly. Raises :class:`UserError` for a bad value."""
     config, explicit = RunConfig(), set()
     try:
         if args.config:
@@ -114,8 +122,8 @@ def resolve_config(argv: list[str] | None = None) -> tuple[RunConfig, set[str], 
             config, explicit = apply(config, values), explicit_names(values)
         config, from_flags = config_from_namespace(args, config)
     except ValueError as err:
-        raise UserError(str(err), "see pyppo-train --help") from None
-    return config, explicit | from_flags, args.print_config
+        raise UserError(str(err), "see --help") from None
+    return config, explicit | from_flags
 
 
 def resumed_config(config: RunConfig, explicit: set[str], saved: RunConfig) -> RunConfig:

@@ -13,10 +13,18 @@ from typing import Any
 
 import numpy as np
 
+from pyppo.evaluation.baselines import DEFAULT_BASELINES
 from pyppo.heads import AuxHeads
 from pyppo.metrics import VALIDATION_SHARPE, nan_events_by_epoch
 
-COLORS = {"agent": "tab:blue", "buy_and_hold": "tab:gray", "random": "tab:orange"}
+# The agent and the baselines (of their default lengths), one colour each everywhere.
+COLORS = dict(
+    zip(
+        ("agent", *DEFAULT_BASELINES.names),
+        ("tab:blue", "tab:gray", "tab:orange", "tab:green", "tab:red", "tab:purple"),
+        strict=True,
+    )
+)
 NO_EVENTS = "no NaN/inf events"
 
 
@@ -92,6 +100,71 @@ def equity_figure(timestamps: Any, equity: Mapping[str, np.ndarray]) -> Any:
     for ax in (top, bottom):
         _dates(ax)
         readable(ax, percent=ax is bottom)
+    fig.tight_layout()
+    return fig
+
+
+def walkforward_figure(
+    timestamps: Any, equity: Mapping[str, np.ndarray], boundaries: Sequence[Any]
+) -> Any:
+    """Out-of-sample equity of the agent and the baselines over the concatenated test
+    windows, each window's start marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for name, curve in equity.items():
+        width = 1.8 if name == "agent" else 1.0
+        ax.plot(timestamps, curve, label=name, color=COLORS.get(name), lw=width)
+    for k, start in enumerate(boundaries):
+        ax.axvline(start, color="black", lw=0.8, ls=":", alpha=0.7)
+        ax.annotate(
+            f"window {k + 1}",
+            (start, 0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, 4),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    ax.set(
+        title="Walk-forward: out-of-sample equity (costs included)",
+        ylabel="equity (start = 1)",
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    _dates(ax)
+    readable(ax)
+    fig.tight_layout()
+    return fig
+
+
+def window_sharpes_figure(
+    agent: np.ndarray, baselines: Mapping[str, np.ndarray], members_label: str = "seeds"
+) -> Any:
+    """Each window's Sharpe ratio of every seed (dots) against the baselines' (short lines).
+
+    :param agent: (W, S) Sharpe per window and seed.
+    :param baselines: name -> (W,) Sharpe per window.
+    """
+    plt = _pyplot()
+    windows, seeds = agent.shape
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * windows + 3), 4.5))
+    x = np.arange(1, windows + 1)
+    jitter = np.linspace(-0.12, 0.12, seeds) if seeds > 1 else np.zeros(1)
+    for k in range(seeds):
+        ax.scatter(
+            x + jitter[k],
+            agent[:, k],
+            color=COLORS["agent"],
+            s=22,
+            zorder=3,
+            label=f"agent ({members_label})" if k == 0 else None,
+        )
+    for name, values in baselines.items():
+        ax.hlines(values, x - 0.3, x + 0.3, color=COLORS.get(name), lw=2, label=name)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set(title="Sharpe ratio per test window", xlabel="test window", ylabel="Sharpe ratio")
+    ax.set_xticks(x)
+    ax.legend(loc="best", fontsize=8)
+    readable(ax, x_integer=True)
+    ax.set_xticks(x)
     fig.tight_layout()
     return fig
 

@@ -167,7 +167,7 @@ def write_report(
         "",
         "## Backtest statistics",
         "",
-        *_table(
+        *markdown_table(
             ["statistic", *policies],
             [
                 [
@@ -194,7 +194,7 @@ def write_report(
     lines += [
         "## Auxiliary heads (held-out)",
         "",
-        *_table(
+        *markdown_table(
             ["head", "correlation with realized", "directional accuracy"],
             [
                 [
@@ -231,7 +231,7 @@ def write_report(
             "bars": len(times),
             "metrics": metrics,
         }
-        out.write_text("report.json", json.dumps(_plain_json(summary), indent=2) + "\n")
+        out.write_text("report.json", json.dumps(plain_json(summary), indent=2) + "\n")
     for name, j in judged.items():
         metrics[name].update(psr=j.psr, dsr=j.dsr, evidence=float(j.evidence))
     return metrics, run_dir / "report.md"
@@ -266,7 +266,7 @@ def _folds_section(results: dict[str, Backtest], times: pd.DatetimeIndex, folds:
     return [
         f"## {folds} held-out sub-periods (one model, scored on consecutive periods)",
         "",
-        *_table(["period", "from", "to", *columns], rows),
+        *markdown_table(["period", "from", "to", *columns], rows),
         "",
     ]
 
@@ -328,7 +328,7 @@ def _population_section(
     lines = [
         f"## Population: {len(members)} members",
         "",
-        *_table(
+        *markdown_table(
             [
                 "member",
                 "Sharpe Ratio",
@@ -403,7 +403,7 @@ def _costs_section(results: dict[str, Backtest]) -> list[str]:
     return [
         "## Trading and costs",
         "",
-        *_table(header, rows),
+        *markdown_table(header, rows),
         "",
         "Turnover: mean |position change| per bar (a flip from short to long counts 2). Gross "
         "P&L: the log return before costs. The cost-sensitivity columns keep each policy's "
@@ -466,7 +466,7 @@ def _significance_section(judged: dict[str, Significance], trials: int, bars: in
     return [
         "## Significance",
         "",
-        *_table(header, rows),
+        *markdown_table(header, rows),
         "",
         f"One window of {bars:,} bars, {trials} configuration(s) tried "
         "(selection.trials): a single held-out period says little about another; "
@@ -477,12 +477,12 @@ def _significance_section(judged: dict[str, Significance], trials: int, bars: in
     ]
 
 
-def _plain_json(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """``value`` with NaN and inf as None (strict JSON) and numpy scalars as floats."""
     if isinstance(value, dict):
-        return {str(k): _plain_json(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain_json(v) for v in value]
+        return [plain_json(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, np.integer):
@@ -567,7 +567,7 @@ def _fmt(value: float) -> str:
     return f"{value:,.0f}" if integral or abs(value) >= 1000 else f"{value:.2f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [
         "| " + " | ".join(header) + " |",
         "| " + " | ".join(["---"] * len(header)) + " |",

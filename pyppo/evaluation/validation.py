@@ -34,7 +34,7 @@ def validation_sharpe(result: Backtest) -> float:
 
 class BestCheckpoint(TrainingCallback):
     """After every training epoch, backtest the trainer's greedy policy on ``bars`` with the
-    env's window, fee and actions, record the score as ``validation/sharpe`` and save
+    env's window, costs, fill timing and actions, record the score as ``validation/sharpe`` and save
     ``best.pt`` when it beats every earlier score of the run (a resumed run included: the
     best score is part of ``checkpoint.pt``).
 
@@ -46,6 +46,8 @@ class BestCheckpoint(TrainingCallback):
     :param bars: the validation bars (after the training bars, before the held-out test bars).
     :param score: maps the validation backtest to the number to maximize.
     :param filename: the checkpoint the best model goes to, in the trainer's run dir.
+    :param decisions: ``(start, stop)``: score only these decision bars of ``bars`` (a
+        walk-forward's validation tail inside the whole market); default: all of them.
     """
 
     name = BEST_CHECKPOINT_CALLBACK
@@ -57,8 +59,10 @@ class BestCheckpoint(TrainingCallback):
         score: Callable[[Backtest], float] = validation_sharpe,
         *,
         filename: str = BEST,
+        decisions: tuple[int, int] | None = None,
     ) -> None:
         self.bars = bars
+        self.decisions = decisions or (None, None)
         self.score = score
         self.filename = filename
         self.best_score: float | list[float] = -math.inf
@@ -79,8 +83,12 @@ class BestCheckpoint(TrainingCallback):
                     model,
                     window=env.window,
                     fee=env.fee,
+                    spread=env.spread,
+                    fill=env.fill,
                     allow_short=env.allow_short,
                     device=trainer.device,
+                    start=self.decisions[0],
+                    stop=self.decisions[1],
                 )
             )
             for model in models
