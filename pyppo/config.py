@@ -301,6 +301,11 @@ class SelectionConfig(_Validated):
         flag="--selection-trials",
         valid=AT_LEAST_1,
     )
+    tuned_until: str | None = _opt(
+        None,
+        "the last bar a sweep scored these settings on (reports flag test bars before it)",
+        flag="--selection-tuned-until",
+    )
 
 
 @dataclass

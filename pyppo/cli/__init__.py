@@ -1,6 +1,7 @@
 """Command lines: ``pyppo-train`` (scripts/train_rl_agent.py, :mod:`pyppo.cli.train`),
 ``pyppo-eval`` (scripts/evaluate_agent.py, :mod:`pyppo.cli.evaluate`), ``pyppo-walkforward``
-(scripts/walk_forward.py, :mod:`pyppo.cli.walkforward`), ``pyppo-predict`` and
+(scripts/walk_forward.py, :mod:`pyppo.cli.walkforward`), ``pyppo-sweep`` (scripts/sweep.py,
+:mod:`pyppo.cli.sweep`), ``pyppo-predict`` and
 ``pyppo-export``; what they share is in :mod:`pyppo.cli.common`."""
 
 from pyppo.cli.common import (
@@ -13,6 +14,7 @@ from pyppo.cli.common import (
 )
 from pyppo.cli.evaluate import eval_main, eval_parser, evaluate_run
 from pyppo.cli.predict import export_main, predict_main
+from pyppo.cli.sweep import sweep_main, sweep_parser
 from pyppo.cli.train import resolve_config, train_main, train_parser
 from pyppo.cli.walkforward import walkforward_main, walkforward_parser
 
@@ -29,6 +31,8 @@ __all__ = [
     "resolve_config",
     "run_cli",
     "split_data",
+    "sweep_main",
+    "sweep_parser",
     "train_main",
     "train_parser",
     "walkforward_main",

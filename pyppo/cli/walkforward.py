@@ -541,13 +541,23 @@ def _report_lines(
         "## Significance (out-of-sample returns)",
         "",
         *markdown_table(
-            ["policy", "Sharpe", "PSR", "DSR", "DSR vs buy & hold", "DSR vs best other", "edge"],
+            [
+                "policy",
+                "Sharpe",
+                "PSR",
+                "DSR",
+                "min. track record [bars]",
+                "DSR vs buy & hold",
+                "DSR vs best other",
+                "edge",
+            ],
             [
                 [
                     n,
                     _cell(j.sharpe, "sharpe"),
                     _cell(j.psr),
                     _cell(j.dsr),
+                    _bars(j.min_track_record),
                     _cell(j.dsr_vs_hold),
                     f"{_cell(j.dsr_vs_best)} ({j.best_baseline})",
                     "yes" if j.evidence else "no",
@@ -561,6 +571,18 @@ def _report_lines(
         f"best other baseline are both >= {EVIDENCE_DSR}.",
         "",
     ]
+    tuned = config.selection.tuned_until
+    if tuned is not None:
+        overlapping = [
+            w.index + 1 for w in windows if market.frame.index[w.test[0]] <= pd.Timestamp(tuned)
+        ]
+        if overlapping:
+            lines.append(
+                f"- **warning: the settings were tuned on bars up to {tuned}** "
+                f"(selection.tuned_until): test window(s) {', '.join(map(str, overlapping))} "
+                "lie in that period, so their results flatter the agent."
+            )
+            lines.append("")
     if len(seeds) < 5:
         lines.append(
             f"- **warning: {len(seeds)} seed(s) per window are too few for a reliable "
@@ -576,3 +598,10 @@ def _cell(value: float, key: str = "") -> str:
     if key in ("total_return", "max_drawdown"):
         return f"{100 * value:.1f} %"
     return f"{value:.2f}"
+
+
+def _bars(value: float) -> str:
+    """A track-record length: bars, "never" when the Sharpe is not above 0."""
+    if np.isnan(value):
+        return "n/a"
+    return "never" if np.isinf(value) else f"{value:,.0f}"

@@ -28,7 +28,12 @@ from torch import nn
 
 from pyppo import ops, stats
 from pyppo.data import MarketData, MarketDataError
-from pyppo.evaluation.baselines import DEFAULT_BASELINES, BaselineSettings, baseline_positions
+from pyppo.evaluation.baselines import (
+    DEFAULT_BASELINES,
+    BaselineSettings,
+    ReferenceRule,
+    baseline_positions,
+)
 from pyppo.execution import cost_per_unit, gap_log_returns, step_rewards
 from pyppo.features import RETURN_LIMIT
 from pyppo.heads import AuxHeads
@@ -149,7 +154,7 @@ def net_returns(
 
 def backtest(
     market: MarketData,
-    policy: str | nn.Module,
+    policy: str | nn.Module | ReferenceRule,
     *,
     window: int = 60,
     fee: float = 1e-4,
@@ -210,7 +215,13 @@ def backtest(
     bars = bars[:-1]
     choices = action_positions(allow_short)
     outputs: dict[str, np.ndarray] = {}  # the agent's, per bar
-    if isinstance(policy, str):
+    if isinstance(policy, ReferenceRule):
+        clean = _sanitized(market.log_returns, np.arange(len(market)))[0]
+        positions = _hold_where_no_fill(
+            policy.positions(clean, bars, choices), no_fill, start_position
+        )
+        name = policy.name
+    elif isinstance(policy, str):
         positions = baseline_positions(
             policy,
             _sanitized(market.log_returns, np.arange(len(market)))[0],

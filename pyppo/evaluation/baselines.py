@@ -116,3 +116,63 @@ def _trailing_mean(values: np.ndarray, bars: np.ndarray, length: int) -> np.ndar
     """The mean of ``values[t - length + 1 .. t]`` at each of ``bars``."""
     total = np.concatenate([[0.0], np.cumsum(values)])
     return (total[bars + 1] - total[np.maximum(bars + 1 - length, 0)]) / length
+
+
+# -- the reference: what is learnable, as an upper mark ---------------------------------------
+
+REFERENCE = "reference (k and sign picked on these bars)"
+REFERENCE_DECAY = 0.97
+REFERENCE_LAGS = (1, 2, 3, 4)
+
+
+def standardized_returns(log_returns: np.ndarray, decay: float = REFERENCE_DECAY) -> np.ndarray:
+    """``z_t = r_t / sqrt(v_{t-1})``: each log return over the square root of an exponentially
+    weighted mean (``decay``) of the *earlier* squared log returns (0 until one exists)."""
+    r = np.asarray(log_returns, dtype=np.float64)
+    z = np.zeros_like(r)
+    variance = 0.0
+    seen = False
+    for t in range(len(r)):
+        if seen and variance > 0:
+            z[t] = r[t] / np.sqrt(variance)
+        variance = r[t] ** 2 if not seen else decay * variance + (1 - decay) * r[t] ** 2
+        seen = seen or r[t] != 0
+    return z
+
+
+def reference_positions(
+    z: np.ndarray, bars: np.ndarray, lags: int, sign: int, choices: np.ndarray
+) -> np.ndarray:
+    """``sign * sign(mean(z[t - lags + 1 .. t]))`` at each decision bar t (flat at 0; flat
+    instead of short when long-only), float32.
+
+    :param z: :func:`standardized_returns` of every bar.
+    """
+    total = np.concatenate([[0.0], np.cumsum(z)])
+    signal = sign * (total[bars + 1] - total[np.maximum(bars + 1 - lags, 0)])
+    short = np.float32(choices[0])
+    return np.where(signal > 0, np.float32(1.0), np.where(signal < 0, short, 0.0)).astype(
+        np.float32
+    )
+
+
+@dataclass(frozen=True)
+class ReferenceRule:
+    """The reference rule with one choice of its lags and sign; :meth:`positions` is what
+    :func:`pyppo.evaluation.backtest` walks (the report picks the best of
+    ``REFERENCE_LAGS`` x (+1, -1) on the bars it scores)."""
+
+    lags: int
+    sign: int
+    name: str = REFERENCE
+
+    def positions(
+        self, log_returns: np.ndarray, bars: np.ndarray, choices: np.ndarray
+    ) -> np.ndarray:
+        z = standardized_returns(log_returns)
+        return reference_positions(z, bars, self.lags, self.sign, choices)
+
+    @classmethod
+    def every(cls) -> list[ReferenceRule]:
+        """Every lag and sign the reference may pick."""
+        return [cls(lags, sign) for lags in REFERENCE_LAGS for sign in (1, -1)]
