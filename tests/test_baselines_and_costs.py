@@ -11,7 +11,14 @@ import torch
 from pyppo import MarketDataError, TradingEnv, synthetic_market
 from pyppo.data import MarketData
 from pyppo.evaluation import backtest
-from pyppo.evaluation.baselines import BaselineSettings, baseline_positions
+from pyppo.evaluation.baselines import (
+    REFERENCE,
+    BaselineSettings,
+    ReferenceRule,
+    baseline_positions,
+    reference_positions,
+    standardized_returns,
+)
 from pyppo.execution import cost_per_unit, gap_log_returns
 from pyppo.inference import action_positions
 
@@ -135,3 +142,22 @@ def test_the_env_span_keeps_every_reward_and_label_inside_it():
         env.step(torch.randint(0, 3, (16,)))
     with pytest.raises(MarketDataError, match="bars 500..559 are too few"):
         TradingEnv(market, num_envs=1, episode_length=50, span=(500, 560))
+
+
+def test_the_reference_rule_by_hand():
+    r = np.array([0.0, 0.02, -0.01, 0.03, -0.02])
+    z = standardized_returns(r, decay=0.5)
+    # Bar 1 has no earlier squared return: 0. Then v = .02^2, then .5 v + .5 (-.01)^2, ...
+    v1 = 0.02**2
+    v2 = 0.5 * v1 + 0.5 * 0.01**2
+    v3 = 0.5 * v2 + 0.5 * 0.03**2
+    np.testing.assert_allclose(z, [0, 0, -0.01 / v1**0.5, 0.03 / v2**0.5, -0.02 / v3**0.5])
+    bars = np.array([2, 3, 4])
+    # k = 2: the mean of z[t-1], z[t]; momentum takes its sign, reversion the opposite.
+    expected = np.sign([z[1] + z[2], z[2] + z[3], z[3] + z[4]])
+    np.testing.assert_array_equal(reference_positions(z, bars, 2, 1, SHORT), expected)
+    np.testing.assert_array_equal(reference_positions(z, bars, 2, -1, SHORT), -expected)
+    assert len(ReferenceRule.every()) == 8
+    market = synthetic_market(1_000, seed=3)
+    result = backtest(market, ReferenceRule(3, 1), window=60)
+    assert result.policy == REFERENCE and np.isfinite(result.log_returns).all()

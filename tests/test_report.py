@@ -78,6 +78,9 @@ def test_statistics_recompute_from_equity_csv_and_agree_with_empyrical(run):
     assert set(summary["verdicts"]) == set(equity.columns) - {"position"}
     assert all(v.startswith("Verdict: ") for v in summary["verdicts"].values())
     assert summary["significance"]["agent"]["trials"] == 1
+    # How close to learnable: the reference rule and the heads' linear predictor.
+    assert "## How close to learnable" in text and "reference (k and sign picked" in text
+    assert "linear predictor's" in text and metrics["reference"]["sharpe"] > 0
 
 
 def test_folds_on_the_default_run_and_on_an_hourly_csv(run, tmp_path, capsys):

@@ -24,7 +24,7 @@ log = true
 [ppo.entropy_coef]
 choices = [0.0, 0.01]
 """
-TINY = [*SMALL_RUN, "--seeds", "2", "--trial-steps", "512"]
+TINY = [*SMALL_RUN, "--seeds", "2", "--trial-steps", "2048"]  # one epoch: one validation
 
 
 def trials_of(path):

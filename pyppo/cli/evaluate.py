@@ -81,9 +81,9 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def evaluation_data(config: RunConfig, checkpoint: Checkpoint, data: str | None):
-    """``(bars to evaluate on, validation bars or None)``: the run's held-out split (its data
-    checked against the training fingerprint), or ``data`` (with a warning when it overlaps
-    the training period)."""
+    """``(bars to evaluate on, validation bars or None, training bars or None)``: the run's
+    held-out split (its data checked against the training fingerprint), or ``data`` (with a
+    warning when it overlaps the training period)."""
     if data:
         config = apply(config, {"data": {"path": str(Path(data).resolve()), "bad_ticks": 0.0}})
         market, _ = load_data(config, {"data.horizons"})
@@ -98,7 +98,7 @@ def evaluation_data(config: RunConfig, checkpoint: Checkpoint, data: str | None)
                     f"training period ({start} to {end}): the results flatter the agent",
                     file=sys.stderr,
                 )
-        return market, None
+        return market, None, None
     if config.data.path and not Path(config.data.path).exists():
         raise UserError(
             f"the run's data file {config.data.path} is gone",
@@ -111,8 +111,8 @@ def evaluation_data(config: RunConfig, checkpoint: Checkpoint, data: str | None)
             "trained on it (its fingerprint differs)",
             "restore the original file, or pass --data FILE to evaluate on new data",
         )
-    _, validation, test = split_data(market)
-    return test, validation
+    train, validation, test = split_data(market)
+    return test, validation, train
 
 
 def evaluate_run(
@@ -146,7 +146,7 @@ def evaluate_run(
     if folds < 0:
         raise UserError(f"--folds {folds}", "give a number of sub-periods >= 1, or leave it out")
     config = checkpoint.run_config
-    test, validation = evaluation_data(config, checkpoint, data)
+    test, validation, training = evaluation_data(config, checkpoint, data)
     if costs:
         try:
             config = apply(config, {"env": costs})
@@ -175,6 +175,7 @@ def evaluate_run(
             history=history,
             population=population,
             picked=picked,
+            training=training,
         )
 
 

@@ -25,6 +25,7 @@ import math
 import multiprocessing
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,8 @@ class Sweep:
 
     def storage(self) -> Any:
         optuna = _optuna()
+        # Heartbeats are marked experimental in Optuna; they are what fails stale trials.
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         if self.storage_url.startswith("sqlite:"):
             # A busy timeout, so that local workers wait for each other's writes; heartbeats,
             # so that trials left running by a killed process are failed on the next start.
@@ -367,8 +370,7 @@ class Sweep:
             return math.nan, True, f"training failed: {' '.join(str(err).split())}"
         if pruner is not None and pruner.pruned:
             return math.nan, True, f"pruned at update {trainer.update} by the median pruner"
-        best = trainer_callback_state(trainer)
-        scores = np.array([stats.sharpe_for_ranking(s) for s in best])
+        scores = np.array([stats.sharpe_for_ranking(s) for s in best_scores(trainer)])
         return stats.iqm(scores), False, ""
 
     # -- the result ---------------------------------------------------------------------------
@@ -473,10 +475,17 @@ def _progress(study: Any, trial: Any) -> None:
     )
 
 
-def trainer_callback_state(trainer: PPOTrainer) -> list[float]:
-    """Each member's best validation Sharpe, as :class:`BestCheckpoint` kept it."""
-    best = next(cb for cb in trainer.callbacks if cb.name == BEST_CHECKPOINT_CALLBACK).best_score
-    return [float(b) for b in best] if isinstance(best, list) else [float(best)]
+def best_scores(trainer: PPOTrainer) -> list[float]:
+    """Each member's best validation Sharpe, as :class:`BestCheckpoint` kept it, or the
+    final model's when the budget ended before the first epoch did."""
+    callback = next(cb for cb in trainer.callbacks if cb.name == BEST_CHECKPOINT_CALLBACK)
+    best = callback.best_score  # -inf until the first epoch ends, then one per member
+    best = [float(b) for b in best] if isinstance(best, list) else [float(best)] * trainer.members
+    if all(math.isfinite(b) for b in best):
+        return best
+    final = callback.evaluate(trainer)[VALIDATION_SHARPE]
+    final = final if isinstance(final, list) else [final]
+    return [max(b, f) for b, f in zip(best, final, strict=True)]
 
 
 def apply_dotted(config: RunConfig, values: dict[str, Any]) -> RunConfig:

@@ -27,8 +27,15 @@ from pyppo.config import RunConfig
 from pyppo.data import format_duration
 from pyppo.evaluation import plots
 from pyppo.evaluation.backtest import Backtest, backtest
-from pyppo.evaluation.baselines import DEFAULT_BASELINES, BaselineSettings
+from pyppo.evaluation.baselines import (
+    DEFAULT_BASELINES,
+    REFERENCE,
+    REFERENCE_DECAY,
+    BaselineSettings,
+    ReferenceRule,
+)
 from pyppo.evaluation.verdict import EVIDENCE_DSR, Significance, significance, verdict_line
+from pyppo.features import compute_features
 from pyppo.files import OutputSet
 from pyppo.heads import AuxHeads
 from pyppo.metrics import nan_events_table
@@ -104,6 +111,7 @@ def write_report(
     history: list[dict[str, float]] | None = None,
     population: PopulationActorCritic | None = None,
     picked: int | None = None,
+    training=None,
 ) -> tuple[dict[str, dict[str, float]], Path]:
     """Backtest, then write ``report.md``, ``equity.csv``, ``trades.csv`` and the figures
     into ``run_dir``; returns the metrics by policy and the report's path.
@@ -117,6 +125,8 @@ def write_report(
         learning-curve figure.
     :param history: the whole run's metrics rows (default: the checkpoint's, which end at
         its update).
+    :param training: the training bars, to fit the linear predictor the heads are compared
+        with (the comparison is left out without them).
     """
     results = run_backtests(model, market, config, device)
     policies = tuple(results)
@@ -185,6 +195,9 @@ def write_report(
     ]
     lines += _costs_section(results)
     lines += _significance_section(judged, config.selection.trials, len(times))
+    learnable, reference = _learnable_section(market, config, agent, judged["agent"], training)
+    lines += learnable
+    metrics["reference"] = reference
     if folds:
         lines += _folds_section(results, times, folds)
     if scored is not None:
@@ -410,6 +423,100 @@ def _costs_section(results: dict[str, Backtest]) -> list[str]:
         "positions and scale the costs.",
         "",
     ]
+
+
+def _learnable_section(
+    market, config: RunConfig, agent: Backtest, judged: Significance, training
+) -> tuple[list[str], dict[str, float]]:
+    """How close the agent comes to what the market makes learnable: the reference rule (the
+    best lag and sign on these bars: an upper mark, not a baseline) beside the agent, and the
+    heads beside the best linear predictor fit on the training bars."""
+    common = backtest_settings(config)
+    candidates = [(rule, backtest(market, rule, **common)) for rule in ReferenceRule.every()]
+    rule, best = max(candidates, key=lambda pair: stats.sharpe_for_ranking(pair[1].sharpe))
+    ratio = agent.sharpe / best.sharpe if best.sharpe > 0 else math.nan
+    exposure = float(np.mean(agent.positions != 0)) if len(agent.positions) else math.nan
+    reference = {
+        "sharpe": best.sharpe,
+        "lags": float(rule.lags),
+        "sign": float(rule.sign),
+        "agent_ratio": ratio,
+    }
+    rows = [
+        [
+            "agent",
+            _fmt_statistic("Sharpe Ratio", agent.sharpe),
+            _fmt(ratio),
+            f"{100 * exposure:.1f}",
+            f"{agent.changes.mean():.4f}",
+            _fmt(judged.psr),
+        ],
+        [
+            f"{REFERENCE}: k = {rule.lags}, {'momentum' if rule.sign > 0 else 'reversion'}",
+            _fmt_statistic("Sharpe Ratio", best.sharpe),
+            "1.00",
+            f"{100 * float(np.mean(best.positions != 0)):.1f}",
+            f"{best.changes.mean():.4f}",
+            _fmt(stats.probabilistic_sharpe_ratio(stats.sharpe_moments(best.returns))),
+        ],
+    ]
+    lines = [
+        "## How close to learnable",
+        "",
+        *markdown_table(
+            ["policy", "Sharpe Ratio", "of the reference", "exposure [%]", "turnover", "PSR"],
+            rows,
+        ),
+        "",
+        "The reference trades the sign of the mean of the last k volatility-standardized "
+        f"returns (each log return over the root of an exponentially weighted mean, decay "
+        f"{REFERENCE_DECAY}, of the earlier squared ones), held over the next bar with the same "
+        "costs; k in 1..4 and momentum or reversion are picked on these very bars, so it is "
+        "an upper mark of what a simple rule could have made here, not a policy to beat.",
+        "",
+    ]
+    if training is not None and agent.preds:
+        heads = AuxHeads.from_labels(market.horizon_labels)
+        rows = []
+        for head, horizon in zip(heads, market.horizons, strict=True):
+            if head.output not in agent.preds:
+                continue
+            linear = linear_predictions(training, market, config.env.window, horizon)
+            linear = linear[: len(agent.targets[head.output])]
+            mine = stats.correlation(agent.preds[head.output], agent.targets[head.output])
+            best_linear = stats.correlation(linear, agent.targets[head.output])
+            reference[f"{head.output}_linear_corr"] = best_linear
+            rows.append(
+                [head.output, f"{mine:+.3f}", f"{best_linear:+.3f}", _fmt(mine / best_linear)]
+            )
+        lines += [
+            *markdown_table(
+                ["head", "correlation", "linear predictor's", "ratio"],
+                rows,
+            ),
+            "",
+            "The linear predictor: least squares of the realized return on the same "
+            "observation (every feature, position flat), fit on the training bars.",
+            "",
+        ]
+    return lines, reference
+
+
+def linear_predictions(training, market, window: int, horizon: int) -> np.ndarray:
+    """The least-squares linear prediction of the ``horizon``-bar forward return from the
+    observation (position flat), fit on ``training``'s decision bars, at ``market``'s."""
+
+    def design(bars) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.arange(window, window + bars.decision_bars(window))
+        table = compute_features(bars, window, "cpu").table.numpy()[rows].astype(np.float64)
+        target = bars.forward_returns(horizon).numpy()[rows]
+        target = np.clip(np.nan_to_num(target, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0)
+        return np.column_stack([table, np.ones(len(rows))]), target
+
+    x_train, y_train = design(training)
+    coef, *_ = np.linalg.lstsq(x_train, y_train, rcond=None)
+    x_test, _ = design(market)
+    return x_test @ coef
 
 
 def _significance(
