@@ -129,6 +129,7 @@ def test_every_flag_in_help_is_covered():
         "--fill",
         "--spread",
         "--selection-trials",
+        "--selection-tuned-until",
     }
     assert flags - covered == new
 
