@@ -244,6 +244,17 @@ def what_is_kept(run_dir: Path) -> str:
     return "nothing was written"
 
 
+def train_as_configured(trainer: PPOTrainer, config: RunConfig) -> None:
+    """Train for the run's ``epochs`` (or ``total_steps``), SIGINT and SIGTERM stopping it
+    at the next update boundary with a checkpoint (:class:`TrainingInterrupted`)."""
+    trainer.stop = StopRequest()
+    with stop_on_signals(trainer.stop):
+        if config.total_steps:
+            trainer.train(total_steps=config.total_steps)
+        else:
+            trainer.train(epochs=config.epochs)
+
+
 def train_main(argv: list[str] | None = None) -> int:
     """``pyppo-train``: returns the exit code (0, 2 on an error, 130/143 when stopped by
     SIGINT/SIGTERM after saving a checkpoint)."""
@@ -332,13 +343,8 @@ def _train_in(
         f"epoch{' per member' if members > 1 else ''} "
         f"({updates} update{'s' if updates != 1 else ''}) -> {run_dir}"
     )
-    trainer.stop = StopRequest()
     try:
-        with stop_on_signals(trainer.stop):
-            if config.total_steps:
-                trainer.train(total_steps=config.total_steps)
-            else:
-                trainer.train(epochs=config.epochs)
+        train_as_configured(trainer, config)
     except NonFiniteParametersError as err:
         print(nan_events_table(trainer.history))
         print(f"error: {err}", file=sys.stderr)

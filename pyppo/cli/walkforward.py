@@ -35,7 +35,7 @@ from pyppo.cli.common import (
     make_model,
     run_cli,
 )
-from pyppo.cli.train import command, config_from_args, train_parser
+from pyppo.cli.train import command, config_from_args, train_as_configured, train_parser
 from pyppo.config import RunConfig, apply, format_seeds
 from pyppo.data import MarketData, format_duration
 from pyppo.device import resolve_device
@@ -43,7 +43,7 @@ from pyppo.evaluation import BestCheckpoint, plots
 from pyppo.evaluation.backtest import Backtest, backtest
 from pyppo.evaluation.baselines import DEFAULT_BASELINES
 from pyppo.evaluation.report import backtest_settings, markdown_table, plain_json
-from pyppo.evaluation.verdict import EVIDENCE_DSR, significance, verdict_line
+from pyppo.evaluation.verdict import EVIDENCE_DSR, Significance, significance, verdict_line
 from pyppo.evaluation.walkforward import (
     SPANS,
     WalkForwardSettings,
@@ -55,7 +55,7 @@ from pyppo.files import OutputSet, replaced, write_text
 from pyppo.interrupts import Interrupted
 from pyppo.population import EnsembleActorCritic, PopulationActorCritic
 from pyppo.runlock import RunLock
-from pyppo.training import PPOTrainer, StopRequest, TrainingInterrupted, stop_on_signals
+from pyppo.training import PPOTrainer, TrainingInterrupted
 
 SETTINGS_FILE = "walkforward.json"
 TEST_FILE = "test.npz"  # a window's scored test: its arrays, written once it is done
@@ -274,13 +274,8 @@ def _train_window(
         f"{window.validation[1] - 1:,}, test {window.test[0]:,}..{window.test[1] - 1:,} "
         f"({index[window.test[0]]:%Y-%m-%d} to {index[window.test[1] - 1]:%Y-%m-%d})"
     )
-    trainer.stop = StopRequest()
     try:
-        with stop_on_signals(trainer.stop):
-            if config.total_steps:
-                trainer.train(total_steps=config.total_steps)
-            else:
-                trainer.train(epochs=config.epochs)
+        train_as_configured(trainer, config)
     except TrainingInterrupted as stop:
         raise CommandInterrupted(
             stop.exit_code,
@@ -468,18 +463,20 @@ def _report(
 
 
 def _report_lines(
-    market,
-    config,
-    settings,
-    windows,
-    results,
-    members,
-    per_window,
-    over_seeds,
-    shares,
-    judged,
-    verdict,
+    market: MarketData,
+    config: RunConfig,
+    settings: WalkForwardSettings,
+    windows: list[Window],
+    results: dict[str, Backtest],
+    members: np.ndarray,
+    per_window: dict[str, np.ndarray],
+    over_seeds: dict[str, Any],
+    shares: dict[str, tuple[float, tuple[float, float]]],
+    judged: dict[str, Significance],
+    verdict: str,
 ) -> list[str]:
+    """report.md's lines above the figures: the verdict, the layout, the windows, the
+    out-of-sample statistics, the agent over seeds and windows, the significance."""
     seeds = config.ppo.member_seeds
     names = list(results)
     agent = results["agent"]
