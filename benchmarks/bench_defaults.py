@@ -37,7 +37,9 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     run = Path(args.out)
-    argv = ["--seeds", args.seeds, "--run-dir", str(run), "--overwrite", "--quiet"]
+    # Always the default market (a sweep's best.toml names the data seed it was tuned on).
+    argv = ["--seeds", args.seeds, "--data-seed", "0", "--run-dir", str(run), "--overwrite"]
+    argv += ["--quiet"]
     argv += ["--config", args.config] if args.config else []
     start = time.perf_counter()
     if train_main(argv) != 0:

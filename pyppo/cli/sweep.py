@@ -88,6 +88,7 @@ def _optuna() -> Any:
             "pyppo-sweep needs Optuna, which is not installed",
             "pip install 'pyppo[sweep]' (or pip install optuna)",
         ) from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # pyppo prints the progress
     return optuna
 
 
@@ -303,8 +304,6 @@ class Sweep:
             raise UserError(f"{len(failed)} sweep worker(s) failed (exit codes {failed})")
 
     def _optimize(self, trials: int, threads: int) -> None:
-        optuna = _optuna()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         torch.set_num_threads(threads)
         study = self.study()
         study.optimize(self.objective, n_trials=trials, callbacks=[_progress])
