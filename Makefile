@@ -31,7 +31,7 @@ $(STAMP): $(BIN)/python pyproject.toml CMakeLists.txt $(wildcard csrc/*.* csrc/*
 	touch $(STAMP)
 
 setup: $(STAMP)
-	@echo "pyppo is installed in $(VENV): 'source $(VENV)/bin/activate' puts pyppo-train, pyppo-eval, pyppo-predict and pyppo-export on your PATH"
+	@echo "pyppo is installed in $(VENV): 'source $(VENV)/bin/activate' puts pyppo-train, -eval, -walkforward, -sweep, -predict and -export on your PATH"
 
 test: setup
 	$(BIN)/python -m pytest -q
