@@ -223,6 +223,7 @@ class Sweep:
         self.space = space
         self.trial_steps = trial_steps
         self.storage_url = storage or f"sqlite:///{(run_dir / STUDY_FILE).resolve()}"
+        self._bars: tuple[Any, Any, dict[str, list[str]]] | None = None
 
     def storage(self) -> Any:
         optuna = _optuna()
@@ -263,7 +264,13 @@ class Sweep:
 
     def bars(self) -> tuple[Any, Any, dict[str, list[str]]]:
         """(training bars, validation bars, the ranges scored): the data's first two parts;
-        the held-out test part is never trained or scored on."""
+        the held-out test part is never trained or scored on. Loaded once; worker processes
+        get them with the pickled Sweep."""
+        if self._bars is None:
+            self._bars = self._load_bars()
+        return self._bars
+
+    def _load_bars(self) -> tuple[Any, Any, dict[str, list[str]]]:
         market, _ = load_data(self.config, set())
         train, validation, test = split_data(market)
         ranges = {

@@ -54,7 +54,7 @@ from pyppo.evaluation.walkforward import (
 from pyppo.files import OutputSet, replaced, write_text
 from pyppo.interrupts import Interrupted
 from pyppo.population import EnsembleActorCritic, PopulationActorCritic
-from pyppo.runlock import RunLock
+from pyppo.runlock import LOCK_FILE, RunLock
 from pyppo.training import PPOTrainer, TrainingInterrupted
 
 SETTINGS_FILE = "walkforward.json"
@@ -175,7 +175,7 @@ def _settings_of_run(
                 "--resume continues it, --overwrite replaces it, or choose another --run-dir",
             )
         for child in run_dir.iterdir():
-            if child.name != ".lock":
+            if child.name != LOCK_FILE:  # (held by this command)
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     if config.data.path:
         config = apply(config, {"data": {"path": str(Path(config.data.path).resolve())}})
@@ -301,7 +301,7 @@ def _test_window(
         policies = [model.member(k) for k in range(model.members)]
         policies.append(EnsembleActorCritic(model).eval())
     else:
-        policies = [model, model]  # one member: it is its own ensemble
+        policies = [model]
     common = backtest_settings(config)
     start, stop = window.test
     results = [
@@ -316,6 +316,8 @@ def _test_window(
         )
         for k, policy in enumerate(policies)
     ]
+    if len(results) == 1:  # one member: it is its own ensemble
+        results.append(results[0])
     with replaced(folder / TEST_FILE) as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
@@ -399,6 +401,7 @@ def _report(
         "bootstrap": f"{BOOTSTRAP_REPS} replicates, seed {BOOTSTRAP_SEED}, seeds resampled "
         "within each window",
     }
+    out_of_sample = {name: r.metrics() for name, r in results.items()}
     summary = {
         "verdict": verdicts["agent"],
         "verdicts": verdicts,
@@ -422,7 +425,7 @@ def _report(
         "agent_over_seeds": over_seeds,
         "beats": {name: {"share": s, "ci95": list(ci)} for name, (s, ci) in shares.items()},
         "significance": {name: j.to_dict() for name, j in judged.items()},
-        "out_of_sample": {name: r.metrics() for name, r in results.items()},
+        "out_of_sample": out_of_sample,
     }
     lines = _report_lines(
         market,
@@ -430,6 +433,7 @@ def _report(
         settings,
         windows,
         results,
+        out_of_sample,
         members,
         per_window,
         over_seeds,
@@ -468,6 +472,7 @@ def _report_lines(
     settings: WalkForwardSettings,
     windows: list[Window],
     results: dict[str, Backtest],
+    out_of_sample: dict[str, dict[str, float]],
     members: np.ndarray,
     per_window: dict[str, np.ndarray],
     over_seeds: dict[str, Any],
@@ -518,7 +523,7 @@ def _report_lines(
         *markdown_table(
             ["statistic", *names],
             [
-                [key, *(_cell(results[n].metrics()[key], key) for n in names)]
+                [key, *(_cell(out_of_sample[n][key], key) for n in names)]
                 for key in ("sharpe", "total_return", "max_drawdown", "turnover")
             ],
         ),
