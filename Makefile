@@ -40,7 +40,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 train: setup
-	$(BIN)/python scripts/train_rl_agent.py --epochs 10 $(ARGS)
+	$(BIN)/python scripts/train_rl_agent.py $(ARGS)
 
 bench: setup
 	for b in kernels env training scale backtest predict; do \

@@ -163,7 +163,7 @@ class DataConfig(_Validated):
 class EnvConfig(_Validated):
     """The trading environment: episodes, observation window, fees, actions."""
 
-    num_envs: int = _opt(32, "episodes stepped together", valid=AT_LEAST_1)
+    num_envs: int = _opt(256, "episodes stepped together", valid=AT_LEAST_1)
     episode_length: int = _opt(720, "steps per training episode", valid=AT_LEAST_1)
     window: int = _opt(60, "bars of normalized returns in each observation", valid=AT_LEAST_1)
     fee: float = _opt(
@@ -200,7 +200,7 @@ class ModelConfig(_Validated):
 class PPOConfig(_Validated):
     """PPO hyperparameters and the NaN protection of the update (stored in checkpoints)."""
 
-    lr: PerMember = _per_member(1e-4, "Adam learning rate", valid=POSITIVE)
+    lr: PerMember = _per_member(3e-4, "Adam learning rate", valid=POSITIVE)
     gamma: PerMember = _per_member(0.99, "discount factor", valid=FRACTION)
     gae_lambda: PerMember = _per_member(0.95, "GAE lambda", valid=FRACTION)
     clip_epsilon: PerMember = _per_member(0.2, "PPO ratio clip", valid=POSITIVE)
@@ -238,9 +238,9 @@ class PPOConfig(_Validated):
         "turn every guard off (to see a run die loudly; not for real use)",
         flag="--no-guards",
     )
-    num_steps: int = _opt(256, "rollout steps per env per update", valid=AT_LEAST_1)
+    num_steps: int = _opt(64, "rollout steps per env per update", valid=AT_LEAST_1)
     num_epochs: int = _opt(4, "PPO epochs per update", valid=AT_LEAST_1)
-    batch_size: int = _opt(256, "minibatch size", valid=AT_LEAST_1)
+    batch_size: int = _opt(4096, "minibatch size", valid=AT_LEAST_1)
     num_minibatches: int | None = _opt(
         None,
         "cut each rollout into this many minibatches instead (ignores --batch-size)",
@@ -318,7 +318,7 @@ class RunConfig(_Validated):
     model: ModelConfig = field(default_factory=ModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
-    epochs: int = _opt(10, "passes over the training bars", valid=AT_LEAST_1)
+    epochs: int = _opt(60, "passes over the training bars", valid=AT_LEAST_1)
     total_steps: int | None = _opt(
         None, "train for this many env steps instead of --epochs", valid=AT_LEAST_1
     )

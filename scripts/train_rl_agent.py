@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a PPO trading agent: python scripts/train_rl_agent.py --epochs 10 (see --help)."""
+"""Train a PPO trading agent: python scripts/train_rl_agent.py (see --help)."""
 
 import sys
 

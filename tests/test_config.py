@@ -40,7 +40,7 @@ def test_cli_and_api_defaults_are_one_set():
     api_model = TradingActorCritic(api_env.obs_spec)
     assert api_model.describe() == make_model(cli_env, config).describe()
     # The defaults that learn best are the command line's.
-    assert (config.ppo.lr, config.model.hidden_dim, config.env.num_envs) == (1e-4, 128, 32)
+    assert (config.ppo.lr, config.model.hidden_dim, config.env.num_envs) == (3e-4, 128, 256)
 
 
 def test_trainer_without_a_config_uses_the_cli_defaults():

@@ -67,9 +67,9 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "ppo.lr": {"low": 3e-5, "high": 3e-3, "log": True},
     "ppo.entropy_coef": {"low": 1e-4, "high": 0.05, "log": True},
     "ppo.clip_epsilon": {"choices": [0.1, 0.2, 0.3]},
-    "env.num_envs": {"choices": [16, 32, 64]},
-    "ppo.num_steps": {"choices": [64, 128, 256]},
-    "ppo.num_minibatches": {"choices": [4, 8, 16, 32]},
+    "env.num_envs": {"choices": [64, 128, 256, 512]},
+    "ppo.num_steps": {"choices": [32, 64, 128]},
+    "ppo.num_minibatches": {"choices": [2, 4, 8, 16]},
     "ppo.num_epochs": {"choices": [2, 4, 8]},
     "ppo.gamma": {"choices": [0.9, 0.95, 0.99]},
     "ppo.gae_lambda": {"choices": [0.8, 0.9, 0.95]},
@@ -106,7 +106,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--trial-steps",
         type=int,
-        default=100_000,
+        default=500_000,
         help="env steps per member each trial trains (default: %(default)s)",
     )
     group.add_argument("--space", metavar="FILE", help="the search space (TOML)")
