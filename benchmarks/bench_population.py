@@ -1,17 +1,17 @@
 """Training a population in one process against training its members one after another.
 
-    python benchmarks/bench_population.py                         # K = 1, 2, 4, 8, 16, 32
+    python benchmarks/bench_population.py                         # K = 1, 2, 4, 8
     python benchmarks/bench_population.py --members 1 8 --busy    # with the other core busy
     python benchmarks/bench_population.py --device cuda --members 1 64 --num-envs 1024
 
 Every point trains the default model (hidden_dim 128, every guard on) with the default
-geometry (``--num-envs`` envs per member, 256-step rollouts, 4 epochs, minibatches of 256
-per member) on the default market's training split: a single run (``TradingActorCritic``,
-seed 0), and populations of K members (``PopulationActorCritic``, seeds 0..K-1, one
-batched model). Throughput is env steps per second over all members, of the median of
-``--updates`` updates after one warm-up; "x K sequential" is that over the single run's (K
-runs one after another take K times as long as one). The single run is timed first and last
-and its median taken, so the machine's slow moments are shared.
+geometry (``--num-envs`` envs per member, default ``pyppo-train``'s; its rollout length, PPO
+epochs and minibatch size per member) on the default market's training split: a single run
+(``TradingActorCritic``, seed 0), and populations of K members (``PopulationActorCritic``,
+seeds 0..K-1, one batched model). Throughput is env steps per second over all members, of
+the median of ``--updates`` updates after one warm-up; "x K sequential" is that over the
+single run's (K runs one after another take K times as long as one). The single run is timed
+first and last and its median taken, so the machine's slow moments are shared.
 
 Per point also: the ops one update dispatches and the host reads it makes
 (:class:`pyppo.diagnostics.HostReads`), to see what grows with K (a GPU pays a launch per
@@ -37,11 +37,13 @@ from common import (
 )
 
 from pyppo import PPOTrainer, TradingActorCritic, synthetic_market
+from pyppo.config import EnvConfig, PPOConfig
 from pyppo.diagnostics import HostReads
 from pyppo.env import TradingEnv
 from pyppo.population import PopulationActorCritic
 
-GEOMETRY = dict(num_steps=256, num_epochs=4, batch_size=256)
+# pyppo-train's default geometry (rollout length, PPO epochs, minibatch size per member).
+GEOMETRY = {name: getattr(PPOConfig(), name) for name in ("num_steps", "num_epochs", "batch_size")}
 
 
 def trainer_for(members: int, num_envs: int, device: str) -> PPOTrainer:
@@ -91,8 +93,10 @@ def ops_and_reads(trainer: PPOTrainer) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--members", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
-    parser.add_argument("--num-envs", type=int, default=32, help="envs per member")
+    parser.add_argument("--members", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument(
+        "--num-envs", type=int, default=EnvConfig().num_envs, help="envs per member"
+    )
     parser.add_argument("--updates", type=int, default=2, help="timed updates per point")
     parser.add_argument("--busy", action="store_true", help="keep the other core busy")
     parser.add_argument("--json")

@@ -230,7 +230,7 @@ class Checkpoint:
             trainer=TrainerState(**{k: trainer[k] for k in TRAINER_KEYS[FORMAT_VERSION]}),
             agent=AgentSpec.from_dict(state["agent"]),
             ranks=[_process_state(process, version) for process in state["ranks"]],
-            run_config=None if run_config is None else RunConfig.from_dict(run_config),
+            run_config=None if run_config is None else _run_config(run_config),
             data_fingerprint=state["data_fingerprint"],
             data=None if data is None else DataInfo(**data),
             callbacks=callbacks,
@@ -248,9 +248,18 @@ def _process_state(values: dict[str, Any], version: int) -> ProcessState:
     return ProcessState(**values)
 
 
+# PPO settings newer than some checkpoints, with the value their runs trained with: a
+# checkpoint without them resumes and reports as it trained.
+_PPO_SETTINGS_ADDED = {"weight_decay": 0.0}
+
+
 def _ppo_config(values: dict[str, Any]) -> PPOConfig:
     # Through the config's reader: the same conversions and checks as a TOML file.
-    return apply(RunConfig(), {"ppo": values}).ppo
+    return apply(RunConfig(), {"ppo": {**_PPO_SETTINGS_ADDED, **values}}).ppo
+
+
+def _run_config(values: dict[str, Any]) -> RunConfig:
+    return RunConfig.from_dict({**values, "ppo": {**_PPO_SETTINGS_ADDED, **values.get("ppo", {})}})
 
 
 def validated_member(checkpoint: Checkpoint) -> int | None:

@@ -201,6 +201,14 @@ class PPOConfig(_Validated):
     """PPO hyperparameters and the NaN protection of the update (stored in checkpoints)."""
 
     lr: PerMember = _per_member(3e-4, "Adam learning rate", valid=POSITIVE)
+    # Large by the usual measure because the default run takes few optimizer steps (960):
+    # without it, 60 passes over the training bars let the trunk fit their noise, and the
+    # heads and the policy generalize worse (benchmarks/RESULTS.md, "Defaults").
+    weight_decay: float = _opt(
+        10.0,
+        "decoupled weight decay (AdamW): every step shrinks each parameter by lr x this",
+        valid=NON_NEGATIVE,
+    )
     gamma: PerMember = _per_member(0.99, "discount factor", valid=FRACTION)
     gae_lambda: PerMember = _per_member(0.95, "GAE lambda", valid=FRACTION)
     clip_epsilon: PerMember = _per_member(0.2, "PPO ratio clip", valid=POSITIVE)

@@ -1,21 +1,25 @@
-"""StackedAdam: Adam for a population whose parameters are stacked along a leading member
-dimension, each member with its own learning rate, step count and skipped steps.
+"""StackedAdam: Adam with decoupled weight decay (AdamW) for a population whose parameters
+are stacked along a leading member dimension, each member with its own learning rate, step
+count and skipped steps.
 
-``torch.optim.Adam(fused=True)`` cannot serve a population: its learning rate is one number
+``torch.optim.AdamW(fused=True)`` cannot serve a population: its learning rate is one number
 per parameter group, its step count one per tensor (a stacked tensor holds every member),
 and its ``found_inf`` skips the step of every member at once. This optimizer keeps a step
 count ``[M]`` and takes a learning rate ``[M]`` and a skip mask ``[M]``, all device tensors
 (no host synchronisation), and updates every stacked tensor with a handful of ``_foreach``
 ops, whatever the number of members. For each member it computes what
-``torch.optim.Adam(fused=True)`` computes for that member alone (tested, to float
-rounding): with ``g`` the gradient, ``t`` the member's step count after this step,
+``torch.optim.AdamW(fused=True)`` computes for that member alone (tested, to float
+rounding): with ``g`` the gradient, ``t`` the member's step count after this step, ``wd``
+the weight decay (for weights: parameters with more than one dimension per member; biases
+are not decayed, the usual practice, :func:`decays`),
 
+    p = p * (1 - lr * wd)                        (weights only)
     m = beta1 * m + (1 - beta1) * g              (as lerp)
     v = beta2 * v + (1 - beta2) * g * g
     p = p - lr / (1 - beta1 ** t) * m / (sqrt(v) / sqrt(1 - beta2 ** t) + eps)
 
 and a skipped member's weights, moments and step count do not move (the fused Adam's
-``found_inf``, per member).
+``found_inf``, per member). With ``wd = 0`` it is Adam.
 """
 
 from __future__ import annotations
@@ -27,13 +31,21 @@ import torch
 from torch import Tensor
 
 
+def decays(parameter: Tensor, member_dims: int = 0) -> bool:
+    """Whether weight decay applies to ``parameter``: a weight (more than one dimension
+    besides the ``member_dims`` leading member dimensions), not a bias or a scale."""
+    return parameter.dim() - member_dims > 1
+
+
 class StackedAdam:
-    """Adam over stacked parameters (dim 0 of each is the member).
+    """AdamW over stacked parameters (dim 0 of each is the member).
 
     :param params: the population's parameters, each ``[M, ...]``.
     :param lr: the learning rate, one for all members or one per member (``[M]``).
     :param betas: Adam's ``(beta1, beta2)``.
     :param eps: added to the denominator (pyppo's trainer uses 1e-5, as CleanRL).
+    :param weight_decay: each step first shrinks every weight (:func:`decays`) by
+        ``lr * weight_decay`` (decoupled, as AdamW).
     """
 
     def __init__(
@@ -43,6 +55,7 @@ class StackedAdam:
         *,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-5,
+        weight_decay: float = 0.0,
     ) -> None:
         self.params = [p for p in params]
         if not self.params:
@@ -61,6 +74,9 @@ class StackedAdam:
         self.lr = lr.expand(self.members).clone()
         self.beta1, self.beta2 = (float(b) for b in betas)
         self.eps = float(eps)
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay needs a value >= 0, got {weight_decay}")
+        self.weight_decay = float(weight_decay)
         self.step_count = torch.zeros(self.members, dtype=torch.float32, device=device)
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
@@ -98,6 +114,12 @@ class StackedAdam:
         v = [self.exp_avg_sq[i] for i in active]
         shape = [self._shapes[i] for i in active]
         keep_b = [keep.view(s) for s in shape]
+        weights = [i for i in active if decays(self.params[i], member_dims=1)]
+        if self.weight_decay and weights:
+            shrink = 1 - self.lr * self.weight_decay * keep
+            torch._foreach_mul_(
+                [self.params[i] for i in weights], [shrink.view(self._shapes[i]) for i in weights]
+            )
         # Moments: a skipped member's weight is 0, so its moments stay as they were.
         torch._foreach_lerp_(m, grads, [(1 - self.beta1) * k for k in keep_b])
         torch._foreach_mul_(v, [1 - (1 - self.beta2) * k for k in keep_b])
@@ -118,6 +140,7 @@ class StackedAdam:
             "exp_avg_sq": self.exp_avg_sq,
             "betas": [self.beta1, self.beta2],
             "eps": self.eps,
+            "weight_decay": self.weight_decay,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -129,3 +152,43 @@ class StackedAdam:
             mine.copy_(saved)
         self.beta1, self.beta2 = state["betas"]
         self.eps = state["eps"]
+        # A state saved before weight decay existed: the run trained without it.
+        self.weight_decay = state.get("weight_decay", 0.0)
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """``model``'s parameters as two groups for ``torch.optim.AdamW``: the weights with
+    ``weight_decay``, the rest (:func:`decays`) without, as :class:`StackedAdam` decays."""
+    params = list(model.parameters())
+    return [
+        {"params": [p for p in params if decays(p)], "weight_decay": weight_decay},
+        {"params": [p for p in params if not decays(p)], "weight_decay": 0.0},
+    ]
+
+
+def regrouped(
+    saved: dict[str, Any], optimizer: Any, parameters: Sequence[Tensor]
+) -> dict[str, Any]:
+    """``saved``, a torch optimizer's state, laid out in ``optimizer``'s parameter groups.
+
+    A state saved with every parameter in one group (by torch's Adam, before the trainer
+    had weight decay) becomes ``optimizer``'s groups, each parameter keeping its moments,
+    with no weight decay: that run trained without it. Any other state is returned as it is.
+
+    :param parameters: the model's parameters in the order the one saved group held them.
+    """
+    groups = getattr(optimizer, "param_groups", None)
+    if groups is None or len(saved["param_groups"]) != 1 or len(groups) == 1:
+        return saved
+    (old,) = saved["param_groups"]
+    saved_index = {id(p): old["params"][k] for k, p in enumerate(parameters)}
+    state, new_groups, index = {}, [], 0
+    for group in groups:
+        ids = []
+        for p in group["params"]:
+            if saved_index[id(p)] in saved["state"]:
+                state[index] = saved["state"][saved_index[id(p)]]
+            ids.append(index)
+            index += 1
+        new_groups.append({**old, "weight_decay": 0.0, "params": ids})
+    return {"state": state, "param_groups": new_groups}

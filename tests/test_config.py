@@ -130,6 +130,7 @@ def test_every_flag_in_help_is_covered():
         "--spread",
         "--selection-trials",
         "--selection-tuned-until",
+        "--weight-decay",
     }
     assert flags - covered == new
 

@@ -4,6 +4,7 @@ once, and the typed checkpoint (older format included)."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -40,7 +41,7 @@ class ScriptedScores:
         return next(self.scores)
 
 
-def trainer_with(market, run_dir, callbacks):
+def trainer_with(market, run_dir, callbacks, **settings):
     train, validation = market.split(0.8)
     env = TradingEnv(train, num_envs=8, episode_length=100, seed=0)
     torch.manual_seed(0)
@@ -55,6 +56,7 @@ def trainer_with(market, run_dir, callbacks):
         progress=False,
         callbacks=callbacks(validation),
         data_fingerprint=train.fingerprint(),
+        **settings,
     )
     return trainer, env
 
@@ -265,3 +267,30 @@ def test_format_2_checkpoints_still_load_and_keep_their_best_score(saved_run, tm
     assert torch.equal(
         old.ranks[0].batch_rng[0], load_checkpoint(run / "checkpoint.pt").ranks[0].batch_rng[0]
     )
+
+
+def test_a_checkpoint_from_before_weight_decay_resumes_without_it(saved_run, tmp_path):
+    run, trainer = saved_run
+    assert trainer.config.weight_decay > 0  # the default
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    # As written then: no weight_decay setting, torch's Adam with every parameter in one group.
+    del state["config"]["weight_decay"]
+    if state["run_config"] is not None:
+        state["run_config"]["ppo"].pop("weight_decay", None)
+    model = copy.deepcopy(trainer.model)
+    adam = torch.optim.Adam(model.parameters(), lr=trainer.config.lr, eps=1e-5)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    adam.step()
+    state["optimizer"] = adam.state_dict()
+    path = tmp_path / "before.pt"
+    torch.save(state, path)
+    old = load_checkpoint(path)
+    assert old.config.weight_decay == 0.0
+    assert old.run_config is None or old.run_config.ppo.weight_decay == 0.0
+    market = synthetic_market(3000, seed=2)
+    resumed, _ = trainer_with(market, tmp_path / "resumed", lambda v: [], weight_decay=0.0)
+    resumed.load_checkpoint(path)
+    assert [g["weight_decay"] for g in resumed.optimizer.param_groups] == [0.0, 0.0]
+    for p, q in zip(resumed.model.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(resumed.optimizer.state[p]["exp_avg"], adam.state[q]["exp_avg"])

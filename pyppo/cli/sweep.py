@@ -65,6 +65,7 @@ FRESH_SEED_OFFSET = 10_000
 # log-uniform draw) or its choices.
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "ppo.lr": {"low": 3e-5, "high": 3e-3, "log": True},
+    "ppo.weight_decay": {"choices": [0.0, 1.0, 5.0, 20.0]},
     "ppo.entropy_coef": {"low": 1e-4, "high": 0.05, "log": True},
     "ppo.clip_epsilon": {"choices": [0.1, 0.2, 0.3]},
     "env.num_envs": {"choices": [64, 128, 256, 512]},

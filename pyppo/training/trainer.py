@@ -53,7 +53,7 @@ from pyppo.distributed import (
 from pyppo.guard import GradientGuard, guard_outputs
 from pyppo.heads import DEFAULT_AUX_LABELS, AuxHeads
 from pyppo.metrics import MEMBER, SEED, MetricSchema, log_nan_events
-from pyppo.optim import StackedAdam
+from pyppo.optim import StackedAdam, decay_groups, regrouped
 from pyppo.protocols import (
     AuxTargetEnv,
     EpochEnv,
@@ -149,11 +149,16 @@ class PPOTrainer:
         broadcast_module_(self.model)  # identical initial weights on every process
         if self.members == 1:
             # fused: one kernel per step instead of ~10 small ops per parameter tensor.
-            self.optimizer = torch.optim.Adam(
-                self.model.parameters(), lr=cfg.lr, eps=1e-5, fused=True
+            self.optimizer = torch.optim.AdamW(
+                decay_groups(self.model, cfg.weight_decay), lr=cfg.lr, eps=1e-5, fused=True
             )
         else:  # per member: its own step count and skipped steps
-            self.optimizer = StackedAdam(self.model.parameters(), cfg.per_member("lr"), eps=1e-5)
+            self.optimizer = StackedAdam(
+                self.model.parameters(),
+                cfg.per_member("lr"),
+                eps=1e-5,
+                weight_decay=cfg.weight_decay,
+            )
         self.guard = GradientGuard(
             self.model,
             cfg.max_grad_norm if cfg.guards else math.inf,
@@ -530,7 +535,9 @@ class PPOTrainer:
         )
         try:
             self.model.load_state_dict(saved.model)
-            self.optimizer.load_state_dict(saved.optimizer)
+            self.optimizer.load_state_dict(
+                regrouped(saved.optimizer, self.optimizer, list(self.model.parameters()))
+            )
         except (RuntimeError, KeyError, ValueError) as err:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {err}") from err
         differ = {
