@@ -206,7 +206,7 @@ class PPOConfig(_Validated):
     # heads and the policy generalize worse (benchmarks/RESULTS.md, "Defaults").
     weight_decay: float = _opt(
         10.0,
-        "decoupled weight decay (AdamW): every step shrinks each parameter by lr x this",
+        "decoupled weight decay (AdamW): every step shrinks each weight (not biases) by lr x this",
         valid=NON_NEGATIVE,
     )
     gamma: PerMember = _per_member(0.99, "discount factor", valid=FRACTION)

@@ -80,6 +80,8 @@ class StackedAdam:
         self.step_count = torch.zeros(self.members, dtype=torch.float32, device=device)
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        # Which parameters weight decay shrinks (fixed by their shapes).
+        self._decayed = [decays(p, member_dims=1) for p in self.params]
         # A [M] vector broadcast over each parameter's shape.
         self._shapes = [(-1, *([1] * (p.dim() - 1))) for p in self.params]
 
@@ -114,7 +116,7 @@ class StackedAdam:
         v = [self.exp_avg_sq[i] for i in active]
         shape = [self._shapes[i] for i in active]
         keep_b = [keep.view(s) for s in shape]
-        weights = [i for i in active if decays(self.params[i], member_dims=1)]
+        weights = [i for i in active if self._decayed[i]]
         if self.weight_decay and weights:
             shrink = 1 - self.lr * self.weight_decay * keep
             torch._foreach_mul_(
