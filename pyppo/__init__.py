@@ -17,7 +17,14 @@ from pyppo._extension import cuda_kernels_available
 from pyppo.agent import Agent, export_agent
 from pyppo.buffer import RolloutBatch, RolloutBuffer
 from pyppo.config import DataConfig, EnvConfig, ModelConfig, PPOConfig, RunConfig
-from pyppo.data import MarketData, MarketDataError, load_market_data, synthetic_market
+from pyppo.data import (
+    MarketData,
+    MarketDataError,
+    Universe,
+    load_market_data,
+    load_universe,
+    synthetic_market,
+)
 from pyppo.env import EnvSpec, ObsSpec, TradingEnv
 from pyppo.guard import GradientGuard, guard_outputs, validate_outputs
 from pyppo.loss import PPOLossTerms, ppo_loss
@@ -43,6 +50,8 @@ __all__ = [
     "MarketData",
     "MarketDataError",
     "load_market_data",
+    "load_universe",
+    "Universe",
     "synthetic_market",
     "TradingEnv",
     "ObsSpec",

@@ -289,10 +289,9 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         self.steps_per_epoch = math.ceil(self.bars_per_epoch / self.envs_per_member)
 
         # Everything step() reads is precomputed once, on the device.
-        feats = compute_features(market, self.window, self.device)
-        self.obs_spec: ObsSpec = feats.spec
-        self.feature_sanitize_counts = feats.sanitized
-        self._table = feats.table
+        self.features = compute_features(market, self.window, self.device)
+        self.obs_spec: ObsSpec = self.features.spec
+        self.feature_sanitize_counts = self.features.sanitized
         # Raw (unsanitized) values: they are sanitized per step so that the counts say how
         # often bad values actually reached the agent.
         self._log_returns = market.log_returns.to(self.device, torch.float32)
@@ -565,9 +564,7 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         self._elapsed = 0
 
     def _observe(self) -> Tensor:
-        obs = self._table.index_select(0, self._t)
-        obs[:, self.obs_spec.position_col] = self._pos
-        return obs
+        return self.features.observe(self._t, self._pos)
 
     def _aux_targets(self) -> Tensor:
         aux = self._aux_table.index_select(0, self._t)

@@ -1,14 +1,16 @@
 """Observation features for :class:`pyppo.TradingEnv`, computed once for the whole series.
 
 The env's ``step()`` must be a handful of gathers, so everything that depends only on the
-market (the normalized return window, indicators, calendar features) is precomputed here
-into one contiguous ``(T, D)`` float32 table; the env copies row ``t`` of it and writes the
-one per-agent column (the position held) in place. An observation therefore depends only on
-the bar and the position held: nothing about episodes, so training, backtests and live
-inference see the same thing.
+market (the normalized returns, indicators, calendar) is precomputed here, compactly: one
+normalized return, nine indicators and a minute-of-week code per bar
+(:class:`MarketFeatures`, 42 bytes a bar whatever the window). An observation is gathered
+from them at step time: the window is a slice of the return column, the calendar columns
+come from a fixed table, and the env writes the one per-agent column (the position held).
+An observation therefore depends only on the bar and the position held: nothing about
+episodes, so training, backtests and live inference see the same thing.
 
-Every feature is causal (row t uses bars <= t only: the table of a series cut after bar t
-equals the first t + 1 rows of the full table), scale-free (returns are divided by a
+Every feature is causal (bar t uses bars <= t only: the features of a series cut after bar
+t equal the first t + 1 bars' of the full series), scale-free (returns are divided by a
 trailing volatility estimate, so the same agent works on a 0.1 %/bar and a 2 %/bar asset)
 and clipped to ``[-FEATURE_CLIP, FEATURE_CLIP]``. Bad ticks never reach the observation:
 the log returns are sanitized with the fused op (non-finite -> 0, clamped to ±1) before any
@@ -17,7 +19,9 @@ feature is built from them, and the counts are kept in :attr:`MarketFeatures.san
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,12 +103,128 @@ class ObsSpec:
 
 @dataclass
 class MarketFeatures:
-    """The precomputed ``(T, spec.size)`` table (position column zero) and how many log
-    returns had to be sanitized to build it (``[nonfinite, clamped]``)."""
+    """Per-bar features of one or more symbols, kept compact; observations are gathered
+    from them at step time (:meth:`observe`), never stored as a row per bar.
 
-    table: Tensor
+    Per bar this holds one normalized return (float32), the indicators (float32 each) and a
+    minute-of-week code (int16): 42 bytes whatever the window, where a materialized
+    observation row would take ``4 * spec.size`` bytes (296 with a window of 60). The window
+    block of an observation is a slice of the return column: symbol ``s``'s returns are
+    stored after ``window - 1`` zeros, so the window of its bar ``t`` is one row of the
+    column's sliding view, and rows before bar ``window`` see zeros where no bar was, as
+    they always did. Calendar columns come from a fixed table indexed by the code.
+
+    Symbols are stacked: symbol ``s``'s bar ``t`` is row ``offsets[s] + t`` of
+    :attr:`indicators` and :attr:`calendar`. One market is one symbol.
+
+    :param returns: the padded normalized return column, ``(rows + symbols * (window - 1),)``.
+    :param indicators: ``(rows, len(INDICATOR_NAMES))``.
+    :param calendar: ``(rows,)`` minute of the week (Monday 00:00 is 0).
+    :param offsets: ``(symbols + 1,)`` first row of each symbol, then the total.
+    :param spec: the observation layout.
+    :param sanitized: how many log returns had to be sanitized (``[nonfinite, clamped]``).
+    """
+
+    returns: Tensor
+    indicators: Tensor
+    calendar: Tensor
+    offsets: Tensor
     spec: ObsSpec
     sanitized: Tensor
+
+    @property
+    def rows(self) -> int:
+        """Bars over all symbols."""
+        return self.calendar.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (what grows with the bars; the calendar table is fixed-size)."""
+        return sum(
+            t.numel() * t.element_size() for t in (self.returns, self.indicators, self.calendar)
+        )
+
+    def observe(
+        self, rows: Tensor, position: Tensor | float = 0.0, symbols: Tensor | None = None
+    ) -> Tensor:
+        """The observations of ``rows`` (a (N,) int64 tensor on the features' device), each
+        with its position written in.
+
+        :param rows: stacked rows (``offsets[s] + t``).
+        :param position: (N,) positions, or one for all.
+        :param symbols: (N,) symbol of each row; ``None`` for one symbol.
+        """
+        spec = self.spec
+        w = spec.window_len
+        window_rows = rows if symbols is None else rows + symbols * (w - 1)
+        obs = torch.empty(rows.shape[0], spec.size, device=rows.device)
+        obs[:, spec.window] = self.returns.unfold(0, w, 1).index_select(0, window_rows)
+        obs[:, spec.indicators] = self.indicators.index_select(0, rows)
+        codes = self.calendar.index_select(0, rows).long()
+        obs[:, spec.time] = calendar_table(rows.device).index_select(0, codes)
+        obs[:, spec.position_col] = position
+        return obs
+
+    def materialize(self, symbol: int = 0) -> Tensor:
+        """Every bar's observation of one symbol, position flat: ``(bars, spec.size)``. For
+        tests and small analyses; the env never builds this."""
+        lo, hi = self.offsets[symbol].item(), self.offsets[symbol + 1].item()
+        rows = torch.arange(lo, hi, device=self.calendar.device)
+        symbols = torch.full_like(rows, symbol)
+        return self.observe(rows, 0.0, symbols)
+
+    def to(self, device: torch.device | str) -> MarketFeatures:
+        """The same features on ``device``."""
+        return MarketFeatures(
+            returns=self.returns.to(device),
+            indicators=self.indicators.to(device),
+            calendar=self.calendar.to(device),
+            offsets=self.offsets,
+            spec=self.spec,
+            sanitized=self.sanitized.to(device),
+        )
+
+
+MINUTES_PER_WEEK = 7 * 24 * 60
+
+
+@functools.cache
+def _calendar_table_cpu() -> Tensor:
+    code = np.arange(MINUTES_PER_WEEK)
+    minute_of_day = code % (24 * 60)
+    hour = (minute_of_day // 60 + (minute_of_day % 60) / 60.0) / 24.0
+    day = (code // (24 * 60) + hour) / 7.0
+    table = np.stack(
+        [
+            np.sin(2 * np.pi * hour),
+            np.cos(2 * np.pi * hour),
+            np.sin(2 * np.pi * day),
+            np.cos(2 * np.pi * day),
+        ],
+        axis=1,
+    )
+    return torch.from_numpy(table.astype(np.float32))
+
+
+_CALENDAR_TABLES: dict[torch.device, Tensor] = {}
+
+
+def calendar_table(device: torch.device) -> Tensor:
+    """``(MINUTES_PER_WEEK, len(TIME_NAMES))``: the calendar columns of each minute of the
+    week, time of day and day of week as points on a circle (23:00 is next to 00:00)."""
+    if device not in _CALENDAR_TABLES:
+        _CALENDAR_TABLES[device] = _calendar_table_cpu().to(device)
+    return _CALENDAR_TABLES[device]
+
+
+def minute_of_week(index: pd.DatetimeIndex) -> np.ndarray:
+    """Each timestamp's minute of the week (Monday 00:00 is 0) as int16."""
+    code = (
+        index.day_of_week.to_numpy() * (24 * 60)
+        + index.hour.to_numpy() * 60
+        + index.minute.to_numpy()
+    )
+    return code.astype(np.int16)
 
 
 def _ewm_vol(x: pd.Series, span: int) -> np.ndarray:
@@ -128,16 +248,45 @@ def _rolling_sum(x: np.ndarray, k: int) -> np.ndarray:
     return c[1:] - c[lo]
 
 
-def compute_features(market: MarketData, window: int, device: torch.device | str) -> MarketFeatures:
-    """Build the observation table for every bar of ``market``.
+def compute_features(
+    market: MarketData | Sequence[MarketData], window: int, device: torch.device | str
+) -> MarketFeatures:
+    """Build the per-bar features of ``market`` (or of several symbols' markets, stacked in
+    the order given).
 
-    Rows t < window are incomplete and never observed. Row t depends on bars 0..t only.
+    Observations of bars t < window are incomplete and never used. Bar t's features depend
+    on bars 0..t of its own symbol only.
 
-    :param market: the bars.
+    :param market: the bars, or one market per symbol.
     :param window: length of the normalized return window (:meth:`ObsSpec.for_window`).
-    :param device: where the table is put.
+    :param device: where the features are put.
     """
+    markets = [market] if isinstance(market, MarketData) else list(market)
+    if not markets:
+        raise ValueError("compute_features: no market given")
     spec = ObsSpec.for_window(window)
+    pad = np.zeros(window - 1, dtype=np.float32)
+    returns, indicators, calendar, sanitized = [], [], [], []
+    for one in markets:
+        r_norm, ind, counts = _symbol_features(one, window)
+        returns += [pad, r_norm]
+        indicators.append(ind)
+        calendar.append(minute_of_week(one.frame.index))
+        sanitized.append(counts)
+    lengths = [0] + [len(one) for one in markets]
+    return MarketFeatures(
+        returns=torch.from_numpy(np.concatenate(returns)).to(device),
+        indicators=torch.from_numpy(np.concatenate(indicators)).to(device),
+        calendar=torch.from_numpy(np.concatenate(calendar)).to(device),
+        offsets=torch.tensor(np.cumsum(lengths), dtype=torch.int64),
+        spec=spec,
+        sanitized=torch.stack(sanitized).sum(0).to(device),
+    )
+
+
+def _symbol_features(market: MarketData, window: int) -> tuple[np.ndarray, np.ndarray, Tensor]:
+    """One symbol's normalized returns ``(T,)`` and indicators ``(T, 9)`` (float32), and its
+    sanitized-return counts."""
     n = len(market)
     # Sanitize the returns the features see, with the same fused op and limit as rewards.
     logr = market.log_returns.clone()
@@ -153,13 +302,6 @@ def compute_features(market: MarketData, window: int, device: torch.device | str
     vol_prev = np.concatenate([vol_w[:1], vol_w[:-1]])
     r_norm = np.clip(r / vol_prev, -FEATURE_CLIP, FEATURE_CLIP)
     r_norm[:1] = 0.0
-
-    # Built in float32: clipping commutes with rounding to float32, so this equals building
-    # in float64 and converting at the end, with a quarter of the memory traffic.
-    table = np.zeros((n, spec.size), dtype=np.float32)
-    # Window block: row t holds r_norm[t-window+1 .. t], oldest first (zeros before bar 0).
-    padded = np.concatenate([np.zeros(window - 1, dtype=np.float32), r_norm.astype(np.float32)])
-    table[:, spec.window] = np.lib.stride_tricks.sliding_window_view(padded, window)
 
     vol_short = np.maximum(_ewm_vol(rs, 12), floor)
     vol_slow = np.maximum(_ewm_vol(rs, 10 * window), floor)
@@ -184,24 +326,13 @@ def compute_features(market: MarketData, window: int, device: torch.device | str
         ind["bar_range"] = np.zeros(n)
     high = pd.Series(logp).rolling(window, min_periods=1).max().to_numpy()
     ind["drawdown"] = (logp - high) / (vol_w * math.sqrt(window))
+    # Built in float32: clipping commutes with rounding to float32, so this equals building
+    # in float64 and converting at the end.
+    indicators = np.empty((n, len(INDICATOR_NAMES)), dtype=np.float32)
     for j, name in enumerate(INDICATOR_NAMES):
-        table[:, spec.indicators.start + j] = ind[name]
-
-    # Calendar: time of day and day of week as points on a circle (23:00 is next to 00:00).
-    idx = frame.index
-    hour = (idx.hour.to_numpy() + idx.minute.to_numpy() / 60.0) / 24.0
-    day = (idx.day_of_week.to_numpy() + hour) / 7.0
-    t0 = spec.time.start
-    table[:, t0] = np.sin(2 * np.pi * hour)
-    table[:, t0 + 1] = np.cos(2 * np.pi * hour)
-    table[:, t0 + 2] = np.sin(2 * np.pi * day)
-    table[:, t0 + 3] = np.cos(2 * np.pi * day)
-
-    # The window block is already clipped and finite (finite returns over a positive
-    # floor). The other inputs are finite by construction too; NaN -> 0 only guards
-    # against a future edit.
-    rest = table[:, spec.window.stop :]
-    rest[np.isnan(rest)] = 0.0
-    np.clip(rest, -FEATURE_CLIP, FEATURE_CLIP, out=rest)
-    out = torch.from_numpy(table).to(device).contiguous()
-    return MarketFeatures(table=out, spec=spec, sanitized=sanitized.to(device))
+        indicators[:, j] = ind[name]
+    # The returns are clipped and finite (finite returns over a positive floor). The
+    # indicators are finite by construction too; NaN -> 0 only guards against a future edit.
+    indicators[np.isnan(indicators)] = 0.0
+    np.clip(indicators, -FEATURE_CLIP, FEATURE_CLIP, out=indicators)
+    return r_norm.astype(np.float32), indicators, sanitized

@@ -94,7 +94,7 @@ def policy_outputs(
     Each batch of ``batch_size`` bars is passed through the model once per position (3 with
     shorting, 2 long-only), in eval mode under :func:`torch.inference_mode` (the model's
     training mode is restored afterwards). The observations are those of
-    :class:`pyppo.TradingEnv`: row t of the feature table with the position written in.
+    :class:`pyppo.TradingEnv`: bar t's features with the position written in.
     Every output whose first dimension is the batch is kept, moved to the CPU.
 
     A model with a ``position_free(obs)`` method (:class:`pyppo.TradingActorCritic`) has
@@ -114,7 +114,7 @@ def policy_outputs(
     :param batch_size: bars per forward pass (bounds memory).
     :param start: first bar (default and minimum: ``window``, the first with a full window).
     :param stop: one past the last bar (default: ``len(market)``).
-    :param features: the table :func:`pyppo.features.compute_features` made for this
+    :param features: what :func:`pyppo.features.compute_features` made for this
         market and window, to reuse it (computed here when ``None``).
     :param reuse: compute the model's position-free part once per batch (when it has one).
     """
@@ -131,12 +131,12 @@ def policy_outputs(
     device = torch.device(device)
     if features is None:
         features = compute_features(market, window, device)
-    elif features.spec.window_len != window or features.table.shape[0] != n:
+    elif features.spec.window_len != window or features.rows != n:
         raise ValueError(
             f"features are for window {features.spec.window_len} and "
-            f"{features.table.shape[0]} bars, not window {window} and {n} bars"
+            f"{features.rows} bars, not window {window} and {n} bars"
         )
-    table = features.table.to(device)
+    features = features.to(device)
     col = features.spec.position_col
     positions = action_positions(allow_short).tolist()
     count = stop - start
@@ -156,7 +156,8 @@ def policy_outputs(
         with torch.inference_mode():
             for lo in range(start, stop, batch_size):
                 hi = min(lo + batch_size, stop)
-                for k, out in enumerate(forward_all(table[lo:hi].clone())):
+                rows = torch.arange(lo, hi, device=device)
+                for k, out in enumerate(forward_all(features.observe(rows))):
                     for name, value in out.items():
                         if value.dim() == 0 or value.shape[0] != hi - lo:
                             continue

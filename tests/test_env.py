@@ -97,7 +97,7 @@ def test_step_semantics_by_hand():
     # The final observation is of bars 5 and 8, flat: exactly the table rows (position
     # column 0), as a fresh env observing those bars flat would see them.
     assert final[:, spec.position_col].tolist() == [0.0, 0.0]
-    table = env._table
+    table = env.features.materialize()
     assert torch.equal(final, table[[5, 8]])
     torch.testing.assert_close(info["episode_return"], total)
     # Auto-reset (same step): the returned obs starts the next episodes, at the next tiles.
@@ -136,10 +136,10 @@ def test_observation_window_is_scale_free_and_causal():
     future.iloc[1500:, :4] *= 2.0
     env_a = TradingEnv(base, num_envs=1, episode_length=10)
     env_b = TradingEnv(load_market_data(future), num_envs=1, episode_length=10)
-    torch.testing.assert_close(env_a._table[:1500], env_b._table[:1500])
+    torch.testing.assert_close(env_a.features.materialize()[:1500], env_b.features.materialize()[:1500])
     # The newest window column has the sign of the newest log return.
     t = torch.arange(100, 1500)
-    last = env_a._table[t, env_a.obs_spec.window.stop - 1]
+    last = env_a.features.materialize()[t, env_a.obs_spec.window.stop - 1]
     assert torch.equal(torch.sign(last), torch.sign(base.log_returns[t].float()))
 
 
@@ -154,9 +154,9 @@ def test_features_of_a_bar_use_only_bars_up_to_it(bad_ticks):
     """The table of the market cut after bar t is bit for bit the first t + 1 rows of the
     full table: no feature (volatility floor included) looks ahead."""
     market = synthetic_market(3000, seed=6, bad_ticks=bad_ticks)
-    full = compute_features(market, 60, "cpu").table
+    full = compute_features(market, 60, "cpu").materialize()
     for t in (0, 1, 5, 59, 60, 61, 777, 1500, 2998):
-        part = compute_features(cut(market, t), 60, "cpu").table
+        part = compute_features(cut(market, t), 60, "cpu").materialize()
         assert torch.equal(part, full[: t + 1]), t
 
 
@@ -164,7 +164,7 @@ def test_flat_series_does_not_divide_by_zero():
     idx = pd.date_range("2024-01-01", periods=300, freq="1h")
     frame = pd.DataFrame({"close": 100.0, "high": 100.0, "low": 100.0}, index=idx)
     feats = compute_features(load_market_data(frame), 60, "cpu")
-    table, spec = feats.table, feats.spec
+    table, spec = feats.materialize(), feats.spec
     assert torch.isfinite(table).all()
     assert (table[:, spec.window] == 0).all() and (table[:, spec.indicators] == 0).all()
     # Nearly flat, then volatile: still finite, and the quiet bars' features do not see the
@@ -172,10 +172,10 @@ def test_flat_series_does_not_divide_by_zero():
     rng = np.random.default_rng(0)
     steps = np.concatenate([rng.normal(0, 1e-8, 150), rng.normal(0, 1e-2, 150)])
     moving = load_market_data(pd.DataFrame({"close": 100.0 * np.exp(np.cumsum(steps))}, idx))
-    table = compute_features(moving, 60, "cpu").table
+    table = compute_features(moving, 60, "cpu").materialize()
     assert torch.isfinite(table).all()
     for t in (100, 200):
-        assert torch.equal(compute_features(cut(moving, t), 60, "cpu").table, table[: t + 1])
+        assert torch.equal(compute_features(cut(moving, t), 60, "cpu").materialize(), table[: t + 1])
 
 
 def test_observation_is_the_bar_and_the_position_only():
@@ -188,7 +188,7 @@ def test_observation_is_the_bar_and_the_position_only():
     obs, _ = env.reset()
     gen = torch.Generator().manual_seed(0)
     for _ in range(30):  # across episode boundaries: nothing about the episode shows
-        expected = env._table[env.bar_index].clone()
+        expected = env.features.materialize()[env.bar_index].clone()
         expected[:, spec.position_col] = env.position
         assert torch.equal(obs, expected)
         obs, *_ = env.step(torch.randint(0, 3, (3,), generator=gen))
@@ -318,7 +318,7 @@ def test_bad_ticks_flow_through_with_every_bad_value_counted():
     # The observation table was built from sanitized returns, counted once per bar.
     n_nonfinite = int((~torch.isfinite(md.log_returns)).sum())
     assert counts["feature_return_nonfinite"] == n_nonfinite == 2 * bad_bars_total(md)
-    assert torch.isfinite(env._table).all()
+    assert torch.isfinite(env.features.materialize()).all()
 
 
 def bad_bars_total(md) -> int:

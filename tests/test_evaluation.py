@@ -194,7 +194,7 @@ def test_policy_outputs_batches_ranges_and_modes():
     for name, value in part.outputs.items():
         np.testing.assert_allclose(value, full.outputs[name][:, 1000 - WINDOW : 2600 - WINDOW])
     # Each row is the model at that bar's env observation with the position written in.
-    obs = features.table[[1234, 1234]].clone()
+    obs = features.materialize()[[1234, 1234]].clone()
     obs[:, features.spec.position_col] = torch.tensor([-1.0, 1.0])
     with torch.inference_mode():
         direct = model.model.eval()(obs)["value"].numpy()
@@ -226,7 +226,7 @@ def test_position_free_part_is_computed_once_per_batch_and_changes_nothing():
 def test_model_forward_with_its_position_free_part_is_the_plain_forward():
     market = synthetic_market(2_000, seed=8)
     model = busy_model(market)
-    obs = compute_features(market, WINDOW, "cpu").table[500:900].clone()
+    obs = compute_features(market, WINDOW, "cpu").materialize()[500:900].clone()
     with torch.no_grad():
         part = model.position_free(obs)
         for position in (-1.0, 0.0, 1.0):

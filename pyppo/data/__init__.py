@@ -20,7 +20,10 @@ Modules, from the bottom up:
 - :mod:`~pyppo.data.parsing`: finding and parsing the timestamp and price columns.
 - :mod:`~pyppo.data.checks`: the checks on timestamps and prices, and ``repair=``.
 - :mod:`~pyppo.data.loading`: :func:`load_market_data`, which runs them in order.
-- :mod:`~pyppo.data.synthetic`: :func:`synthetic_market`, the embedded default market.
+- :mod:`~pyppo.data.universe`: :class:`Universe` (several symbols aligned on one calendar)
+  and :func:`load_universe` (a dict, files, a directory, a glob or a long-format table).
+- :mod:`~pyppo.data.synthetic`: :func:`synthetic_market`, the embedded default market (one
+  symbol, or a correlated universe with ``symbols=``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pyppo.data.horizons import format_duration, horizon_label, horizon_to_bars
 from pyppo.data.loading import load_market_data
 from pyppo.data.market import MarketData, RepairSummary, bars_per_year, infer_bar_interval
 from pyppo.data.synthetic import SyntheticParams, synthetic_market
+from pyppo.data.universe import Universe, load_universe
 
 __all__ = [
     "MarketData",
@@ -37,6 +41,8 @@ __all__ = [
     "RepairSummary",
     "SyntheticParams",
     "load_market_data",
+    "load_universe",
+    "Universe",
     "synthetic_market",
     "format_duration",
     "horizon_to_bars",

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from pyppo.data.checks import check_order, check_prices, check_returns
-from pyppo.data.errors import MarketDataError, examples_text
+from pyppo.data.errors import DataSource, MarketDataError, examples_text
 from pyppo.data.horizons import horizon_label, horizon_to_bars
 from pyppo.data.market import MarketData, check_length, infer_bar_interval
 from pyppo.data.parsing import extract_prices, extract_timestamps
@@ -82,6 +82,31 @@ def load_market_data(
             f"horizons={horizons!r}: give a sequence of one or more horizons, e.g. ('1h', '24h')"
         )
     raw, name = read_table(source)
+    return market_from_table(
+        raw,
+        name,
+        timestamp_col=timestamp_col,
+        timestamp_format=timestamp_format,
+        price_col=price_col,
+        repair=repair,
+        window=window,
+        horizons=horizons,
+    )
+
+
+def market_from_table(
+    raw: pd.DataFrame,
+    name: DataSource,
+    *,
+    timestamp_col: str | None,
+    timestamp_format: str | None,
+    price_col: str | None,
+    repair: str | None,
+    window: int,
+    horizons: Sequence[int | str | pd.Timedelta],
+) -> MarketData:
+    """Validate a raw table already read (by :func:`load_market_data`, or one symbol's rows
+    of a long-format table), with ``name`` naming it and its rows in messages."""
     if len(raw) == 0:
         raise MarketDataError(f"{name}: no rows; the data needs a header and bars")
     dup = raw.columns[raw.columns.duplicated()]

@@ -7,6 +7,7 @@ pattern, planted momentum, optional bad ticks) is described there and in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import pandas as pd
 from pyppo.data.errors import MarketDataError
 from pyppo.data.horizons import format_duration
 from pyppo.data.market import MarketData
+from pyppo.data.universe import Universe
 
 __all__ = ["SyntheticParams", "synthetic_market"]
 
@@ -49,6 +51,11 @@ class SyntheticParams:
         default_factory=lambda: (_Regime(3e-4, 0.9), _Regime(0.0, 0.7), _Regime(-3e-4, 1.4))
     )
     intraday_vol: float = 0.25  # amplitude of the time-of-day volatility pattern
+    # A universe (``symbols=``): the share of each symbol's shock variance that is a common
+    # market shock (so symbols correlate about this much), and the spread of their
+    # volatilities (each symbol's base_vol is scaled by exp(N(0, vol_spread))).
+    market_share: float = 0.4
+    vol_spread: float = 0.4
 
 
 def synthetic_market(
@@ -61,7 +68,8 @@ def synthetic_market(
     window: int = 60,
     horizons: Sequence[int | str | pd.Timedelta] = ("1h", "24h"),
     params: SyntheticParams | None = None,
-) -> MarketData:
+    symbols: int | Sequence[str] | None = None,
+) -> MarketData | Universe:
     """The embedded default market: deterministic for a seed, no files needed.
 
     Log returns follow a 3-state regime chain (bull/calm/bear: drift and volatility differ),
@@ -76,6 +84,13 @@ def synthetic_market(
     bad value is counted downstream.
 
     ``window`` and ``horizons`` are kept on the market as in :func:`load_market_data`.
+
+    ``symbols`` (a count, or the names) makes a :class:`~pyppo.data.universe.Universe` of
+    that many symbols on one calendar instead: each has its own regimes, volatility level
+    (``params.vol_spread``) and planted momentum, and shares a common market shock
+    (``params.market_share`` of its shock variance), so the symbols correlate and each has
+    an edge of its own. Symbol k's bars come from the seed ``(seed, k)``; a count names them
+    ``S00``, ``S01``, ... ``bad_ticks`` then plants bad bars in every symbol.
     """
     p = params or SyntheticParams()
     step = pd.Timedelta(interval)
@@ -83,8 +98,38 @@ def synthetic_market(
         raise MarketDataError(f"synthetic_market: n_bars={n_bars} is too few")
     if not 0.0 <= bad_ticks < 0.3:
         raise MarketDataError(f"synthetic_market: bad_ticks={bad_ticks} must be a rate in [0, 0.3)")
+    if symbols is not None:
+        return _synthetic_universe(
+            symbols, n_bars, step, seed, bad_ticks, start, window, horizons, p
+        )
     rng = np.random.default_rng(seed)
     index = pd.date_range(start, periods=n_bars, freq=step, name="timestamp")
+    frame = _bars(rng, index, p)
+
+    planted = _plant_bad_ticks(rng, frame, bad_ticks)
+    label = (
+        f"synthetic(n_bars={n_bars}, interval={format_duration(step)}, seed={seed}, "
+        f"bad_ticks={bad_ticks})"
+    )
+    return MarketData(
+        frame,
+        bar_interval=step,
+        horizons=horizons,
+        window=window,
+        planted=planted,
+        source=label,
+    )
+
+
+def _bars(
+    rng: np.random.Generator,
+    index: pd.DatetimeIndex,
+    p: SyntheticParams,
+    common: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """One symbol's OHLCV bars on ``index``; ``common``: unit-variance market shocks that
+    take ``p.market_share`` of the shock variance (a universe's symbols share them)."""
+    n_bars = len(index)
 
     # Regime path: a sticky Markov chain, jumping to a uniformly chosen other regime.
     k = len(p.regimes)
@@ -99,6 +144,8 @@ def synthetic_market(
 
     # Unit-variance Student-t shocks.
     shocks = rng.standard_t(p.t_dof, size=n_bars) * math.sqrt((p.t_dof - 2) / p.t_dof)
+    if common is not None:
+        shocks = math.sqrt(p.market_share) * common + math.sqrt(1.0 - p.market_share) * shocks
     hours = index.hour.to_numpy() + index.minute.to_numpy() / 60.0
     intraday = 1.0 + p.intraday_vol * np.cos(2 * np.pi * (hours - 15.0) / 24.0)
 
@@ -129,11 +176,64 @@ def synthetic_market(
     high = np.maximum(open_, close) * np.exp(wick[0])
     low = np.minimum(open_, close) * np.exp(-wick[1])
     volume = np.round(1000.0 * np.exp(rng.normal(0.0, 0.3, n_bars)) * (1 + 50 * np.abs(logr)))
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {"open": open_, "high": high, "low": low, "close": close, "volume": volume}, index=index
     )
 
+
+def _synthetic_universe(
+    symbols: int | Sequence[str],
+    n_bars: int,
+    step: pd.Timedelta,
+    seed: int,
+    bad_ticks: float,
+    start: str,
+    window: int,
+    horizons: Sequence[int | str | pd.Timedelta],
+    p: SyntheticParams,
+) -> Universe:
+    names = (
+        [f"S{k:02d}" for k in range(symbols)]
+        if isinstance(symbols, int)
+        else [str(s) for s in symbols]
+    )
+    if not names or len(set(names)) < len(names):
+        raise MarketDataError(
+            f"synthetic_market: symbols={symbols!r}: give a count >= 1 or distinct names"
+        )
+    if not 0.0 <= p.market_share < 1.0:
+        raise MarketDataError(f"synthetic_market: market_share={p.market_share} must be in [0, 1)")
+    index = pd.date_range(start, periods=n_bars, freq=step, name="timestamp")
+    common_rng = np.random.default_rng([seed, len(names), 0x5EED])
+    common = common_rng.standard_t(p.t_dof, size=n_bars) * math.sqrt((p.t_dof - 2) / p.t_dof)
+    markets = {}
+    for k, name in enumerate(names):
+        rng = np.random.default_rng([seed, k])
+        own = dataclasses.replace(p, base_vol=p.base_vol * math.exp(rng.normal(0.0, p.vol_spread)))
+        frame = _bars(rng, index, own, common)
+        planted = _plant_bad_ticks(rng, frame, bad_ticks)
+        markets[name] = MarketData(
+            frame,
+            bar_interval=step,
+            horizons=horizons,
+            window=window,
+            planted=planted,
+            source=f"{name} (synthetic seed={seed})",
+        )
+    label = (
+        f"synthetic(symbols={len(names)}, n_bars={n_bars}, interval={format_duration(step)}, "
+        f"seed={seed}, bad_ticks={bad_ticks})"
+    )
+    return Universe(markets, source=label)
+
+
+def _plant_bad_ticks(
+    rng: np.random.Generator, frame: pd.DataFrame, bad_ticks: float
+) -> dict[str, np.ndarray]:
+    """Plant ``round(bad_ticks * len(frame))`` bad bars in ``frame`` (in place); their
+    positions by kind."""
     planted: dict[str, np.ndarray] = {}
+    n_bars = len(frame)
     n_bad = int(round(bad_ticks * n_bars))
     if n_bad:
         # Distinct, never adjacent positions (so each bad tick's effect on the returns is
@@ -156,15 +256,4 @@ def synthetic_market(
         frame.iloc[planted["spike"], hi] = np.maximum(
             frame.iloc[planted["spike"], hi], frame.iloc[planted["spike"], ci]
         )
-    label = (
-        f"synthetic(n_bars={n_bars}, interval={format_duration(step)}, seed={seed}, "
-        f"bad_ticks={bad_ticks})"
-    )
-    return MarketData(
-        frame,
-        bar_interval=step,
-        horizons=horizons,
-        window=window,
-        planted=planted,
-        source=label,
-    )
+    return planted

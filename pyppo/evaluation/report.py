@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from pyppo import stats
@@ -508,7 +509,8 @@ def linear_predictions(training, market, window: int, horizon: int) -> np.ndarra
 
     def design(bars) -> tuple[np.ndarray, np.ndarray]:
         rows = np.arange(window, window + bars.decision_bars(window))
-        table = compute_features(bars, window, "cpu").table.numpy()[rows].astype(np.float64)
+        table = compute_features(bars, window, "cpu").observe(torch.from_numpy(rows))
+        table = table.numpy().astype(np.float64)
         target = bars.forward_returns(horizon).numpy()[rows]
         target = np.clip(np.nan_to_num(target, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0)
         return np.column_stack([table, np.ones(len(rows))]), target
