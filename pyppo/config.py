@@ -134,7 +134,8 @@ class DataConfig(_Validated):
 
     path: str | None = _opt(
         None,
-        "CSV or Parquet file of OHLCV bars (default: the embedded synthetic market)",
+        "CSV or Parquet file of OHLCV bars (default: the embedded synthetic market); several "
+        "symbols: comma-separated files, a folder, a glob, or one file with a symbol column",
         flag="--data",
     )
     timestamp_col: str | None = _opt(None, "the timestamp column, when pyppo cannot find it")

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from pyppo import ops
 from pyppo.config import EnvConfig
-from pyppo.data import MarketData, MarketDataError
+from pyppo.data import MarketData, MarketDataError, Universe
 from pyppo.device import resolve_device
 from pyppo.execution import check_fill, cost_per_unit, gap_log_returns, step_rewards
 from pyppo.features import FEATURE_CLIP, RETURN_LIMIT, ObsSpec, compute_features
@@ -267,46 +267,33 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         self.aux_horizon_bars: tuple[int, ...] = tuple(market.horizons)
         self.aux_labels: tuple[str, ...] = tuple(market.horizon_labels)
 
-        n_bars = len(market)
-        longest = max(self.aux_horizon_bars, default=0)
-        lo, hi = (0, n_bars) if span is None else (int(span[0]), int(span[1]))
-        if not 0 <= lo < hi <= n_bars:
-            raise ValueError(f"span=({lo}, {hi}): need 0 <= lo < hi <= {n_bars} (the bars)")
-        self.span = (lo, hi)
-        self.first_bar = max(self.window, lo)
-        # Decision bars: a window behind each, the next bar and every horizon inside the span.
-        self.bars_per_epoch = hi - max(longest, 1) - self.first_bar
-        # An episode from t0 acts on t0 .. t0+L-1, all of which must be decision bars.
-        self._max_start = hi - self.episode_length - max(longest, 1)
-        if self._max_start < self.first_bar:
-            what = f"{n_bars} bars are" if span is None else f"bars {lo}..{hi - 1} are"
-            raise MarketDataError(
-                f"{what} too few for episode_length={episode_length}, window={window} "
-                f"and longest aux horizon {longest} bars: need at least "
-                f"{self.first_bar - lo + episode_length + max(longest, 1)}. Use a shorter "
-                "episode_length or more data"
-            )
-        self.steps_per_epoch = math.ceil(self.bars_per_epoch / self.envs_per_member)
+        self.markets: list[MarketData] = (
+            list(market.markets.values()) if isinstance(market, Universe) else [market]
+        )
+        self.symbols: tuple[str, ...] = (
+            market.symbols if isinstance(market, Universe) else (market.source,)
+        )
+        self._set_decision_bars(span)
 
-        # Everything step() reads is precomputed once, on the device.
-        self.features = compute_features(market, self.window, self.device)
+        # Everything step() reads is precomputed once, on the device, one symbol after
+        # another: symbol s's bar t is row offsets[s] + t of every per-bar tensor.
+        self.features = compute_features(self.markets, self.window, self.device)
         self.obs_spec: ObsSpec = self.features.spec
         self.feature_sanitize_counts = self.features.sanitized
+        self._offsets = self.features.offsets.to(self.device)
         # Raw (unsanitized) values: they are sanitized per step so that the counts say how
         # often bad values actually reached the agent.
-        self._log_returns = market.log_returns.to(self.device, torch.float32)
+        self._log_returns = self._stacked(lambda m: m.log_returns)
         # Next-open fills: the part of each bar's return the previous position earns.
         self._gaps = None
         if self.fill != "close":
-            self._gaps = gap_log_returns(market, self.fill).to(self.device, torch.float32)
+            self._gaps = self._stacked(lambda m: gap_log_returns(m, self.fill))
         if self.aux_horizon_bars:
-            self._aux_table = (
-                torch.stack([market.forward_returns(h) for h in self.aux_horizon_bars], dim=1)
-                .to(self.device, torch.float32)
-                .contiguous()
+            self._aux_table = self._stacked(
+                lambda m: torch.stack([m.forward_returns(h) for h in self.aux_horizon_bars], 1)
             )
         else:
-            self._aux_table = torch.zeros(n_bars, 0, device=self.device)
+            self._aux_table = torch.zeros(self.features.rows, 0, device=self.device)
         positions = [-1.0, 0.0, 1.0] if self.allow_short else [0.0, 1.0]
         self._action_to_position = torch.tensor(positions, device=self.device)
         # [nonfinite, clamped]; a population counts per member: [M, 2].
@@ -320,10 +307,59 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         self._seed_generators(seeds)
         self._episodes_started = 0  # for starts="sequential"
         self._t = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
+        self._symbol = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
         self._pos = torch.zeros(self.num_envs, device=self.device)
         self._episode_return = torch.zeros(self.num_envs, device=self.device)
         self._elapsed = 0
         self._needs_reset = True
+
+    def _set_decision_bars(self, span: tuple[int, int] | None) -> None:
+        """Each symbol's decision bars and episode starts within ``span``."""
+        n_bars = len(self.market)
+        longest = max(self.aux_horizon_bars, default=0)
+        lo, hi = (0, n_bars) if span is None else (int(span[0]), int(span[1]))
+        if not 0 <= lo < hi <= n_bars:
+            raise ValueError(f"span=({lo}, {hi}): need 0 <= lo < hi <= {n_bars} (the bars)")
+        self.span = (lo, hi)
+        if isinstance(self.market, Universe):
+            spans = [self.market.symbol_span(s, lo, hi) for s in self.market.symbols]
+        else:
+            spans = [(lo, hi)]
+        # Decision bars: a window behind each, the next bar and every horizon inside the
+        # span. An episode from t0 acts on t0 .. t0+L-1, all of which must be decision bars.
+        first = [max(self.window, a) for a, _ in spans]
+        last_start = [b - self.episode_length - max(longest, 1) for _, b in spans]
+        starts = [max(z - f + 1, 0) for f, z in zip(first, last_start, strict=True)]
+        bars = [
+            max(b - max(longest, 1) - f, 0) if n else 0
+            for f, (_, b), n in zip(first, spans, starts, strict=True)
+        ]
+        if not any(starts):
+            what = f"{n_bars} bars are" if span is None else f"bars {lo}..{hi - 1} are"
+            if isinstance(self.market, Universe):
+                what = "every symbol's bars are" if span is None else f"every symbol's {what}"
+            raise MarketDataError(
+                f"{what} too few for episode_length={self.episode_length}, "
+                f"window={self.window} and longest aux horizon {longest} bars: need at least "
+                f"{first[0] - spans[0][0] + self.episode_length + max(longest, 1)}. Use a "
+                "shorter episode_length or more data"
+            )
+        self.first_bar, self._max_start = first[0], last_start[0]
+        self.bars_per_epoch = sum(bars)
+        self.steps_per_epoch = math.ceil(self.bars_per_epoch / self.envs_per_member)
+        # Episode starts over all symbols: start k (0 <= k < total) is symbol s's
+        # first[s] + k - begin[s], where begin[s] <= k < begin[s] + starts[s].
+        slots = [math.ceil(b / self.episode_length) for b in bars]
+        self._first = torch.tensor(first, device=self.device)
+        self._last_start = torch.tensor(last_start, device=self.device)
+        self._start_ends = torch.tensor(np.cumsum(starts), device=self.device)
+        self._slot_ends = torch.tensor(np.cumsum(slots), device=self.device)
+        self._total_starts, self._total_slots = int(sum(starts)), int(sum(slots))
+
+    def _stacked(self, per_market: Any) -> Tensor:
+        """One float32 tensor on the device of ``per_market(m)`` for every symbol, stacked."""
+        parts = [per_market(m).to(torch.float32) for m in self.markets]
+        return torch.cat(parts).to(self.device).contiguous()
 
     def _init_spaces(self, n_actions: int) -> None:
         shape = (self.obs_spec.size,)
@@ -444,14 +480,41 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
             "feature_return_clamped": f[1],
         }
 
+    def memory(self) -> dict[str, int]:
+        """Bytes of each per-bar tensor the env holds (what grows with the bars: the
+        features, the returns, the auxiliary targets, the gaps of next-open fills). The
+        market itself is the caller's and not counted."""
+        tensors = {
+            "features": self.features.nbytes,
+            "log_returns": self._log_returns,
+            "aux_targets": self._aux_table,
+            "gaps": self._gaps,
+        }
+        return {
+            name: t if isinstance(t, int) else (0 if t is None else t.numel() * t.element_size())
+            for name, t in tensors.items()
+        }
+
+    @property
+    def bytes_per_bar(self) -> float:
+        """:meth:`memory` in total over the bars held (every symbol's): about 54 bytes with
+        the default two auxiliary horizons, whatever the window."""
+        return sum(self.memory().values()) / self.features.rows
+
     def reset_counters(self) -> None:
         self.return_counts.zero_()
         self.aux_target_counts.zero_()
 
     @property
     def bar_index(self) -> Tensor:
-        """(N,) current bar of each env (the bar of the last returned observation)."""
-        return self._t
+        """(N,) current bar of each env (the bar of the last returned observation), in its
+        symbol's bars."""
+        return self._t - self._offsets.index_select(0, self._symbol)
+
+    @property
+    def symbol_index(self) -> Tensor:
+        """(N,) the symbol each env trades (an index into :attr:`symbols`)."""
+        return self._symbol
 
     @property
     def position(self) -> Tensor:
@@ -467,6 +530,7 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
             "seed": self._seeds,
             "episodes_started": self._episodes_started,
             "t": self._t.clone(),
+            "symbol": self._symbol.clone(),
             "pos": self._pos.clone(),
             "episode_return": self._episode_return.clone(),
             "elapsed": self._elapsed,
@@ -488,6 +552,8 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         self._seeds = list(state["seed"]) if isinstance(state["seed"], list) else [state["seed"]]
         self._episodes_started = state["episodes_started"]
         self._t = state["t"].to(self.device)
+        if "symbol" in state:
+            self._symbol = state["symbol"].to(self.device)
         self._pos = state["pos"].to(self.device)
         self._episode_return = state["episode_return"].to(self.device)
         self._elapsed = state["elapsed"]
@@ -538,33 +604,40 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
     def _start_episodes(self) -> None:
         n, per_member = self.num_envs, self.envs_per_member
         if self.starts == "random":
-            starts = [
+            draws = [
                 torch.randint(
-                    self.first_bar,
-                    self._max_start + 1,
-                    (per_member,),
-                    generator=generator,
-                    device=self.device,
+                    0, self._total_starts, (per_member,), generator=generator, device=self.device
                 )
                 for generator in self._generators
             ]
-            self._t = starts[0] if self.members == 1 else torch.cat(starts)
+            k = draws[0] if self.members == 1 else torch.cat(draws)
+            symbol = torch.searchsorted(self._start_ends, k, right=True)
+            begin = torch.where(
+                symbol > 0, self._start_ends.index_select(0, (symbol - 1).clamp_(min=0)), 0
+            )
+            first = self._first.index_select(0, symbol) + k - begin
         else:
-            # Tile the decision bars with back-to-back episodes, in order; the last tile is
-            # moved back so that it still fits (it overlaps its neighbour). Every member
-            # tiles the same way.
-            slots = math.ceil(self.bars_per_epoch / self.episode_length)
-            k = (self._episodes_started + np.arange(per_member)) % slots
-            first = np.minimum(self.first_bar + k * self.episode_length, self._max_start)
-            first = np.tile(first, self.members)
-            self._t = torch.as_tensor(first, dtype=torch.int64).to(self.device)
+            # Tile each symbol's decision bars with back-to-back episodes, in order; the last
+            # tile of a symbol is moved back so that it still fits (it overlaps its
+            # neighbour). Every member tiles the same way.
+            k = (self._episodes_started + np.arange(per_member)) % self._total_slots
+            k = torch.as_tensor(np.tile(k, self.members), dtype=torch.int64).to(self.device)
+            symbol = torch.searchsorted(self._slot_ends, k, right=True)
+            begin = torch.where(
+                symbol > 0, self._slot_ends.index_select(0, (symbol - 1).clamp_(min=0)), 0
+            )
+            first = self._first.index_select(0, symbol) + (k - begin) * self.episode_length
+            first = torch.minimum(first, self._last_start.index_select(0, symbol))
+        self._symbol = symbol
+        self._t = self._offsets.index_select(0, symbol) + first
         self._episodes_started += per_member
         self._pos = torch.zeros(n, device=self.device)
         self._episode_return = torch.zeros(n, device=self.device)
         self._elapsed = 0
 
     def _observe(self) -> Tensor:
-        return self.features.observe(self._t, self._pos)
+        symbols = self._symbol if len(self.markets) > 1 else None
+        return self.features.observe(self._t, self._pos, symbols)
 
     def _aux_targets(self) -> Tensor:
         aux = self._aux_table.index_select(0, self._t)

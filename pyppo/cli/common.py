@@ -11,6 +11,7 @@ an interrupted command leaves the old ones.
 from __future__ import annotations
 
 import argparse
+import glob
 import re
 import shlex
 import signal
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from pyppo.checkpoint import CheckpointError
@@ -27,11 +29,14 @@ from pyppo.config import RunConfig, apply
 from pyppo.data import (
     MarketData,
     MarketDataError,
+    Universe,
     format_duration,
     horizon_to_bars,
     load_market_data,
+    load_universe,
     synthetic_market,
 )
+from pyppo.data.universe import is_universe_source
 from pyppo.env import TradingEnv
 from pyppo.files import DiskFullError
 from pyppo.interrupts import EXIT_CODES, Interrupted, raised_as_interrupts
@@ -149,8 +154,10 @@ def default_horizons(interval: Any) -> tuple[str, str]:
 
 
 def load_data(config: RunConfig, explicit: set[str] = frozenset()) -> tuple[Any, RunConfig]:
-    """The full MarketData a run trains on (the embedded synthetic market or a file) and the
-    config with its horizons resolved: unless set explicitly they adapt to the bar interval."""
+    """The full data a run trains on (the embedded synthetic market, a file, or a universe
+    of symbols: several files, a directory, a glob or a table with a ``symbol`` column) and
+    the config with its horizons resolved: unless set explicitly they adapt to the bar
+    interval."""
     data = config.data
     if not data.path:
         market = synthetic_market(
@@ -162,8 +169,7 @@ def load_data(config: RunConfig, explicit: set[str] = frozenset()) -> tuple[Any,
                 "--bad-ticks plants bad data in the synthetic market only",
                 "drop it when using --data",
             )
-        market = load_market_data(
-            data.path,
+        options = dict(
             timestamp_col=data.timestamp_col,
             timestamp_format=data.timestamp_format,
             price_col=data.price_col,
@@ -171,6 +177,10 @@ def load_data(config: RunConfig, explicit: set[str] = frozenset()) -> tuple[Any,
             window=config.env.window,
             horizons=(1,),
         )
+        if is_universe_source(data.path):
+            market = load_universe(data.path, **options)
+        else:
+            market = load_market_data(data.path, **options)
     horizons = horizons_of(config)
     if "data.horizons" not in explicit:
         horizons = default_horizons(market.bar_interval)
@@ -183,7 +193,18 @@ def load_data(config: RunConfig, explicit: set[str] = frozenset()) -> tuple[Any,
                 "give two durations that are whole multiples of the bar interval, "
                 "or bar counts such as --horizons 1,24",
             ) from None
-    market = MarketData(
+    if isinstance(market, Universe):
+        market = Universe(
+            {s: _with_horizons(m, horizons, config) for s, m in market.markets.items()},
+            source=market.source,
+        )
+    else:
+        market = _with_horizons(market, horizons, config)
+    return market, apply(config, {"data": {"horizons": [str(h) for h in horizons]}})
+
+
+def _with_horizons(market: MarketData, horizons: tuple, config: RunConfig) -> MarketData:
+    return MarketData(
         market.frame,
         bar_interval=market.bar_interval,
         horizons=horizons,
@@ -192,11 +213,35 @@ def load_data(config: RunConfig, explicit: set[str] = frozenset()) -> tuple[Any,
         planted=market.planted,
         source=market.source,
     )
-    return market, apply(config, {"data": {"horizons": [str(h) for h in horizons]}})
+
+
+def data_paths(path: str) -> list[Path]:
+    """The files or folders a ``--data`` value names (several, comma-separated, for a
+    universe; a glob stays one pattern)."""
+    return [Path(p.strip()) for p in str(path).split(",") if p.strip()]
+
+
+def resolved_data_path(path: str) -> str:
+    """``--data`` with every path made absolute (a run keeps finding its data wherever it is
+    resumed or evaluated from)."""
+    return ",".join(str(p.resolve()) for p in data_paths(path))
+
+
+def data_exists(path: str) -> bool:
+    """Whether everything ``--data`` names is still there (a glob: any file matches)."""
+    return all(
+        bool(glob.glob(str(p))) if glob.has_magic(str(p)) else p.exists() for p in data_paths(path)
+    )
+
+
+def first_and_last(data: Any) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The first and the last timestamp of a market or a universe."""
+    index = data.calendar if isinstance(data, Universe) else data.frame.index
+    return index[0], index[-1]
 
 
 def split_data(market):
-    """(train, validation, test) in time order."""
+    """(train, validation, test) in time order (a universe's: by time for all symbols)."""
     train, rest = market.split(TRAIN_FRACTION)
     validation, test = rest.split(VALIDATION_FRACTION / (1 - TRAIN_FRACTION))
     return train, validation, test

@@ -21,8 +21,18 @@ from pyppo.checkpoint import (
     load_checkpoint,
     validated_member,
 )
-from pyppo.cli.common import Parser, UserError, check_writable, load_data, run_cli, split_data
+from pyppo.cli.common import (
+    Parser,
+    UserError,
+    check_writable,
+    data_exists,
+    load_data,
+    resolved_data_path,
+    run_cli,
+    split_data,
+)
 from pyppo.config import RunConfig, apply
+from pyppo.data import Universe
 from pyppo.device import resolve_device
 from pyppo.evaluation.report import write_report
 from pyppo.execution import FILLS
@@ -85,12 +95,12 @@ def evaluation_data(config: RunConfig, checkpoint: Checkpoint, data: str | None)
     held-out split (its data checked against the training fingerprint), or ``data`` (with a
     warning when it overlaps the training period)."""
     if data:
-        config = apply(config, {"data": {"path": str(Path(data).resolve()), "bad_ticks": 0.0}})
+        config = apply(config, {"data": {"path": resolved_data_path(data), "bad_ticks": 0.0}})
         market, _ = load_data(config, {"data.horizons"})
         period = checkpoint.data
         if period is not None:
             start, end = pd.Timestamp(period.train_start), pd.Timestamp(period.train_end)
-            index = market.frame.index
+            index = market.calendar if isinstance(market, Universe) else market.frame.index
             overlap = int(((index >= start) & (index <= end)).sum())
             if overlap:
                 print(
@@ -99,7 +109,7 @@ def evaluation_data(config: RunConfig, checkpoint: Checkpoint, data: str | None)
                     file=sys.stderr,
                 )
         return market, None, None
-    if config.data.path and not Path(config.data.path).exists():
+    if config.data.path and not data_exists(config.data.path):
         raise UserError(
             f"the run's data file {config.data.path} is gone",
             "pass --data FILE to evaluate on a file",

@@ -26,9 +26,11 @@ from pyppo.cli.common import (
     Parser,
     UserError,
     check_writable,
+    first_and_last,
     load_data,
     make_env,
     make_model,
+    resolved_data_path,
     run_cli,
     split_data,
 )
@@ -153,7 +155,7 @@ def resumed_config(config: RunConfig, explicit: set[str], saved: RunConfig) -> R
 def _comparable(name: str, value: object) -> object:
     """A setting as a resume compares it: a data path by the file it names."""
     if name == "data.path" and value:
-        return str(Path(str(value)).resolve())
+        return resolved_data_path(str(value))
     return value
 
 
@@ -298,7 +300,7 @@ def _train_in(
             print(f"no checkpoint in {run_dir} yet: starting the run again from its beginning")
             shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
     elif config.data.path:
-        config = apply(config, {"data": {"path": str(Path(config.data.path).resolve())}})
+        config = apply(config, {"data": {"path": resolved_data_path(config.data.path)}})
 
     market, config = load_data(config, explicit | ({"data.horizons"} if config.resume else set()))
     print(market.report())
@@ -319,8 +321,8 @@ def _train_in(
     trainer.data_info = DataInfo(
         path=config.data.path,
         source=market.source,
-        train_start=str(train.frame.index[0]),
-        train_end=str(validation.frame.index[-1]),
+        train_start=str(first_and_last(train)[0]),
+        train_end=str(first_and_last(validation)[1]),
     )
     if rank == 0:
         settings = {"config": config.to_dict(), "explicit": sorted(explicit)}
@@ -336,10 +338,11 @@ def _train_in(
         if members > 1
         else f"{env.num_envs * world} envs"
     )
+    symbols = f" x {len(env.symbols)} symbols (pooled)" if len(env.symbols) > 1 else ""
     print(
         f"training on {device}"
         + (f" x {world} processes" if world > 1 else "")
-        + f": {len(train):,} bars, {who}, {trainer.env_steps_per_epoch():,} env steps per "
+        + f": {len(train):,} bars{symbols}, {who}, {trainer.env_steps_per_epoch():,} env steps per "
         f"epoch{' per member' if members > 1 else ''} "
         f"({updates} update{'s' if updates != 1 else ''}) -> {run_dir}"
     )

@@ -25,7 +25,7 @@ from torch import nn
 from pyppo import stats
 from pyppo.checkpoint import Checkpoint
 from pyppo.config import RunConfig
-from pyppo.data import format_duration
+from pyppo.data import Universe, format_duration
 from pyppo.evaluation import plots
 from pyppo.evaluation.backtest import Backtest, backtest
 from pyppo.evaluation.baselines import (
@@ -34,6 +34,12 @@ from pyppo.evaluation.baselines import (
     REFERENCE_DECAY,
     BaselineSettings,
     ReferenceRule,
+)
+from pyppo.evaluation.universe import (
+    equal_weight,
+    universe_backtests,
+    universe_section,
+    write_weights_csv,
 )
 from pyppo.evaluation.verdict import EVIDENCE_DSR, Significance, significance, verdict_line
 from pyppo.features import compute_features
@@ -129,6 +135,8 @@ def write_report(
     :param training: the training bars, to fit the linear predictor the heads are compared
         with (the comparison is left out without them).
     """
+    if isinstance(market, Universe):
+        return write_universe_report(run_dir, model, market, config, checkpoint, device=device)
     results = run_backtests(model, market, config, device)
     policies = tuple(results)
     fee = config.env.fee
@@ -248,6 +256,83 @@ def write_report(
         out.write_text("report.json", json.dumps(plain_json(summary), indent=2) + "\n")
     for name, j in judged.items():
         metrics[name].update(psr=j.psr, dsr=j.dsr, evidence=float(j.evidence))
+    return metrics, run_dir / "report.md"
+
+
+def write_universe_report(
+    run_dir: Path,
+    model: nn.Module,
+    universe: Universe,
+    config: RunConfig,
+    checkpoint: Checkpoint,
+    *,
+    device: Any = "cpu",
+) -> tuple[dict[str, dict[str, float]], Path]:
+    """The report of an agent over a universe (:mod:`pyppo.evaluation.universe`): the
+    statistics table of the equal-weight aggregates (the agent's, buy-and-hold's: the
+    benchmark, each fixed baseline's), the per-symbol table, beta and correlation to the
+    benchmark, the heads' IC/ICIR; ``report.md``, ``report.json``, ``equity.csv``,
+    ``weights.csv`` and ``equity.png`` into ``run_dir``."""
+    policies = {name: model if name == "agent" else name for name in policy_names()}
+    backtests = universe_backtests(universe, policies, backtest_settings(config), device)
+    aggregates = {name: equal_weight(per_symbol, name) for name, per_symbol in backtests.items()}
+    summaries = policy_summaries(aggregates)
+    metrics = {name: {**aggregates[name].metrics(), **summaries[name]} for name in aggregates}
+    judged, verdicts = _significance(aggregates, config, None)
+    agent = aggregates["agent"]
+    times = agent.timestamps
+    section, numbers = universe_section(backtests, aggregates, _fmt, markdown_table)
+    lines = [
+        "# pyppo evaluation: a universe of symbols",
+        "",
+        verdicts["agent"],
+        "",
+        f"- checkpoint: update {checkpoint.trainer.update}, "
+        f"{checkpoint.trainer.env_steps:,} env steps",
+        f"- held-out: {len(universe.symbols)} symbols, {len(universe):,} calendar bars "
+        f"({universe.calendar[0]} to {universe.calendar[-1]}, "
+        f"{format_duration(universe.bar_interval)} bars); {len(times):,} traded",
+        f"- every column is an equal-weight aggregate: one sleeve per symbol, 1/"
+        f"{len(universe.symbols)} of the capital each, rebalanced every bar; buy_and_hold is "
+        "the equal-weight benchmark",
+        "",
+        "## Backtest statistics (equal-weight aggregates)",
+        "",
+        *markdown_table(
+            ["statistic", *aggregates],
+            [
+                [
+                    _label(key, len(times)),
+                    *(_fmt_statistic(key, summaries[p][key]) for p in aggregates),
+                ]
+                for key in stats.SUMMARY_KEYS
+            ],
+        ),
+        "",
+        *section,
+        *_significance_section(judged, config.selection.trials, len(times)),
+        "## Figures",
+        "",
+        "![equity](equity.png)",
+        "",
+        "Every symbol's position as a share of the aggregate's equity, at every bar, is in "
+        "weights.csv; every policy's aggregate equity in equity.csv.",
+    ]
+    figure = plots.equity_figure(times, {k: r.equity for k, r in aggregates.items()})
+    with OutputSet(run_dir) as out:
+        _write_equity_csv(out.path("equity.csv"), aggregates)
+        write_weights_csv(out.path("weights.csv"), backtests["agent"])
+        plots.save(figure, out.path("equity.png"))
+        out.write_text("report.md", "\n".join(lines) + "\n")
+        summary = {
+            "verdict": verdicts["agent"],
+            "verdicts": verdicts,
+            "significance": {name: j.to_dict() for name, j in judged.items()},
+            "universe": numbers,
+            "bars": len(times),
+            "metrics": metrics,
+        }
+        out.write_text("report.json", json.dumps(plain_json(summary), indent=2) + "\n")
     return metrics, run_dir / "report.md"
 
 

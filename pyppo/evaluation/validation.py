@@ -16,8 +16,9 @@ from torch import Tensor
 
 from pyppo import stats
 from pyppo.checkpoint import BEST, BEST_CHECKPOINT_CALLBACK
-from pyppo.data import MarketData
+from pyppo.data import MarketData, Universe
 from pyppo.evaluation.backtest import Backtest, backtest
+from pyppo.evaluation.universe import equal_weight
 from pyppo.metrics import VALIDATION_SHARPE
 from pyppo.training import PPOTrainer, TrainingCallback
 from pyppo.training.callbacks import CallbackMetrics
@@ -43,7 +44,9 @@ class BestCheckpoint(TrainingCallback):
     them, in ``checkpoint.pt`` too), and its best scores, by which :class:`pyppo.Agent`
     picks a member.
 
-    :param bars: the validation bars (after the training bars, before the held-out test bars).
+    :param bars: the validation bars (after the training bars, before the held-out test bars);
+        a universe's are scored by the equal-weight aggregate of the per-symbol backtests
+        (:func:`pyppo.evaluation.universe.equal_weight`).
     :param score: maps the validation backtest to the number to maximize.
     :param filename: the checkpoint the best model goes to, in the trainer's run dir.
     :param decisions: ``(start, stop)``: score only these decision bars of ``bars`` (a
@@ -55,7 +58,7 @@ class BestCheckpoint(TrainingCallback):
 
     def __init__(
         self,
-        bars: MarketData,
+        bars: MarketData | Universe,
         score: Callable[[Backtest], float] = validation_sharpe,
         *,
         filename: str = BEST,
@@ -76,23 +79,24 @@ class BestCheckpoint(TrainingCallback):
             if trainer.members == 1
             else [trainer.model.member(k) for k in range(trainer.members)]
         )
-        scores = [
-            self.score(
-                backtest(
-                    self.bars,
-                    model,
-                    window=env.window,
-                    fee=env.fee,
-                    spread=env.spread,
-                    fill=env.fill,
-                    allow_short=env.allow_short,
-                    device=trainer.device,
-                    start=self.decisions[0],
-                    stop=self.decisions[1],
-                )
-            )
-            for model in models
-        ]
+        settings = dict(
+            window=env.window,
+            fee=env.fee,
+            spread=env.spread,
+            fill=env.fill,
+            allow_short=env.allow_short,
+            device=trainer.device,
+            start=self.decisions[0],
+            stop=self.decisions[1],
+        )
+
+        def validate(model: Any) -> Backtest:
+            if not isinstance(self.bars, Universe):
+                return backtest(self.bars, model, **settings)
+            per_symbol = {s: backtest(m, model, **settings) for s, m in self.bars.markets.items()}
+            return equal_weight(per_symbol, "agent")
+
+        scores = [self.score(validate(model)) for model in models]
         return {VALIDATION_SHARPE: scores[0] if trainer.members == 1 else scores}
 
     def on_result(self, trainer: PPOTrainer, rows: list[dict[str, float]]) -> bool:
