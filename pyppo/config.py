@@ -183,6 +183,17 @@ class EnvConfig(_Validated):
         "top of the fee",
         valid=NON_NEGATIVE,
     )
+    portfolio: bool = _opt(
+        False,
+        "with several symbols: one agent trades them all together, a short/flat/long slot of "
+        "1/N of the equity each (default: pooled, each episode trades one symbol)",
+    )
+    max_weight: float = _opt(
+        1.0, "--portfolio: the largest |weight| of one symbol, a fraction of equity", valid=POSITIVE
+    )
+    max_gross: float = _opt(
+        1.0, "--portfolio: the largest sum of |weight| over the symbols", valid=POSITIVE
+    )
 
 
 @dataclass

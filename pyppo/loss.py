@@ -43,16 +43,26 @@ class PPOLossTerms:
     clip_fraction: Tensor  # share of samples whose ratio left [1 - eps, 1 + eps], no gradient
 
 
-def log_prob(logits: Tensor, actions: Tensor) -> Tensor:
-    """Log-probability of ``actions`` under the categorical distribution of ``logits``."""
-    return _pick(torch.log_softmax(logits, dim=-1), actions)
+def log_prob(logits: Tensor, actions: Tensor, joint: bool = False) -> Tensor:
+    """Log-probability of ``actions`` under the categorical distribution of ``logits``.
+
+    ``joint``: ``logits`` are ``(..., N, A)`` with one independent categorical per symbol
+    of a portfolio and ``actions`` ``(..., N)``; the joint log-probability is their sum
+    (a symbol the model masked has a one-hot distribution: it adds 0, with no gradient).
+    """
+    picked = _pick(torch.log_softmax(logits, dim=-1), actions)
+    return picked.sum(-1) if joint else picked
 
 
-def log_prob_and_entropy(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`log_prob` and the distribution's entropy, from one log-softmax."""
+def log_prob_and_entropy(
+    logits: Tensor, actions: Tensor, joint: bool = False
+) -> tuple[Tensor, Tensor]:
+    """:func:`log_prob` and the distribution's entropy, from one log-softmax (``joint``:
+    both summed over the symbols)."""
     log_p = torch.log_softmax(logits, dim=-1)
     entropy = -(log_p.exp() * log_p).sum(-1)
-    return _pick(log_p, actions), entropy
+    picked = _pick(log_p, actions)
+    return (picked.sum(-1), entropy.sum(-1)) if joint else (picked, entropy)
 
 
 def _pick(log_p: Tensor, actions: Tensor) -> Tensor:
@@ -76,6 +86,7 @@ def ppo_loss(
     aux_coefs: Tensor | None = None,
     guard_aux: bool = True,
     advantage_stats: tuple[Tensor, Tensor] | None = None,
+    joint_actions: bool = False,
 ) -> PPOLossTerms:
     """The loss of one minibatch of ``B`` samples (of each of ``M`` members: every argument
     then has a leading ``(M, ...)``).
@@ -98,8 +109,11 @@ def ppo_loss(
     :param advantage_stats: ``(mean, std)`` to normalize the advantages with, instead of the
         minibatch's own (across processes: the global minibatch's); ``(M,)`` each for a
         population.
+    :param joint_actions: ``logits`` are ``(B, N, A)`` and ``actions`` ``(B, N)``: one
+        categorical per symbol of a portfolio, whose log-probabilities and entropies are
+        summed (:func:`log_prob`).
     """
-    logprob, entropy = log_prob_and_entropy(logits, actions)
+    logprob, entropy = log_prob_and_entropy(logits, actions, joint_actions)
     logratio = logprob - old_logprobs
     ratio = logratio.exp()
     with torch.no_grad():

@@ -169,6 +169,8 @@ class ModelSpec:
     :param aux_limit: the clamp of the auxiliary predictions.
     :param aux_labels: the horizon labels of the auxiliary heads.
     :param members: models in the checkpoint's weights (a leading member dimension when > 1).
+    :param symbols: 0 for a single-asset model; else the symbols of a
+        :class:`PortfolioActorCritic`'s portfolio.
     """
 
     window: int
@@ -177,6 +179,7 @@ class ModelSpec:
     aux_limit: float = ModelConfig.aux_limit
     aux_labels: tuple[str, ...] = DEFAULT_AUX_LABELS
     members: int = 1
+    symbols: int = 0
 
     def __post_init__(self) -> None:
         problems = [
@@ -187,6 +190,7 @@ class ModelSpec:
                 ("hidden_dim", self.hidden_dim, self.hidden_dim >= 2),
                 ("aux_limit", self.aux_limit, self.aux_limit > 0),
                 ("members", self.members, self.members >= 1),
+                ("symbols", self.symbols, self.symbols >= 0),
                 (
                     "aux_labels",
                     list(self.aux_labels),
@@ -214,6 +218,7 @@ class ModelSpec:
                 aux_limit=float(values["aux_limit"]),
                 aux_labels=tuple(str(label) for label in values["aux_labels"]),
                 members=int(values.get("members", 1)),
+                symbols=int(values.get("symbols", 0)),
             )
         except KeyError as err:
             raise ValueError(f"the model description lacks {err.args[0]!r}") from None
@@ -283,6 +288,15 @@ class TradingActorCritic(nn.Module):
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> TradingActorCritic:
         """The model ``spec`` describes (untrained weights: load a state dict)."""
+        if spec.symbols:
+            return PortfolioActorCritic(
+                ObsSpec.for_window(spec.window),
+                spec.symbols,
+                num_actions=spec.num_actions,
+                hidden_dim=spec.hidden_dim,
+                aux_limit=spec.aux_limit,
+                aux_labels=spec.aux_labels,
+            )
         return cls(
             ObsSpec.for_window(spec.window),
             num_actions=spec.num_actions,
@@ -315,6 +329,69 @@ class TradingActorCritic(nn.Module):
             [self.num_actions, 1, *(1 for _ in self.heads)], dim=1
         )
         raw = dict(zip(self.output_names, [logits, *(s.squeeze(-1) for s in scalars)], strict=True))
+        outputs, counts = guard_outputs(raw, self._output_limits)
+        self.output_nonfinite += counts
+        return outputs
+
+
+class PortfolioActorCritic(TradingActorCritic):
+    """Actor-critic for :class:`pyppo.PortfolioEnv`: one per-symbol network shared by every
+    symbol, so the parameter count does not depend on the number of symbols.
+
+    An observation is ``N`` per-symbol observations (each a :class:`TradingEnv`
+    observation, its position the symbol's slot) followed by ``N`` tradable flags. The
+    trunk, the actor and the auxiliary heads run on every symbol's row: ``action_logits``
+    ``(B, N, A)``, one categorical per symbol, and ``pred_<label>`` ``(B, N)``. The critic
+    reads the mean of the trunk's outputs over the tradable symbols (a pooled symbol
+    embedding): ``value`` ``(B,)``. A symbol that is not tradable has a fixed one-hot
+    distribution on "flat" (it adds nothing to the joint log-probability or entropy and
+    gets no gradient) and a prediction of 0.
+
+    :param obs_spec: the per-symbol observation layout.
+    :param symbols: the portfolio's symbols ``N``.
+    """
+
+    def __init__(
+        self,
+        obs_spec: ObsSpec,
+        symbols: int,
+        num_actions: int = 3,
+        hidden_dim: int = ModelConfig.hidden_dim,
+        aux_limit: float = ModelConfig.aux_limit,
+        aux_labels: tuple[str, str] = DEFAULT_AUX_LABELS,
+    ) -> None:
+        super().__init__(obs_spec, num_actions, hidden_dim, aux_limit, aux_labels)
+        self.symbols = int(symbols)
+        masked = torch.full((num_actions,), -1e4)
+        masked[num_actions // 2] = 0.0  # "flat": index 1 of short/flat/long, 0 of flat/long
+        self.register_buffer("masked_logits", masked, persistent=False)
+
+    def describe(self) -> ModelSpec:
+        return dataclasses.replace(super().describe(), symbols=self.symbols)
+
+    def split(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, N * D + N)`` -> per-symbol rows ``(B * N, D)`` and tradable flags ``(B, N)``."""
+        n, d = self.symbols, self.obs_spec.size
+        return obs[:, : n * d].reshape(-1, d), obs[:, n * d :] > 0.5
+
+    def forward(self, obs: Tensor, position_free: Tensor | None = None) -> dict[str, Tensor]:
+        rows, tradable = self.split(obs)
+        batch, n = tradable.shape
+        h = self.trunk(rows)
+        heads = [self.actor, *(getattr(self, name) for name in self.heads.modules)]
+        weight = torch.cat([head.weight for head in heads])
+        bias = torch.cat([head.bias for head in heads])
+        logits, *preds = nn.functional.linear(h, weight, bias).split(
+            [self.num_actions, *(1 for _ in self.heads)], dim=1
+        )
+        mask = tradable.unsqueeze(-1)
+        logits = torch.where(mask, logits.view(batch, n, -1), self.masked_logits)
+        flags = tradable.to(h.dtype)
+        pooled = (h.view(batch, n, -1) * flags.unsqueeze(-1)).sum(1)
+        pooled = pooled / flags.sum(1, keepdim=True).clamp_min(1.0)
+        value = self.critic(pooled).squeeze(-1)
+        preds = [torch.where(tradable, p.view(batch, n), 0.0) for p in preds]
+        raw = dict(zip(self.output_names, [logits, value, *preds], strict=True))
         outputs, counts = guard_outputs(raw, self._output_limits)
         self.output_nonfinite += counts
         return outputs

@@ -40,8 +40,9 @@ from pyppo.data.universe import is_universe_source
 from pyppo.env import TradingEnv
 from pyppo.files import DiskFullError
 from pyppo.interrupts import EXIT_CODES, Interrupted, raised_as_interrupts
-from pyppo.model import TradingActorCritic
+from pyppo.model import PortfolioActorCritic, TradingActorCritic
 from pyppo.population import PopulationActorCritic
+from pyppo.portfolio_env import PortfolioEnv
 from pyppo.runlock import RunDirInUse
 
 TRAIN_FRACTION, VALIDATION_FRACTION = 0.7, 0.1
@@ -261,6 +262,29 @@ def make_env(
     rewards and labels it trains on (:class:`pyppo.TradingEnv`)."""
     env = config.env
     seeds = [seed + 1000 * rank for seed in config.ppo.member_seeds]
+    if env.portfolio:
+        if not isinstance(market, Universe):
+            raise UserError(
+                "--portfolio trades several symbols together, and the data is one series",
+                "pass a folder, a glob, several files or a table with a symbol column to --data",
+            )
+        if len(seeds) > 1:
+            raise UserError("--portfolio trains one seed at a time", "drop --seeds")
+        return PortfolioEnv(
+            market,
+            num_envs=env.num_envs // world,
+            episode_length=env.episode_length,
+            window=env.window,
+            fee=env.fee,
+            allow_short=env.allow_short,
+            device=device,
+            seed=seeds[0],
+            spread=env.spread,
+            fill=env.fill,
+            span=span,
+            max_weight=env.max_weight,
+            max_gross=env.max_gross,
+        )
     return TradingEnv(
         market,
         num_envs=env.num_envs // world,
@@ -283,6 +307,15 @@ def make_model(env, config: RunConfig) -> TradingActorCritic:
 
     def seeded(seed: int) -> TradingActorCritic:
         torch.manual_seed(seed)
+        if isinstance(env, PortfolioEnv):
+            return PortfolioActorCritic(
+                env.obs_spec,
+                env.num_symbols,
+                num_actions=3 if env.allow_short else 2,
+                hidden_dim=config.model.hidden_dim,
+                aux_limit=config.model.aux_limit,
+                aux_labels=env.aux_labels,
+            )
         return TradingActorCritic(
             env.obs_spec,
             num_actions=env.single_action_space.n,

@@ -338,7 +338,8 @@ def _train_in(
         if members > 1
         else f"{env.num_envs * world} envs"
     )
-    symbols = f" x {len(env.symbols)} symbols (pooled)" if len(env.symbols) > 1 else ""
+    how = "portfolio" if config.env.portfolio else "pooled"
+    symbols = f" x {len(env.symbols)} symbols ({how})" if len(env.symbols) > 1 else ""
     print(
         f"training on {device}"
         + (f" x {world} processes" if world > 1 else "")

@@ -35,8 +35,10 @@ from pyppo.evaluation.baselines import (
     BaselineSettings,
     ReferenceRule,
 )
+from pyppo.evaluation.portfolio import portfolio_backtest
 from pyppo.evaluation.universe import (
     equal_weight,
+    on_one_index,
     universe_backtests,
     universe_section,
     write_weights_csv,
@@ -273,17 +275,55 @@ def write_universe_report(
     benchmark, each fixed baseline's), the per-symbol table, beta and correlation to the
     benchmark, the heads' IC/ICIR; ``report.md``, ``report.json``, ``equity.csv``,
     ``weights.csv`` and ``equity.png`` into ``run_dir``."""
-    policies = {name: model if name == "agent" else name for name in policy_names()}
-    backtests = universe_backtests(universe, policies, backtest_settings(config), device)
-    aggregates = {name: equal_weight(per_symbol, name) for name, per_symbol in backtests.items()}
+    settings = backtest_settings(config)
+    if config.env.portfolio:
+        baselines = {name: name for name in policy_names() if name != "agent"}
+        backtests = universe_backtests(universe, baselines, settings, device)
+        aggregates = {
+            name: equal_weight(per_symbol, name) for name, per_symbol in backtests.items()
+        }
+        env = config.env
+        run = portfolio_backtest(
+            universe,
+            model,
+            window=env.window,
+            fee=env.fee,
+            spread=env.spread,
+            fill=env.fill,
+            allow_short=env.allow_short,
+            device=device,
+            max_weight=env.max_weight,
+            max_gross=env.max_gross,
+        )
+        backtests = {"agent": run.sleeves, **backtests}
+        aggregates = {"agent": run.portfolio, **aggregates}
+        how = (
+            "the agent is one portfolio (a short/flat/long slot of 1/"
+            f"{len(universe.symbols)} of the equity per symbol, the rest cash); the baselines "
+            "are equal-weight aggregates of their per-symbol runs, buy_and_hold the "
+            "equal-weight benchmark"
+        )
+    else:
+        policies = {name: model if name == "agent" else name for name in policy_names()}
+        backtests = universe_backtests(universe, policies, settings, device)
+        aggregates = {
+            name: equal_weight(per_symbol, name) for name, per_symbol in backtests.items()
+        }
+        how = (
+            f"every column is an equal-weight aggregate: one sleeve per symbol, 1/"
+            f"{len(universe.symbols)} of the capital each, rebalanced every bar; buy_and_hold "
+            "is the equal-weight benchmark"
+        )
+    aggregates = on_one_index(aggregates)
     summaries = policy_summaries(aggregates)
     metrics = {name: {**aggregates[name].metrics(), **summaries[name]} for name in aggregates}
     judged, verdicts = _significance(aggregates, config, None)
     agent = aggregates["agent"]
     times = agent.timestamps
     section, numbers = universe_section(backtests, aggregates, _fmt, markdown_table)
+    title = "a portfolio of symbols" if config.env.portfolio else "a universe of symbols (pooled)"
     lines = [
-        "# pyppo evaluation: a universe of symbols",
+        f"# pyppo evaluation: {title}",
         "",
         verdicts["agent"],
         "",
@@ -292,11 +332,9 @@ def write_universe_report(
         f"- held-out: {len(universe.symbols)} symbols, {len(universe):,} calendar bars "
         f"({universe.calendar[0]} to {universe.calendar[-1]}, "
         f"{format_duration(universe.bar_interval)} bars); {len(times):,} traded",
-        f"- every column is an equal-weight aggregate: one sleeve per symbol, 1/"
-        f"{len(universe.symbols)} of the capital each, rebalanced every bar; buy_and_hold is "
-        "the equal-weight benchmark",
+        f"- {how}",
         "",
-        "## Backtest statistics (equal-weight aggregates)",
+        "## Backtest statistics",
         "",
         *markdown_table(
             ["statistic", *aggregates],

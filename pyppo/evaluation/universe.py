@@ -15,6 +15,7 @@ the ICIR (mean / standard deviation of the per-bar ICs).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,6 +82,32 @@ def equal_weight(per_symbol: Mapping[str, Backtest], policy: str) -> Backtest:
         spread=first.spread,
         fill=first.fill,
     )
+
+
+def on_one_index(results: Mapping[str, Backtest]) -> dict[str, Backtest]:
+    """``results`` on the union of their timestamps (no return where a policy has no bar, its
+    position held), so that they can be compared bar by bar."""
+    times = pd.DatetimeIndex(sorted(set().union(*(r.timestamps for r in results.values()))))
+    out = {}
+    for name, r in results.items():
+        if len(r.timestamps) == len(times) and (r.timestamps == times).all():
+            out[name] = r
+            continue
+        out[name] = dataclasses.replace(
+            r,
+            log_returns=_reindexed(r, "log_returns", times).fillna(0.0).to_numpy(),
+            positions=_reindexed(r, "positions", times).ffill().fillna(0.0).to_numpy(),
+            market_returns=_reindexed(r, "market_returns", times).fillna(0.0).to_numpy(),
+            timestamps=times,
+            repaired=np.zeros(len(times), dtype=bool),
+            preds={},
+            targets={},
+        )
+    return out
+
+
+def _reindexed(result: Backtest, values: str, times: pd.DatetimeIndex) -> pd.Series:
+    return pd.Series(getattr(result, values), index=result.timestamps).reindex(times)
 
 
 def weights_frame(per_symbol: Mapping[str, Backtest]) -> pd.DataFrame:

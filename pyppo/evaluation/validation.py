@@ -18,8 +18,10 @@ from pyppo import stats
 from pyppo.checkpoint import BEST, BEST_CHECKPOINT_CALLBACK
 from pyppo.data import MarketData, Universe
 from pyppo.evaluation.backtest import Backtest, backtest
+from pyppo.evaluation.portfolio import portfolio_backtest
 from pyppo.evaluation.universe import equal_weight
 from pyppo.metrics import VALIDATION_SHARPE
+from pyppo.portfolio_env import PortfolioEnv
 from pyppo.training import PPOTrainer, TrainingCallback
 from pyppo.training.callbacks import CallbackMetrics
 
@@ -46,7 +48,9 @@ class BestCheckpoint(TrainingCallback):
 
     :param bars: the validation bars (after the training bars, before the held-out test bars);
         a universe's are scored by the equal-weight aggregate of the per-symbol backtests
-        (:func:`pyppo.evaluation.universe.equal_weight`).
+        (:func:`pyppo.evaluation.universe.equal_weight`), or, when the trainer's env is a
+        :class:`~pyppo.PortfolioEnv`, by the portfolio's own returns
+        (:func:`pyppo.evaluation.portfolio.portfolio_backtest`).
     :param score: maps the validation backtest to the number to maximize.
     :param filename: the checkpoint the best model goes to, in the trainer's run dir.
     :param decisions: ``(start, stop)``: score only these decision bars of ``bars`` (a
@@ -91,6 +95,19 @@ class BestCheckpoint(TrainingCallback):
         )
 
         def validate(model: Any) -> Backtest:
+            if isinstance(env, PortfolioEnv):
+                return portfolio_backtest(
+                    self.bars,
+                    model,
+                    window=env.window,
+                    fee=env.fee,
+                    spread=env.spread_setting,
+                    fill=env.fill,
+                    allow_short=env.allow_short,
+                    device=trainer.device,
+                    max_weight=env.max_weight,
+                    max_gross=env.max_gross,
+                ).portfolio
             if not isinstance(self.bars, Universe):
                 return backtest(self.bars, model, **settings)
             per_symbol = {s: backtest(m, model, **settings) for s, m in self.bars.markets.items()}

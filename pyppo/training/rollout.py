@@ -77,6 +77,8 @@ class Rollout:
         self.seeds = list(seeds)
         self.members = len(self.seeds)
         self.want_aux = want_aux
+        # A portfolio env: one action per symbol, a joint log-probability per env.
+        self.joint_actions = buffer.actions.dim() > 2
         self.action_generators = [
             torch.Generator(device=self.device).manual_seed(seed) for seed in self.seeds
         ]
@@ -126,7 +128,7 @@ class Rollout:
             if bad is not None:
                 output_counts += bad
             actions = sample_actions(out["action_logits"], self.action_generators)
-            logprobs = log_prob(out["action_logits"], actions)
+            logprobs = log_prob(out["action_logits"], actions, self.joint_actions)
             env_actions = actions if self.env_takes_tensors else actions.cpu().numpy()
             obs, reward, terminated, truncated, info = self.env.step(env_actions)
             reward = self._to_tensor(reward)

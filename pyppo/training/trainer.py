@@ -188,12 +188,18 @@ class PPOTrainer:
         # Other models' outputs are repaired here, predictions clamped as pyppo's model does.
         self._output_limits = self.heads.output_limits(ModelConfig.aux_limit)
         obs_shape = tuple(environment.single_observation_space.shape)
+        # A portfolio env acts once per symbol (MultiDiscrete) and has targets per symbol.
+        action_shape = tuple(getattr(environment.single_action_space, "shape", ()) or ())
+        symbols = action_shape[0] if action_shape else 1
+        if action_shape and self.members > 1:
+            raise ValueError("a population (several seeds) cannot train a portfolio env yet")
         self.buffer = RolloutBuffer(
             cfg.num_steps,
             self.num_envs,
             obs_shape,
             device=self.device,
-            num_aux=len(self.heads),
+            num_aux=len(self.heads) * symbols,
+            action_shape=action_shape,
             sanitize=cfg.guards,
         )
         # Each process its own episodes, actions and minibatches: seeds offset by the rank;
@@ -215,6 +221,7 @@ class PPOTrainer:
             group,
             num_envs=self.envs_per_member,
             members=self.members,
+            joint_actions=bool(action_shape),
         )
 
         # Set (e.g. by SIGINT, see pyppo.training.stop) to stop at the next update boundary.

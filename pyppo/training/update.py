@@ -64,8 +64,10 @@ class PPOUpdate:
         *,
         num_envs: int,
         members: int = 1,
+        joint_actions: bool = False,
     ) -> None:
         self.policy = policy
+        self.joint_actions = joint_actions
         self.optimizer = optimizer
         self.guard = guard
         self.config = config
@@ -136,7 +138,8 @@ class PPOUpdate:
             predictions = torch.stack([self._flat(out[n]) for n in self.heads.outputs], -1)
             aux = dict(
                 aux_predictions=predictions,
-                aux_targets=b.aux_targets,
+                # a portfolio's targets are (B, N * K): one row per symbol, as predicted
+                aux_targets=b.aux_targets.reshape(predictions.shape),
                 aux_scale=aux_scale,
                 aux_coefs=self.aux_coefs,
                 guard_aux=cfg.guards,
@@ -152,6 +155,7 @@ class PPOUpdate:
             value_coef=cfg.value_coef,
             entropy_coef=self.entropy_coef,
             advantage_stats=adv_stats,
+            joint_actions=self.joint_actions,
             **aux,
         )
         return terms, bad
