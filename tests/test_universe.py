@@ -13,9 +13,12 @@ import torch
 from pyppo import MarketDataError, TradingEnv, Universe, load_universe, synthetic_market
 from pyppo.data import load_market_data
 from pyppo.evaluation.backtest import backtest
+from pyppo.evaluation.portfolio import portfolio_backtest
 from pyppo.evaluation.universe import equal_weight, information_coefficients, weights_frame
-from pyppo.model import TradingActorCritic
+from pyppo.loss import log_prob_and_entropy
+from pyppo.model import PortfolioActorCritic, TradingActorCritic
 from pyppo.portfolio import limit_weights, portfolio_step
+from pyppo.portfolio_env import PortfolioEnv
 from pyppo.training import PPOTrainer
 
 
@@ -299,3 +302,99 @@ def test_equal_weight_aggregate_weights_and_ic():
         result.targets["pred_1"] = result.market_returns.copy()
     ics = information_coefficients(per_symbol, "pred_1")
     assert len(ics) > 100 and np.allclose(ics, 1.0)
+
+
+# -- the portfolio env -------------------------------------------------------------------
+
+
+def test_the_portfolio_env_never_trades_a_symbol_on_a_bar_without_its_price():
+    universe = aligned_universe()
+    env = PortfolioEnv(universe, num_envs=8, episode_length=40, window=20, seed=1)
+    has, listed = universe.has_bar(), universe.listed()
+    gen = torch.Generator().manual_seed(0)
+    obs, _ = env.reset()
+    seen_gap = seen_delisting = False
+    for _ in range(300):
+        t = env.bar_index.clone()
+        before = env.weights.clone()
+        tradable = env.tradable()
+        assert (obs[:, -3:] == tradable.float()).all()
+        # Untradable: no bar of its own, too early in its life, or out of it.
+        assert not (tradable & ~torch.from_numpy(has[t.numpy()])).any()
+        obs, reward, _, _, info = env.step(torch.randint(0, 3, (8, 3), generator=gen))
+        after = info["weights"]
+        changed = after != before
+        # A weight changes only where the symbol could fill, or where it is delisted (to 0).
+        delisted = ~torch.from_numpy(listed[t.numpy() + 1])
+        assert not (changed & ~tradable & ~delisted).any()
+        assert (after[delisted] == 0).all()
+        seen_gap |= bool(
+            (~torch.from_numpy(has[t.numpy()]) & torch.from_numpy(listed[t.numpy()]))[:, 1].any()
+        )
+        seen_delisting |= bool((delisted & (before != 0)).any())
+        assert torch.isfinite(reward).all()
+    assert seen_gap and seen_delisting
+
+
+def test_portfolio_model_masks_untradable_symbols_and_does_not_grow_with_them():
+    universe = synthetic_market(800, seed=3, symbols=4, horizons=(1, 2))
+    env = PortfolioEnv(universe, num_envs=5, episode_length=20, window=20)
+    obs, _ = env.reset()
+    obs[:, -4:] = torch.tensor([1.0, 0.0, 1.0, 0.0])  # symbols 1 and 3 untradable
+    model = PortfolioActorCritic(env.obs_spec, 4, hidden_dim=16, aux_labels=env.aux_labels)
+    out = model(obs)
+    assert out["action_logits"].shape == (5, 4, 3) and out["value"].shape == (5,)
+    actions = torch.tensor([[0, 1, 2, 1]] * 5)
+    logp, entropy = log_prob_and_entropy(out["action_logits"], actions, joint=True)
+    per_symbol, per_entropy = log_prob_and_entropy(out["action_logits"], actions)
+    torch.testing.assert_close(logp, per_symbol[:, [0, 2]].sum(1))
+    torch.testing.assert_close(entropy, per_entropy[:, [0, 2]].sum(1))
+    assert (per_symbol[:, [1, 3]] == 0).all() and (out["pred_1bars"][:, [1, 3]] == 0).all()
+    (logp.sum() + entropy.sum()).backward()
+    assert model.actor.weight.grad.abs().sum() > 0
+    # The masked symbols' rows reach no gradient: changing them changes nothing.
+    model.zero_grad()
+    other = obs.clone()
+    d = env.obs_spec.size
+    other[:, d : 2 * d] = 7.0
+    torch.testing.assert_close(
+        model(other)["action_logits"][:, [0, 2]], out["action_logits"][:, [0, 2]].detach()
+    )
+    sizes = [
+        sum(p.numel() for p in PortfolioActorCritic(env.obs_spec, n, hidden_dim=16).parameters())
+        for n in (2, 20, 200)
+    ]
+    assert len(set(sizes)) == 1
+
+
+def test_a_portfolio_agent_trains_and_its_backtest_is_the_envs_money():
+    universe = synthetic_market(1200, seed=5, symbols=3, horizons=(1, 4))
+    env = PortfolioEnv(universe, num_envs=8, episode_length=32, window=20, seed=0)
+    model = PortfolioActorCritic(env.obs_spec, 3, hidden_dim=16, aux_labels=env.aux_labels)
+    trainer = PPOTrainer(model, env, num_steps=16, batch_size=64, num_epochs=1, progress=False)
+    rows = trainer.train(total_steps=2 * 8 * 16)
+    assert all(
+        math.isfinite(v)
+        for row in rows
+        for v in row.values()
+        if isinstance(v, float) and not math.isnan(v)
+    )
+    run = portfolio_backtest(universe, model, window=20, fee=1e-4)
+    steps = len(universe) - 20 - 4
+    assert len(run.portfolio.log_returns) == steps and set(run.sleeves) == set(universe.symbols)
+    # Replaying the walk's weights through the money function gives the same returns.
+    weights = np.stack([run.sleeves[s].positions for s in universe.symbols], 1) / 3
+    close = universe.aligned_close()[20 : 20 + steps + 1]
+    log_returns = torch.from_numpy(np.diff(np.log(close), axis=0))
+    previous = torch.from_numpy(np.vstack([np.zeros((1, 3)), weights[:-1]])).float()
+    yes = torch.ones(steps, 3, dtype=torch.bool)
+    money = portfolio_step(
+        previous,
+        torch.from_numpy(weights).float(),
+        log_returns,
+        torch.zeros(steps, 3),
+        yes,
+        yes,
+        1e-4,
+    )
+    np.testing.assert_allclose(run.portfolio.log_returns, money.log_return.numpy(), atol=1e-6)
