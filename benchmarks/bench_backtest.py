@@ -10,8 +10,8 @@ allowed (3 positions) and the default aux horizons (1h, 24h). Stages, each timed
 ``--repeats`` times after one warm-up (median and best reported: the machines are shared,
 and the best run is the one least slowed by neighbours):
 
-- features: :func:`pyppo.features.compute_features` (the observation table),
-- forward passes: :func:`pyppo.inference.policy_outputs` on that table (every decision
+- features: :func:`pyppo.features.compute_features` (the per-bar features),
+- forward passes: :func:`pyppo.inference.policy_outputs` on them (every decision
   bar once per position, in batches of ``--batch-size`` bars; with ``--plain`` also without
   reusing the model's position-free part),
 - walk: :func:`pyppo.inference.walk` (the greedy run through the outputs),

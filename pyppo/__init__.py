@@ -28,7 +28,8 @@ from pyppo.data import (
 from pyppo.env import EnvSpec, ObsSpec, TradingEnv
 from pyppo.guard import GradientGuard, guard_outputs, validate_outputs
 from pyppo.loss import PPOLossTerms, ppo_loss
-from pyppo.model import ModelSpec, TradingActorCritic
+from pyppo.model import ModelSpec, PortfolioActorCritic, TradingActorCritic
+from pyppo.portfolio_env import PortfolioEnv
 from pyppo.training import NonFiniteParametersError, PPOTrainer, TrainingCallback
 
 __all__ = [
@@ -54,8 +55,10 @@ __all__ = [
     "Universe",
     "synthetic_market",
     "TradingEnv",
+    "PortfolioEnv",
     "ObsSpec",
     "TradingActorCritic",
+    "PortfolioActorCritic",
     "ModelSpec",
     "EnvSpec",
     "PPOTrainer",

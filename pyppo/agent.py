@@ -36,10 +36,11 @@ from pyppo.checkpoint import (
 from pyppo.data import MarketData, MarketDataError, load_market_data
 from pyppo.device import resolve_device
 from pyppo.env import EnvSpec
+from pyppo.features import compute_features
 from pyppo.files import OutputSet
 from pyppo.heads import AuxHeads
 from pyppo.inference import action_positions, policy_outputs, walk
-from pyppo.model import ModelSpec, TradingActorCritic
+from pyppo.model import ModelSpec, PortfolioActorCritic, TradingActorCritic
 from pyppo.population import EnsembleActorCritic, PopulationActorCritic
 
 EXPORT_CONFIG, EXPORT_WEIGHTS = "agent.json", "model.safetensors"
@@ -174,6 +175,14 @@ class Agent:
             predictions ``pred_<label>``; with ``all_bars`` a DataFrame of those, one row per
             bar, indexed by timestamp.
         """
+        portfolio = isinstance(self.model, PortfolioActorCritic)
+        if isinstance(bars, dict) and portfolio and not all_bars:
+            return self._predict_portfolio(bars, position)
+        if portfolio:
+            raise ValueError(
+                "a portfolio agent decides for all its symbols at once: give it a dict of "
+                "symbol -> bars, and no all_bars"
+            )
         if isinstance(bars, dict):
             return {name: self.predict(b, position, all_bars=all_bars) for name, b in bars.items()}
         market = self._market(bars)
@@ -185,6 +194,47 @@ class Agent:
         run = walk(outputs, held)
         frame = self._frame(market, run)
         return frame if all_bars else frame.iloc[-1].to_dict() | {"timestamp": frame.index[-1]}
+
+    def _predict_portfolio(
+        self, bars: dict[str, Bars], position: str | float | dict[str, str | float]
+    ) -> dict[str, dict[str, Any]]:
+        """Every symbol's slot decision at its latest bar, as one portfolio (see
+        :meth:`predict`): per symbol the :meth:`predict` fields plus ``target_weight``, the
+        fraction of equity the agent wants in it (its slot over the number of symbols)."""
+        if not bars:
+            raise ValueError("predict: give at least one symbol's bars")
+        markets = {name: self._market(b) for name, b in bars.items()}
+        held = {
+            name: self._position(position[name] if isinstance(position, dict) else position)
+            for name in markets
+        }
+        features = compute_features(list(markets.values()), self.window, self.device)
+        n = len(markets)
+        last = features.offsets[1:].to(self.device) - 1
+        slots = torch.tensor(list(held.values()), dtype=torch.float32, device=self.device)
+        rows = features.observe(last, slots, torch.arange(n, device=self.device))
+        obs = torch.cat([rows.reshape(1, -1), torch.ones(1, n, device=self.device)], dim=1)
+        with torch.inference_mode():
+            out = self.model.eval()(obs)
+        probs = torch.softmax(out["action_logits"][0], dim=-1).cpu().numpy()
+        slot_of = action_positions(self.spec.allow_short)
+        result = {}
+        for i, (name, market) in enumerate(markets.items()):
+            action = int(probs[i].argmax())
+            answer: dict[str, Any] = {
+                "timestamp": market.frame.index[-1],
+                "position": POSITION_NAMES[held[name]],
+                "action": action,
+                "action_name": self.action_names[action],
+            }
+            for k, action_name in enumerate(self.action_names):
+                answer[f"prob_{action_name}"] = float(probs[i, k])
+            answer["value"] = float(out["value"][0])
+            for pred in self.pred_names:
+                answer[pred] = float(out[pred][0, i])
+            answer["target_weight"] = float(slot_of[action]) / n
+            result[name] = answer
+        return result
 
     def _market(self, bars: Bars) -> MarketData:
         name = str(bars) if not isinstance(bars, pd.DataFrame) else "the bars"

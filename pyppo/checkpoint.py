@@ -33,6 +33,7 @@ from pyppo.env import EnvSpec, TradingEnv
 from pyppo.files import replaced
 from pyppo.model import ModelSpec, TradingActorCritic
 from pyppo.population import PopulationActorCritic
+from pyppo.portfolio_env import PortfolioEnv
 
 # Version 3: typed sections (trainer state without the best score, which belongs to the
 # validation callback, under "callbacks"). Version 2 loads too (its best score moves there);
@@ -129,7 +130,7 @@ class AgentSpec:
         """The spec of a trainer's model and env."""
         return cls(
             model.describe() if isinstance(model, TradingActorCritic) else None,
-            env.describe() if isinstance(env, TradingEnv) else None,
+            env.describe() if isinstance(env, TradingEnv | PortfolioEnv) else None,
         )
 
     def to_dict(self) -> dict[str, Any]:

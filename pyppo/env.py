@@ -22,10 +22,19 @@ targets are sanitized the same way. Both counts accumulate on the device in
 (``[nonfinite, clamped]``, one count per env-step and value). Observations are built from
 sanitized returns (see :mod:`pyppo.features`). Nothing non-finite leaves the env.
 
-An observation is row t of the precomputed feature table with the position held written
-into its position column: it depends only on the bar and the position, never on where the
-episode started or how far it got, so a policy sees the same thing in training, in a
-backtest (:mod:`pyppo.evaluation`) and live.
+An observation is gathered at step time from bar t's precomputed features
+(:class:`pyppo.features.MarketFeatures`: a slice of the return column, the indicators, the
+calendar) with the position held written into its position column: it depends only on the
+bar and the position, never on where the episode started or how far it got, so a policy
+sees the same thing in training, in a backtest (:mod:`pyppo.evaluation`) and live.
+
+Pooled symbols: given a :class:`pyppo.Universe` instead of one market, each episode trades
+one symbol on that symbol's own bars (a stock's closed hours are no steps), episode starts
+drawn over every symbol's decision bars (each bar equally likely), so one agent learns from
+all of them; the auxiliary targets are each symbol's own forward returns. The symbols'
+per-bar tensors are stacked, symbol s's bar t at row ``offsets[s] + t``, so ``step()`` is
+the same gathers whatever the number of symbols. With one symbol this is exactly the
+single-market env.
 """
 
 from __future__ import annotations
@@ -167,10 +176,14 @@ class EnvSpec:
 
 
 class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
-    """Vectorized trading environment over a :class:`MarketData` series.
+    """Vectorized trading environment over a :class:`MarketData` series or, pooled, over the
+    symbols of a :class:`~pyppo.Universe`.
 
     Args:
-        market: the bars (e.g. ``synthetic_market()`` or ``load_market_data(path)``).
+        market: the bars (e.g. ``synthetic_market()`` or ``load_market_data(path)``), or a
+            universe (``load_universe(folder)``, ``synthetic_market(symbols=20)``): each
+            episode then trades one symbol (:attr:`symbol_index`), and ``span`` is in
+            calendar bars.
         num_envs: number of episodes stepped together.
         episode_length: steps per episode; episodes are then truncated and auto-reset.
         window: length of the normalized return window in the observation.

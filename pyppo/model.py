@@ -370,8 +370,11 @@ class PortfolioActorCritic(TradingActorCritic):
         return dataclasses.replace(super().describe(), symbols=self.symbols)
 
     def split(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, N * D + N)`` -> per-symbol rows ``(B * N, D)`` and tradable flags ``(B, N)``."""
-        n, d = self.symbols, self.obs_spec.size
+        """``(B, N * D + N)`` -> per-symbol rows ``(B * N, D)`` and tradable flags ``(B, N)``.
+        ``N`` is read from the width: the shared network takes any number of symbols (the
+        one it was trained on is :attr:`symbols`)."""
+        d = self.obs_spec.size
+        n = obs.shape[-1] // (d + 1)
         return obs[:, : n * d].reshape(-1, d), obs[:, n * d :] > 0.5
 
     def forward(self, obs: Tensor, position_free: Tensor | None = None) -> dict[str, Tensor]:

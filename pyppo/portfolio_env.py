@@ -35,6 +35,7 @@ from pyppo import ops
 from pyppo.config import EnvConfig
 from pyppo.data import MarketDataError, Universe
 from pyppo.device import resolve_device
+from pyppo.env import EnvSpec
 from pyppo.execution import check_fill, cost_per_unit, gap_log_returns
 from pyppo.features import FEATURE_CLIP, RETURN_LIMIT, ObsSpec, compute_features
 from pyppo.portfolio import portfolio_step
@@ -317,6 +318,19 @@ class PortfolioEnv:
     def reset_counters(self) -> None:
         self.return_counts.zero_()
         self.aux_target_counts.zero_()
+
+    def describe(self) -> EnvSpec:
+        """Each symbol's observation settings (what a portfolio agent needs to predict)."""
+        return EnvSpec(
+            window=self.window,
+            fee=self.fee,
+            allow_short=self.allow_short,
+            episode_length=self.episode_length,
+            aux_labels=self.aux_labels,
+            aux_horizon_bars=self.aux_horizon_bars,
+            bar_interval_seconds=self.market.bar_interval.total_seconds(),
+            observation_names=self.obs_spec.names,
+        )
 
     @property
     def bar_index(self) -> Tensor:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 from helpers import SMALL_RUN, same_rows
 
-from pyppo import synthetic_market
+from pyppo import Agent, synthetic_market
 from pyppo.checkpoint import load_checkpoint
 from pyppo.cli import eval_main, train_main
 from pyppo.metrics import read_metrics
@@ -104,3 +105,26 @@ def test_eval_of_a_checkpoint_that_does_not_fit_the_model(tmp_path, capsys):
         eval_main([str(tmp_path / "r"), "--device", "cpu"]),
         "does not fit this version's model",
     )
+
+
+@pytest.mark.parametrize("how", ["pooled", "portfolio"])
+def test_a_universe_of_files_trains_evaluates_and_predicts(tmp_path, capsys, how):
+    universe = synthetic_market(1500, seed=3, symbols=4)
+    universe.to_files(tmp_path / "universe")
+    extra = ["--portfolio"] if how == "portfolio" else []
+    run = tmp_path / how
+    assert train(run, "--epochs", "1", "--data", str(tmp_path / "universe"), *extra) == 0
+    assert f"x 4 symbols ({how})" in capsys.readouterr().out
+    assert eval_main([str(run), "--device", "cpu"]) == 0
+    report = (run / "report.md").read_text()
+    assert "## Per symbol" in report and "| S03 |" in report and "mean IC" in report
+    weights = pd.read_csv(run / "weights.csv", index_col=0)
+    assert list(weights.columns) == ["S00", "S01", "S02", "S03"]
+    assert weights.abs().to_numpy().max() <= 0.25 + 1e-9
+    answer = Agent.load(run).predict({s: universe[s].frame for s in universe.symbols})
+    assert set(answer) == set(universe.symbols)
+    if how == "portfolio":
+        assert {a["target_weight"] for a in answer.values()} <= {-0.25, 0.0, 0.25}
+    # --portfolio needs several symbols.
+    code = train(tmp_path / "one", "--epochs", "1", "--portfolio")
+    fails_with(capsys, code, "--portfolio trades several symbols together")

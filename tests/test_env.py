@@ -136,7 +136,9 @@ def test_observation_window_is_scale_free_and_causal():
     future.iloc[1500:, :4] *= 2.0
     env_a = TradingEnv(base, num_envs=1, episode_length=10)
     env_b = TradingEnv(load_market_data(future), num_envs=1, episode_length=10)
-    torch.testing.assert_close(env_a.features.materialize()[:1500], env_b.features.materialize()[:1500])
+    torch.testing.assert_close(
+        env_a.features.materialize()[:1500], env_b.features.materialize()[:1500]
+    )
     # The newest window column has the sign of the newest log return.
     t = torch.arange(100, 1500)
     last = env_a.features.materialize()[t, env_a.obs_spec.window.stop - 1]
@@ -175,7 +177,9 @@ def test_flat_series_does_not_divide_by_zero():
     table = compute_features(moving, 60, "cpu").materialize()
     assert torch.isfinite(table).all()
     for t in (100, 200):
-        assert torch.equal(compute_features(cut(moving, t), 60, "cpu").materialize(), table[: t + 1])
+        assert torch.equal(
+            compute_features(cut(moving, t), 60, "cpu").materialize(), table[: t + 1]
+        )
 
 
 def test_observation_is_the_bar_and_the_position_only():
