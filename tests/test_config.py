@@ -364,6 +364,9 @@ def test_known_flags_all_at_once_train(tmp_path):
         "allow_short": False,
         "fill": "close",
         "spread": 0.0,
+        "portfolio": False,
+        "max_weight": 1.0,
+        "max_gross": 1.0,
     }
     assert config["ppo"]["nan_policy"] == "skip" and config["ppo"]["aux_long_coef"] == 0.02
     state = load_checkpoint(run / "checkpoint.pt")
