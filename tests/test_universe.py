@@ -398,3 +398,14 @@ def test_a_portfolio_agent_trains_and_its_backtest_is_the_envs_money():
         1e-4,
     )
     np.testing.assert_allclose(run.portfolio.log_returns, money.log_return.numpy(), atol=1e-6)
+
+
+def test_walk_forward_and_sweep_refuse_a_universe_in_one_line(tmp_path, capsys):
+    from pyppo.cli import sweep_main, walkforward_main
+
+    synthetic_market(600, seed=1, symbols=2).to_files(tmp_path / "universe")
+    data = ["--data", str(tmp_path / "universe")]
+    for main, what in ((walkforward_main, "pyppo-walkforward"), (sweep_main, "pyppo-sweep")):
+        assert main([*data, "--run-dir", str(tmp_path / what)]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith(f"error: {what}") and "several symbols" in last

@@ -45,6 +45,7 @@ from pyppo.cli.common import (
 )
 from pyppo.cli.train import config_from_args, train_parser
 from pyppo.config import RunConfig, apply, format_seeds, get, load_toml
+from pyppo.data import Universe
 from pyppo.device import resolve_device
 from pyppo.evaluation import BestCheckpoint
 from pyppo.files import write_text
@@ -273,6 +274,11 @@ class Sweep:
 
     def _load_bars(self) -> tuple[Any, Any, dict[str, list[str]]]:
         market, _ = load_data(self.config, set())
+        if isinstance(market, Universe):
+            raise UserError(
+                "pyppo-sweep tunes on one series; --data names several symbols",
+                "give it one symbol's file (pyppo-train and pyppo-eval take a universe)",
+            )
         train, validation, test = split_data(market)
         ranges = {
             "trained_on": [str(train.frame.index[0]), str(train.frame.index[-1])],

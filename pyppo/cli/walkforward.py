@@ -37,7 +37,7 @@ from pyppo.cli.common import (
 )
 from pyppo.cli.train import command, config_from_args, train_as_configured, train_parser
 from pyppo.config import RunConfig, apply, format_seeds
-from pyppo.data import MarketData, format_duration
+from pyppo.data import MarketData, Universe, format_duration
 from pyppo.device import resolve_device
 from pyppo.evaluation import BestCheckpoint, plots
 from pyppo.evaluation.backtest import Backtest, backtest
@@ -198,6 +198,11 @@ def walk_forward(
     """Train and test every window of ``settings`` (finished ones are read back), then write
     the report. Returns ``(report.json's content, report.md's path)``."""
     market, config = load_data(config, set())
+    if isinstance(market, Universe):
+        raise UserError(
+            "pyppo-walkforward retrains on one series; --data names several symbols",
+            "give it one symbol's file (pyppo-train and pyppo-eval take a universe)",
+        )
     print(market.report())
     device = resolve_device(config.device)
     longest = max(market.horizons, default=1)
