@@ -510,7 +510,7 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
 
     @property
     def bytes_per_bar(self) -> float:
-        """:meth:`memory` in total over the bars held (every symbol's): about 54 bytes with
+        """:meth:`memory` in total over the bars held (every symbol's): about 56 bytes with
         the default two auxiliary horizons, whatever the window."""
         return sum(self.memory().values()) / self.features.rows
 

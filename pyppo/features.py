@@ -3,7 +3,7 @@
 The env's ``step()`` must be a handful of gathers, so everything that depends only on the
 market (the normalized returns, indicators, calendar) is precomputed here, compactly: one
 normalized return, nine indicators and a minute-of-week code per bar
-(:class:`MarketFeatures`, 42 bytes a bar whatever the window). An observation is gathered
+(:class:`MarketFeatures`, 44 bytes a bar whatever the window). An observation is gathered
 from them at step time: the window is a slice of the return column, the calendar columns
 come from a fixed table, and the env writes the one per-agent column (the position held).
 An observation therefore depends only on the bar and the position held: nothing about
@@ -107,7 +107,7 @@ class MarketFeatures:
     from them at step time (:meth:`observe`), never stored as a row per bar.
 
     Per bar this holds one normalized return (float32), the indicators (float32 each) and a
-    minute-of-week code (int16): 42 bytes whatever the window, where a materialized
+    minute-of-week code (int32): 44 bytes whatever the window, where a materialized
     observation row would take ``4 * spec.size`` bytes (296 with a window of 60). The window
     block of an observation is a slice of the return column: symbol ``s``'s returns are
     stored after ``window - 1`` zeros, so the window of its bar ``t`` is one row of the
@@ -132,6 +132,11 @@ class MarketFeatures:
     spec: ObsSpec
     sanitized: Tensor
 
+    def __post_init__(self) -> None:
+        # Views and lookups observe() uses at every step, made once.
+        self._windows = self.returns.unfold(0, self.spec.window_len, 1)
+        self._calendar_table = calendar_table(self.calendar.device)
+
     @property
     def rows(self) -> int:
         """Bars over all symbols."""
@@ -154,16 +159,23 @@ class MarketFeatures:
         :param position: (N,) positions, or one for all.
         :param symbols: (N,) symbol of each row; ``None`` for one symbol.
         """
-        spec = self.spec
-        w = spec.window_len
+        w = self.spec.window_len
         window_rows = rows if symbols is None else rows + symbols * (w - 1)
-        obs = torch.empty(rows.shape[0], spec.size, device=rows.device)
-        obs[:, spec.window] = self.returns.unfold(0, w, 1).index_select(0, window_rows)
-        obs[:, spec.indicators] = self.indicators.index_select(0, rows)
-        codes = self.calendar.index_select(0, rows).long()
-        obs[:, spec.time] = calendar_table(rows.device).index_select(0, codes)
-        obs[:, spec.position_col] = position
-        return obs
+        if not isinstance(position, Tensor):
+            position = torch.full(rows.shape, float(position), device=rows.device)
+        elif position.dtype != torch.float32:  # cat would promote the whole observation
+            position = position.float()
+        # One gather per block, in the layout's order (window, indicators, time, position):
+        # a concatenation of whole blocks costs less than writing slices of one tensor.
+        return torch.cat(
+            [
+                self._windows.index_select(0, window_rows),
+                self.indicators.index_select(0, rows),
+                self._calendar_table.index_select(0, self.calendar.index_select(0, rows)),
+                position.unsqueeze(1),
+            ],
+            dim=1,
+        )
 
     def materialize(self, symbol: int = 0) -> Tensor:
         """Every bar's observation of one symbol, position flat: ``(bars, spec.size)``. For
@@ -218,13 +230,14 @@ def calendar_table(device: torch.device) -> Tensor:
 
 
 def minute_of_week(index: pd.DatetimeIndex) -> np.ndarray:
-    """Each timestamp's minute of the week (Monday 00:00 is 0) as int16."""
+    """Each timestamp's minute of the week (Monday 00:00 is 0) as int32 (an index that
+    ``index_select`` takes as it is)."""
     code = (
         index.day_of_week.to_numpy() * (24 * 60)
         + index.hour.to_numpy() * 60
         + index.minute.to_numpy()
     )
-    return code.astype(np.int16)
+    return code.astype(np.int32)
 
 
 def _ewm_vol(x: pd.Series, span: int) -> np.ndarray:
