@@ -17,9 +17,9 @@ measures a universe instead: ``--symbols`` (100) synthetic symbols of ``--bars``
 hourly bars each (4.4 M bars), pooled. It reports the bytes per bar the pooled env holds
 after stepping (``TradingEnv.bytes_per_bar``: what grows with the bars), the process's
 resident memory after each stage and its peak, the pooled env's steps/s at ``--num-envs``,
-and the portfolio money function's (:func:`pyppo.portfolio.portfolio_step`) cost per
-decision for a batch of 256 portfolios over 10, 100 and 1,000 symbols, whose growth with
-the symbols should be linear.
+the portfolio money function's (:func:`pyppo.portfolio.portfolio_step`) cost per decision
+and the whole :class:`pyppo.PortfolioEnv` step's, for a batch of 256 portfolios over 10,
+100 and 1,000 symbols: their growth with the symbols should be at most linear.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import time
 import torch
 from common import machine, median_seconds, print_machine, print_table, write_json
 
-from pyppo import TradingEnv, synthetic_market
+from pyppo import PortfolioEnv, TradingEnv, synthetic_market
 from pyppo.portfolio import portfolio_step
 
 TARGETS = {64: 200_000, 1024: 1_000_000}  # CPU targets, env-steps per second
@@ -96,6 +96,30 @@ def time_portfolio_step(symbols: int, batch: int, args: argparse.Namespace) -> f
     return median_seconds(decide, device=args.device, repeats=args.repeats, warmup=1) / calls
 
 
+PORTFOLIO_BARS = 2_000  # bars a symbol of the PortfolioEnv timing
+
+
+def time_portfolio_env(symbols: int, args: argparse.Namespace) -> list[float]:
+    """``[symbols, us per step(), portfolio-steps/s, ns per symbol-portfolio]`` of a
+    :class:`PortfolioEnv` of :data:`PORTFOLIOS` portfolios over ``symbols`` symbols."""
+    universe = synthetic_market(PORTFOLIO_BARS, seed=1, symbols=symbols)
+    env = PortfolioEnv(
+        universe, num_envs=PORTFOLIOS, episode_length=500, window=args.window, device=args.device
+    )
+    env.reset(seed=0)
+    gen = torch.Generator(device=args.device).manual_seed(0)
+    shape = (PORTFOLIOS, symbols)
+    pool = [torch.randint(0, 3, shape, generator=gen, device=args.device) for _ in range(8)]
+    calls = max(args.steps // 20, 1)
+
+    def run() -> None:
+        for i in range(calls):
+            env.step(pool[i & 7])
+
+    per_call = median_seconds(run, device=args.device, repeats=args.repeats, warmup=1) / calls
+    return [symbols, per_call * 1e6, PORTFOLIOS / per_call, per_call * 1e9 / (PORTFOLIOS * symbols)]
+
+
 def bench_universe(args: argparse.Namespace) -> None:
     stages = [("start", resident_mib(), peak_mib(), 0.0)]
     clock = time.perf_counter()
@@ -141,10 +165,18 @@ def bench_universe(args: argparse.Namespace) -> None:
         ["symbols", "portfolios", "us/decision", "ns per symbol-portfolio"],
         rows,
     )
+    env_rows = [time_portfolio_env(symbols, args) for symbols in (10, 100, 1000)]
+    print_table(
+        f"PortfolioEnv.step ({args.device}): {PORTFOLIOS} portfolios, {PORTFOLIO_BARS:,} bars a "
+        "symbol, random slots",
+        ["symbols", "us/step()", "portfolio-steps/s", "ns per symbol-portfolio"],
+        env_rows,
+    )
     write_json(
         args.json,
         {
             "benchmark": "env-universe",
+            "portfolio_env": env_rows,
             "machine": info,
             "args": vars(args),
             "bytes_per_bar": env.bytes_per_bar,
