@@ -96,6 +96,8 @@ def test_a_bad_symbol_is_named_with_its_file_and_row(tmp_path):
     long.to_csv(tmp_path / "long.csv")
     with pytest.raises(MarketDataError, match=r"symbol 'BBB': .*long\.csv.*line 319"):
         load_universe(str(tmp_path / "long.csv"))
+    with pytest.raises(MarketDataError, match=r"symbol 'BBB': DataFrame.*row 317"):
+        load_universe(long.reset_index())
     with pytest.raises(MarketDataError, match="symbol 'DAY' .* has 1D bars, symbol 'AAA' has 1h"):
         load_universe({"AAA": frame(300, 1), "DAY": frame(300, 2, freq="1D")}, horizons=(1, 2))
     with pytest.raises(MarketDataError, match="no file matches"):

@@ -27,7 +27,8 @@ class MarketDataError(ValueError):
 class DataSource(str):
     """The name of the data in messages (a path, or ``"DataFrame"``), carrying the file line
     of each data row when the file has blank lines (``lines[p]`` is the 1-based line of data
-    row ``p``); ``lines`` is ``None`` when data row ``p`` is simply on line ``p + 2``."""
+    row ``p``); ``lines`` is ``None`` when data row ``p`` is simply on line ``p + 2``. For one
+    symbol's rows of a long DataFrame, ``lines[p]`` is the row's position in the whole frame."""
 
     lines: np.ndarray | None
 
@@ -50,7 +51,8 @@ def row_name(p: int, name: str) -> str:
     """How a user finds row ``p`` (0-based data row): the line in a file (the header is
     line 1), the position in a DataFrame."""
     if name == "DataFrame":
-        return f"row {int(p)}"
+        rows = getattr(name, "lines", None)  # a symbol's rows of a long table: their positions
+        return f"row {int(rows[p]) if rows is not None and 0 <= p < len(rows) else int(p)}"
     lines = getattr(name, "lines", None)
     if lines is not None and 0 <= p < len(lines):
         return f"line {int(lines[p])}"

@@ -332,10 +332,10 @@ def _long_format(
     for symbol in pd.unique(symbols.astype(str)):
         rows = np.flatnonzero((symbols.astype(str) == symbol).to_numpy())
         table = raw.iloc[rows].drop(columns=[column]).reset_index(drop=True)
-        lines = np.array([_line_number(name, p) for p in rows], dtype=np.int64)
-        where = (
-            DataSource(str(name), lines) if str(name) != "DataFrame" else DataSource("DataFrame")
-        )
+        if str(name) == "DataFrame":
+            where = DataSource("DataFrame", rows)
+        else:
+            where = DataSource(str(name), np.array([_line_number(name, p) for p in rows]))
         try:
             market = market_from_table(table, where, **_table_options(options))
         except MarketDataError as err:
