@@ -128,3 +128,17 @@ def test_a_universe_of_files_trains_evaluates_and_predicts(tmp_path, capsys, how
     # --portfolio needs several symbols.
     code = train(tmp_path / "one", "--epochs", "1", "--portfolio")
     fails_with(capsys, code, "--portfolio trades several symbols together")
+
+
+@pytest.mark.parametrize("how", [[], ["--portfolio"]], ids=["pooled", "portfolio"])
+def test_a_universe_run_resumes_identically(tmp_path, how):
+    synthetic_market(1200, seed=2, symbols=3).to_files(tmp_path / "universe")
+    data = ["--data", str(tmp_path / "universe"), *how]
+    assert train(tmp_path / "straight", "--epochs", "2", *data) == 0
+    assert train(tmp_path / "resumed", "--epochs", "1", *data) == 0
+    resumed = ["--run-dir", str(tmp_path / "resumed"), "--resume", "--epochs", "2", "--quiet"]
+    assert train_main(resumed) == 0
+    a = list(read_metrics(tmp_path / "straight" / "metrics.csv"))
+    b = list(read_metrics(tmp_path / "resumed" / "metrics.csv"))
+    assert len(a) == len(b) >= 2
+    same_rows(a, b)
