@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -11,7 +12,7 @@ from helpers import SMALL_RUN, same_rows
 
 from pyppo import Agent, synthetic_market
 from pyppo.checkpoint import load_checkpoint
-from pyppo.cli import eval_main, train_main
+from pyppo.cli import eval_main, predict_main, train_main
 from pyppo.metrics import read_metrics
 
 # End to end: every test trains through the command line.
@@ -125,6 +126,10 @@ def test_a_universe_of_files_trains_evaluates_and_predicts(tmp_path, capsys, how
     assert set(answer) == set(universe.symbols)
     if how == "portfolio":
         assert {a["target_weight"] for a in answer.values()} <= {-0.25, 0.0, 0.25}
+    capsys.readouterr()
+    assert predict_main([str(run), "--data", str(tmp_path / "universe"), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["symbol"] for line in lines] == ["S00", "S01", "S02", "S03"]
     # --portfolio needs several symbols.
     code = train(tmp_path / "one", "--epochs", "1", "--portfolio")
     fails_with(capsys, code, "--portfolio trades several symbols together")

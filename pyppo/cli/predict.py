@@ -12,7 +12,8 @@ import pandas as pd
 
 from pyppo.agent import Agent, export_agent
 from pyppo.cli.common import Parser, run_cli
-from pyppo.data import synthetic_market
+from pyppo.data import load_universe, synthetic_market
+from pyppo.data.universe import is_universe_source
 
 
 def predict_parser() -> Parser:
@@ -23,7 +24,11 @@ def predict_parser() -> Parser:
     )
     p.add_argument("run", help="a run dir, a checkpoint (.pt) or an exported agent folder")
     bars = p.add_mutually_exclusive_group(required=True)
-    bars.add_argument("--data", help="CSV or Parquet file of recent OHLCV bars")
+    bars.add_argument(
+        "--data",
+        help="CSV or Parquet file of recent OHLCV bars; several symbols: a folder, a glob, "
+        "comma-separated files or one file with a symbol column (one row per symbol)",
+    )
     bars.add_argument(
         "--synthetic",
         action="store_true",
@@ -81,12 +86,21 @@ def predict_main(argv: list[str] | None = None) -> int:
 def _predict(argv: list[str]) -> int:
     args = predict_parser().parse_args(argv)
     agent = Agent.load(args.run, device=args.device, member=args.member)
-    bars = synthetic_market().frame if args.synthetic else args.data
+    bars: Any = synthetic_market().frame if args.synthetic else args.data
+    if not args.synthetic and is_universe_source(args.data):
+        universe = load_universe(args.data, window=agent.window, horizons=(1,))
+        bars = {symbol: market.frame for symbol, market in universe.markets.items()}
     result = agent.predict(bars, args.position, all_bars=args.all_bars)
-    frame = result if args.all_bars else pd.DataFrame([result]).set_index("timestamp")
+    if isinstance(bars, dict):  # one answer per symbol
+        if args.all_bars:
+            frame = pd.concat(result, names=["symbol", "timestamp"])
+        else:
+            rows = [{"symbol": symbol, **answer} for symbol, answer in result.items()]
+            frame = pd.DataFrame(rows).set_index(["symbol", "timestamp"])
+    else:
+        frame = result if args.all_bars else pd.DataFrame([result]).set_index("timestamp")
     if args.json:
-        for timestamp, row in frame.iterrows():
-            record = {"timestamp": timestamp, **row.to_dict()}
+        for record in frame.reset_index().to_dict("records"):
             print(json.dumps({k: _json_value(v) for k, v in record.items()}))
     else:
         with pd.option_context("display.width", 160, "display.max_columns", 20):
