@@ -68,7 +68,7 @@ except ImportError:  # pragma: no cover - exercised only without gymnasium
     _VectorEnvBase = object
     _AUTORESET = "SameStep"
 
-__all__ = ["EnvSpec", "TradingEnv", "ObsSpec"]
+__all__ = ["EnvSpec", "EpisodeEnv", "TradingEnv", "ObsSpec"]
 
 
 class _Discrete:
@@ -175,7 +175,86 @@ class EnvSpec:
             raise ValueError(f"the env description is malformed: {err}") from None
 
 
-class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
+class EpisodeEnv:
+    """What :class:`TradingEnv` and :class:`pyppo.PortfolioEnv` share: same-length episodes
+    that end together (truncated, auto-reset on the same step), the sanitizer's counters and
+    the description an agent keeps.
+
+    A subclass sets ``num_envs``, ``device``, ``episode_length``, ``window``, ``fee``,
+    ``allow_short``, ``aux_labels``, ``aux_horizon_bars``, ``market``, ``obs_spec``,
+    ``return_counts``, ``aux_target_counts``, ``feature_sanitize_counts``, ``_elapsed`` and
+    ``_episode_return``, and implements ``_observe``, ``_start_episodes`` and
+    ``_aux_targets``.
+    """
+
+    def _end_step(
+        self, reward: Tensor, info: dict[str, Any]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+        """Count the step; on the episodes' last step put the final observation and the
+        episode returns into ``info`` and start new episodes. Returns what ``step()`` does."""
+        self._episode_return += reward
+        self._elapsed += 1
+        truncated_now = self._elapsed >= self.episode_length
+        obs = self._observe()
+        if truncated_now:
+            info["final_obs"] = obs
+            info["_final_obs"] = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+            info["episode_return"] = self._episode_return.clone()
+            self._start_episodes()
+            obs = self._observe()
+        info["aux_targets"] = self._aux_targets()
+        terminated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        truncated = torch.full(
+            (self.num_envs,), truncated_now, dtype=torch.bool, device=self.device
+        )
+        return obs, reward, terminated, truncated, info
+
+    def close(self, **kwargs: Any) -> None:
+        """Nothing to release (no processes, no files); kept for the gymnasium API."""
+        self.closed = True
+
+    # -- counters -------------------------------------------------------------------------
+
+    def sanitize_counts(self) -> dict[str, Tensor]:
+        """Running ``[nonfinite, clamped]`` int64 counts on the env's device of the realized
+        returns and the auxiliary targets it sanitized (see :mod:`pyppo.protocols`)."""
+        return {"returns": self.return_counts, "aux_targets": self.aux_target_counts}
+
+    def describe(self) -> EnvSpec:
+        """What it takes to rebuild this env's observations without its market (stored in
+        checkpoints and exports)."""
+        return EnvSpec(
+            window=self.window,
+            fee=self.fee,
+            allow_short=self.allow_short,
+            episode_length=self.episode_length,
+            aux_labels=self.aux_labels,
+            aux_horizon_bars=self.aux_horizon_bars,
+            bar_interval_seconds=self.market.bar_interval.total_seconds(),
+            observation_names=self.obs_spec.names,
+        )
+
+    def counters(self) -> dict[str, int]:
+        """Host copies of the sanitizer counts, over all members (reading them synchronizes
+        once)."""
+        r = self.return_counts.reshape(-1, 2).sum(0).tolist()
+        a = self.aux_target_counts.reshape(-1, 2).sum(0).tolist()
+        f = self.feature_sanitize_counts.tolist()
+        return {
+            "return_nonfinite": r[0],
+            "return_clamped": r[1],
+            "aux_nonfinite": a[0],
+            "aux_clamped": a[1],
+            "feature_return_nonfinite": f[0],
+            "feature_return_clamped": f[1],
+        }
+
+    def reset_counters(self) -> None:
+        self.return_counts.zero_()
+        self.aux_target_counts.zero_()
+
+
+class TradingEnv(EpisodeEnv, _VectorEnvBase):  # type: ignore[misc, valid-type]
     """Vectorized trading environment over a :class:`MarketData` series or, pooled, over the
     symbols of a :class:`~pyppo.Universe`.
 
@@ -433,65 +512,10 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
             if self.sanitize:
                 self.return_counts += self._sanitize(gap)
             reward = step_rewards(self._pos, position, ret, gap, self.cost)
-        self._episode_return += reward
         self._t, self._pos = t_next, position
-        self._elapsed += 1
+        return self._end_step(reward, {})
 
-        truncated_now = self._elapsed >= self.episode_length
-        obs = self._observe()
-        info: dict[str, Any] = {}
-        if truncated_now:
-            info["final_obs"] = obs
-            info["_final_obs"] = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-            info["episode_return"] = self._episode_return.clone()
-            self._start_episodes()
-            obs = self._observe()
-        info["aux_targets"] = self._aux_targets()
-        terminated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
-        truncated = torch.full(
-            (self.num_envs,), truncated_now, dtype=torch.bool, device=self.device
-        )
-        return obs, reward, terminated, truncated, info
-
-    def close(self, **kwargs: Any) -> None:
-        """Nothing to release (no processes, no files); kept for the gymnasium API."""
-        self.closed = True
-
-    # -- counters --------------------------------------------------------------------------
-
-    def sanitize_counts(self) -> dict[str, Tensor]:
-        """Running ``[nonfinite, clamped]`` int64 counts on the env's device of the realized
-        returns and the auxiliary targets it sanitized (see :mod:`pyppo.protocols`)."""
-        return {"returns": self.return_counts, "aux_targets": self.aux_target_counts}
-
-    def describe(self) -> EnvSpec:
-        """What it takes to rebuild this env's observations without its market (stored in
-        checkpoints and exports)."""
-        return EnvSpec(
-            window=self.window,
-            fee=self.fee,
-            allow_short=self.allow_short,
-            episode_length=self.episode_length,
-            aux_labels=self.aux_labels,
-            aux_horizon_bars=self.aux_horizon_bars,
-            bar_interval_seconds=self.market.bar_interval.total_seconds(),
-            observation_names=self.obs_spec.names,
-        )
-
-    def counters(self) -> dict[str, int]:
-        """Host copies of the sanitizer counts, over all members (reading them synchronizes
-        once)."""
-        r = self.return_counts.reshape(-1, 2).sum(0).tolist()
-        a = self.aux_target_counts.reshape(-1, 2).sum(0).tolist()
-        f = self.feature_sanitize_counts.tolist()
-        return {
-            "return_nonfinite": r[0],
-            "return_clamped": r[1],
-            "aux_nonfinite": a[0],
-            "aux_clamped": a[1],
-            "feature_return_nonfinite": f[0],
-            "feature_return_clamped": f[1],
-        }
+    # -- memory ----------------------------------------------------------------------------
 
     def memory(self) -> dict[str, int]:
         """Bytes of each per-bar tensor the env holds (what grows with the bars: the
@@ -513,10 +537,6 @@ class TradingEnv(_VectorEnvBase):  # type: ignore[misc, valid-type]
         """:meth:`memory` in total over the bars held (every symbol's): about 56 bytes with
         the default two auxiliary horizons, whatever the window."""
         return sum(self.memory().values()) / self.features.rows
-
-    def reset_counters(self) -> None:
-        self.return_counts.zero_()
-        self.aux_target_counts.zero_()
 
     @property
     def bar_index(self) -> Tensor:

@@ -35,7 +35,7 @@ from pyppo import ops
 from pyppo.config import EnvConfig
 from pyppo.data import MarketDataError, Universe
 from pyppo.device import resolve_device
-from pyppo.env import EnvSpec
+from pyppo.env import EpisodeEnv
 from pyppo.execution import check_fill, cost_per_unit, gap_log_returns
 from pyppo.features import FEATURE_CLIP, RETURN_LIMIT, ObsSpec, compute_features
 from pyppo.portfolio import portfolio_step
@@ -62,7 +62,7 @@ class _Box:
         self.low, self.high, self.shape, self.dtype = -FEATURE_CLIP, FEATURE_CLIP, shape, np.float32
 
 
-class PortfolioEnv:
+class PortfolioEnv(EpisodeEnv):
     """Vectorized portfolio environment over a :class:`~pyppo.Universe` (see the module).
 
     :param universe: the symbols.
@@ -271,66 +271,9 @@ class PortfolioEnv:
             max_gross=self.max_gross,
         )
         self.return_counts += money.sanitized
-        reward = money.log_return
         self._weights = money.weights
         self._t = t_next
-        self._episode_return += reward
-        self._elapsed += 1
-        info: dict[str, Any] = {"weights": money.weights}
-        truncated_now = self._elapsed >= self.episode_length
-        obs = self._observe()
-        if truncated_now:
-            info["final_obs"] = obs
-            info["_final_obs"] = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-            info["episode_return"] = self._episode_return.clone()
-            self._start_episodes()
-            obs = self._observe()
-        info["aux_targets"] = self._aux_targets()
-        terminated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
-        truncated = torch.full(
-            (self.num_envs,), truncated_now, dtype=torch.bool, device=self.device
-        )
-        return obs, reward, terminated, truncated, info
-
-    def close(self, **kwargs: Any) -> None:
-        self.closed = True
-
-    # -- what the trainer reads ----------------------------------------------------------
-
-    def sanitize_counts(self) -> dict[str, Tensor]:
-        return {"returns": self.return_counts, "aux_targets": self.aux_target_counts}
-
-    def counters(self) -> dict[str, int]:
-        r, a, f = (
-            self.return_counts.tolist(),
-            self.aux_target_counts.tolist(),
-            self.feature_sanitize_counts.tolist(),
-        )
-        return {
-            "return_nonfinite": r[0],
-            "return_clamped": r[1],
-            "aux_nonfinite": a[0],
-            "aux_clamped": a[1],
-            "feature_return_nonfinite": f[0],
-            "feature_return_clamped": f[1],
-        }
-
-    def reset_counters(self) -> None:
-        self.return_counts.zero_()
-        self.aux_target_counts.zero_()
-
-    def describe(self) -> EnvSpec:
-        """Each symbol's observation settings (what a portfolio agent needs to predict)."""
-        return EnvSpec(
-            window=self.window,
-            fee=self.fee,
-            allow_short=self.allow_short,
-            episode_length=self.episode_length,
-            aux_labels=self.aux_labels,
-            aux_horizon_bars=self.aux_horizon_bars,
-            bar_interval_seconds=self.market.bar_interval.total_seconds(),
-            observation_names=self.obs_spec.names,
-        )
+        return self._end_step(money.log_return, {"weights": money.weights})
 
     @property
     def bar_index(self) -> Tensor:
