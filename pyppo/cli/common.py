@@ -257,47 +257,41 @@ def make_env(
     world: int = 1,
     span: tuple[int, int] | None = None,
 ):
-    """The run's training TradingEnv over ``market``: process ``rank``'s share of the envs,
-    with its own seed (of each member, for a population); ``span`` limits the bars whose
-    rewards and labels it trains on (:class:`pyppo.TradingEnv`)."""
+    """The run's training env over ``market``: process ``rank``'s share of the envs, with its
+    own seed (of each member, for a population); ``span`` limits the bars whose rewards and
+    labels it trains on. A :class:`pyppo.TradingEnv` (one symbol, or pooled symbols), or with
+    ``--portfolio`` a :class:`pyppo.PortfolioEnv`."""
     env = config.env
     seeds = [seed + 1000 * rank for seed in config.ppo.member_seeds]
-    if env.portfolio:
-        if not isinstance(market, Universe):
-            raise UserError(
-                "--portfolio trades several symbols together, and the data is one series",
-                "pass a folder, a glob, several files or a table with a symbol column to --data",
-            )
-        if len(seeds) > 1:
-            raise UserError("--portfolio trains one seed at a time", "drop --seeds")
-        return PortfolioEnv(
-            market,
-            num_envs=env.num_envs // world,
-            episode_length=env.episode_length,
-            window=env.window,
-            fee=env.fee,
-            allow_short=env.allow_short,
-            device=device,
-            seed=seeds[0],
-            spread=env.spread,
-            fill=env.fill,
-            span=span,
-            max_weight=env.max_weight,
-            max_gross=env.max_gross,
-        )
-    return TradingEnv(
-        market,
+    common = dict(
         num_envs=env.num_envs // world,
         episode_length=env.episode_length,
         window=env.window,
         fee=env.fee,
         allow_short=env.allow_short,
         device=device,
-        seed=seeds[0] if len(seeds) == 1 else seeds,
-        sanitize=config.ppo.guards,
         fill=env.fill,
         spread=env.spread,
         span=span,
+    )
+    if not env.portfolio:
+        seed = seeds[0] if len(seeds) == 1 else seeds
+        return TradingEnv(market, seed=seed, sanitize=config.ppo.guards, **common)
+    if not isinstance(market, Universe):
+        raise UserError(
+            "--portfolio trades several symbols together, and the data is one series",
+            "pass a folder, a glob, several files or a table with a symbol column to --data",
+        )
+    if len(seeds) > 1:
+        raise UserError("--portfolio trains one seed at a time", "drop --seeds")
+    if not config.ppo.guards:
+        raise UserError(
+            "--no-guards shows what the guards prevent on one symbol's env; a portfolio's "
+            "money is always guarded",
+            "drop --no-guards or --portfolio",
+        )
+    return PortfolioEnv(
+        market, seed=seeds[0], max_weight=env.max_weight, max_gross=env.max_gross, **common
     )
 
 
