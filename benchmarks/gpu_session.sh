@@ -71,6 +71,9 @@ timeout 120 $PY benchmarks/bench_distributed.py --device cuda --rounds 1 --updat
   | tee -a "$OUT/bench.log"
 step "backtest and predictions on cuda"
 timeout 90 $PY benchmarks/bench_backtest.py --device cuda 2>&1 | tee -a "$OUT/bench.log"
+step "a universe on cuda: pooled and portfolio env steps (100 symbols x 4,400 bars)"
+timeout 120 $PY benchmarks/bench_env.py --universe --device cuda --bars 4400 --steps 400 \
+  --repeats 3 --num-envs 1024 --json "$OUT/env_universe_cuda.json" 2>&1 | tee -a "$OUT/bench.log"
 
 if [ "${WITH_SANITIZE:-0}" = 1 ]; then
   step "sanitize and env benchmarks"
