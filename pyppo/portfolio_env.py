@@ -285,6 +285,22 @@ class PortfolioEnv(EpisodeEnv):
         """(num_envs, N) the weights held."""
         return self._weights
 
+    @property
+    def cost_per_symbol(self) -> Tensor:
+        """(N,) each symbol's cost per unit of weight change: the fee plus half its spread."""
+        return self._cost
+
+    def realized_returns(self, bars: Tensor) -> tuple[Tensor, Tensor]:
+        """``(len(bars), N)`` twice: every symbol's log return over calendar bar ``bars[k]``
+        (from the bar before) and the part of it before the fill (the gap to the open with
+        next-open fills, else 0), sanitized as the rewards' are; 0 where it has no bar."""
+        bars = bars.to(self.device)
+        returns = self._returns.index_select(0, bars)
+        gaps = self._gaps.index_select(0, bars)
+        ops.sanitize_(returns, RETURN_LIMIT)
+        ops.sanitize_(gaps, RETURN_LIMIT)
+        return returns, gaps
+
     def tradable(self) -> Tensor:
         """(num_envs, N) bool: which symbols can trade on the current bar."""
         return self._tradable.index_select(0, self._t)

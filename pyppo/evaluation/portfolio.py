@@ -5,9 +5,10 @@ one-portfolio :class:`~pyppo.PortfolioEnv`, so the money is the env's (the one
 The result is the portfolio's own :class:`Backtest` (its net returns; its position is the
 net weight, ``sum_i w_i``) and, per symbol, a :class:`Backtest` of its sleeve: the symbol's
 slot (-1, 0, +1) and the sleeve's return, ``N`` times the symbol's contribution to the
-portfolio's return (``w_i * r_i`` less its costs), so that the per-symbol tables and
-``weights.csv`` of :mod:`pyppo.evaluation.universe` read the same for pooled and portfolio
-agents.
+portfolio's return (to first order: its weights times its returns, less its costs; the
+sleeves' mean is the portfolio's return to about 1e-5 a bar), so that the per-symbol tables
+and ``weights.csv`` of :mod:`pyppo.evaluation.universe` read the same for pooled and
+portfolio agents.
 """
 
 from __future__ import annotations
@@ -20,11 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pyppo import ops
 from pyppo.data import Universe
 from pyppo.data.market import bars_per_year
 from pyppo.evaluation.backtest import Backtest
-from pyppo.features import RETURN_LIMIT
 from pyppo.heads import AuxHeads
 from pyppo.portfolio_env import PortfolioEnv
 
@@ -100,12 +99,19 @@ def portfolio_backtest(
     finally:
         model.train(was_training)
     times = universe.calendar[bars + 1]
-    returns = env._returns.index_select(0, torch.from_numpy(bars + 1).to(env.device)).cpu()
-    returns = ops.sanitize(returns, RETURN_LIMIT)[0].numpy().astype(np.float64)
+    returns, gaps = (
+        x.cpu().numpy().astype(np.float64) for x in env.realized_returns(torch.from_numpy(bars + 1))
+    )
     simple = np.expm1(returns)
-    costs = env._cost.cpu().numpy()
+    costs = env.cost_per_symbol.cpu().numpy()
     previous = np.vstack([np.zeros((1, n)), weights[:-1]])
-    contributions = weights * simple - costs * np.abs(weights - previous)
+    # Each symbol's part of the step's growth, to first order (the portfolio's own return
+    # is the env's, exact): the gap on the old weight, the rest on the new, less costs.
+    contributions = (
+        previous * np.expm1(gaps)
+        + weights * np.expm1(returns - gaps)
+        - costs * np.abs(weights - previous)
+    )
     listed = universe.listed()[bars + 1]
     per_year = bars_per_year(times)
     mean_spread = float(np.mean(list(env.spread.values())))
