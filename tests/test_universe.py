@@ -400,6 +400,12 @@ def test_a_portfolio_agent_trains_and_its_backtest_is_the_envs_money():
         1e-4,
     )
     np.testing.assert_allclose(run.portfolio.log_returns, money.log_return.numpy(), atol=1e-6)
+    # The sleeves (the per-symbol view) add up to the portfolio, to first order, with either
+    # fill timing.
+    for fill in ("close", "next_open"):
+        run = portfolio_backtest(universe, model, window=20, fee=1e-4, spread=5.0, fill=fill)
+        sleeves = sum(np.expm1(sleeve.log_returns) for sleeve in run.sleeves.values()) / 3
+        np.testing.assert_allclose(np.log1p(sleeves), run.portfolio.log_returns, atol=1e-4)
 
 
 def test_walk_forward_and_sweep_refuse_a_universe_in_one_line(tmp_path, capsys):
