@@ -157,6 +157,11 @@ def evaluate_run(
         raise UserError(f"--folds {folds}", "give a number of sub-periods >= 1, or leave it out")
     config = checkpoint.run_config
     test, validation, training = evaluation_data(config, checkpoint, data)
+    if folds and isinstance(test, Universe):
+        raise UserError(
+            "--folds scores sub-periods of one series; this run trades several symbols",
+            "leave --folds out (the report has a per-symbol table instead)",
+        )
     if costs:
         try:
             config = apply(config, {"env": costs})
