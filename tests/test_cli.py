@@ -130,6 +130,8 @@ def test_a_universe_of_files_trains_evaluates_and_predicts(tmp_path, capsys, how
     assert predict_main([str(run), "--data", str(tmp_path / "universe"), "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["symbol"] for line in lines] == ["S00", "S01", "S02", "S03"]
+    capsys.readouterr()
+    fails_with(capsys, eval_main([str(run), "--folds", "2"]), "--folds scores sub-periods")
     # --portfolio needs several symbols.
     code = train(tmp_path / "one", "--epochs", "1", "--portfolio")
     fails_with(capsys, code, "--portfolio trades several symbols together")
