@@ -283,18 +283,9 @@ def write_universe_report(
             name: equal_weight(per_symbol, name) for name, per_symbol in backtests.items()
         }
         env = config.env
-        run = portfolio_backtest(
-            universe,
-            model,
-            window=env.window,
-            fee=env.fee,
-            spread=env.spread,
-            fill=env.fill,
-            allow_short=env.allow_short,
-            device=device,
-            max_weight=env.max_weight,
-            max_gross=env.max_gross,
-        )
+        walk_settings = {k: v for k, v in settings.items() if k != "seed"}
+        limits = dict(max_weight=env.max_weight, max_gross=env.max_gross)
+        run = portfolio_backtest(universe, model, device=device, **limits, **walk_settings)
         backtests = {"agent": run.sleeves, **backtests}
         aggregates = {"agent": run.portfolio, **aggregates}
         how = (

@@ -83,34 +83,27 @@ class BestCheckpoint(TrainingCallback):
             if trainer.members == 1
             else [trainer.model.member(k) for k in range(trainer.members)]
         )
-        settings = dict(
+        common = dict(
             window=env.window,
             fee=env.fee,
-            spread=env.spread,
             fill=env.fill,
             allow_short=env.allow_short,
             device=trainer.device,
-            start=self.decisions[0],
-            stop=self.decisions[1],
         )
 
         def validate(model: Any) -> Backtest:
             if isinstance(env, PortfolioEnv):
-                return portfolio_backtest(
-                    self.bars,
-                    model,
-                    window=env.window,
-                    fee=env.fee,
-                    spread=env.spread_setting,
-                    fill=env.fill,
-                    allow_short=env.allow_short,
-                    device=trainer.device,
-                    max_weight=env.max_weight,
-                    max_gross=env.max_gross,
-                ).portfolio
+                limits = dict(max_weight=env.max_weight, max_gross=env.max_gross)
+                run = portfolio_backtest(
+                    self.bars, model, spread=env.spread_setting, **limits, **common
+                )
+                return run.portfolio
+            span = dict(spread=env.spread, start=self.decisions[0], stop=self.decisions[1])
             if not isinstance(self.bars, Universe):
-                return backtest(self.bars, model, **settings)
-            per_symbol = {s: backtest(m, model, **settings) for s, m in self.bars.markets.items()}
+                return backtest(self.bars, model, **span, **common)
+            per_symbol = {
+                s: backtest(m, model, **span, **common) for s, m in self.bars.markets.items()
+            }
             return equal_weight(per_symbol, "agent")
 
         scores = [self.score(validate(model)) for model in models]
