@@ -119,6 +119,7 @@ def test_a_universe_of_files_trains_evaluates_and_predicts(tmp_path, capsys, how
     assert eval_main([str(run), "--device", "cpu"]) == 0
     report = (run / "report.md").read_text()
     assert "## Per symbol" in report and "| S03 |" in report and "mean IC" in report
+    assert (run / "weights.png").stat().st_size > 0 and "weights.png" in report
     weights = pd.read_csv(run / "weights.csv", index_col=0)
     assert list(weights.columns) == ["S00", "S01", "S02", "S03"]
     assert weights.abs().to_numpy().max() <= 0.25 + 1e-9

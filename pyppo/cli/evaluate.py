@@ -49,6 +49,8 @@ REPORT_FILES = (
     "equity.png",
     "predictions.png",
     "training.png",
+    "weights.csv",
+    "weights.png",
 )
 
 

@@ -104,6 +104,33 @@ def equity_figure(timestamps: Any, equity: Mapping[str, np.ndarray]) -> Any:
     return fig
 
 
+def weights_figure(weights: Any) -> Any:
+    """Each symbol's weight at every bar (a ``(timestamps, symbols)`` DataFrame): one row per
+    symbol, long in blue, short in red, flat white."""
+    plt = _pyplot()
+    from matplotlib.dates import date2num
+
+    symbols = list(weights.columns)
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.25 * len(symbols)))
+    limit = float(np.abs(weights.to_numpy()).max()) or 1.0
+    times = date2num(weights.index.to_pydatetime())
+    image = ax.imshow(
+        weights.to_numpy().T,
+        aspect="auto",
+        interpolation="nearest",
+        cmap="RdBu",
+        vmin=-limit,
+        vmax=limit,
+        extent=(times[0], times[-1], len(symbols) - 0.5, -0.5),
+    )
+    ax.set_yticks(range(len(symbols)), symbols)
+    _dates(ax)
+    ax.set(title="The agent's weight in each symbol on held-out bars (share of equity)")
+    fig.colorbar(image, ax=ax, pad=0.01)
+    fig.tight_layout()
+    return fig
+
+
 def walkforward_figure(
     timestamps: Any, equity: Mapping[str, np.ndarray], boundaries: Sequence[Any]
 ) -> Any:

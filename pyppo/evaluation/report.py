@@ -41,6 +41,7 @@ from pyppo.evaluation.universe import (
     on_one_index,
     universe_backtests,
     universe_section,
+    weights_frame,
     write_weights_csv,
 )
 from pyppo.evaluation.verdict import EVIDENCE_DSR, Significance, significance, verdict_line
@@ -344,14 +345,20 @@ def write_universe_report(
         "",
         "![equity](equity.png)",
         "",
+        "![weights](weights.png)",
+        "",
         "Every symbol's position as a share of the aggregate's equity, at every bar, is in "
         "weights.csv; every policy's aggregate equity in equity.csv.",
     ]
-    figure = plots.equity_figure(times, {k: r.equity for k, r in aggregates.items()})
+    figures = {
+        "equity.png": plots.equity_figure(times, {k: r.equity for k, r in aggregates.items()}),
+        "weights.png": plots.weights_figure(weights_frame(backtests["agent"])),
+    }
     with OutputSet(run_dir) as out:
         _write_equity_csv(out.path("equity.csv"), aggregates)
         write_weights_csv(out.path("weights.csv"), backtests["agent"])
-        plots.save(figure, out.path("equity.png"))
+        for name, fig in figures.items():
+            plots.save(fig, out.path(name))
         out.write_text("report.md", "\n".join(lines) + "\n")
         summary = {
             "verdict": verdicts["agent"],
