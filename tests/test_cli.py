@@ -133,6 +133,12 @@ def test_a_universe_of_files_trains_evaluates_and_predicts(tmp_path, capsys, how
     assert [line["symbol"] for line in lines] == ["S00", "S01", "S02", "S03"]
     capsys.readouterr()
     fails_with(capsys, eval_main([str(run), "--folds", "2"]), "--folds scores sub-periods")
+    one_series = str(tmp_path / "universe" / "S00.csv")
+    if how == "portfolio":
+        code = eval_main([str(run), "--data", one_series])
+        fails_with(capsys, code, "a portfolio agent trades several symbols together")
+    else:  # a pooled agent is a single-asset agent too
+        assert eval_main([str(run), "--data", one_series]) == 0
     # --portfolio needs several symbols.
     code = train(tmp_path / "one", "--epochs", "1", "--portfolio")
     fails_with(capsys, code, "--portfolio trades several symbols together")

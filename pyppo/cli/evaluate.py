@@ -159,6 +159,11 @@ def evaluate_run(
         raise UserError(f"--folds {folds}", "give a number of sub-periods >= 1, or leave it out")
     config = checkpoint.run_config
     test, validation, training = evaluation_data(config, checkpoint, data)
+    if config.env.portfolio and not isinstance(test, Universe):
+        raise UserError(
+            "a portfolio agent trades several symbols together, and the data is one series",
+            "pass a folder, a glob, several files or a table with a symbol column to --data",
+        )
     if folds and isinstance(test, Universe):
         raise UserError(
             "--folds scores sub-periods of one series; this run trades several symbols",
