@@ -180,8 +180,9 @@ class Agent:
             return self._predict_portfolio(bars, position)
         if portfolio:
             raise ValueError(
-                "a portfolio agent decides for all its symbols at once: give it a dict of "
-                "symbol -> bars, and no all_bars"
+                "a portfolio agent decides for all its symbols at once: give it several "
+                "symbols (a dict of symbol -> bars; pyppo-predict --data FOLDER), without "
+                "all_bars"
             )
         if isinstance(bars, dict):
             return {name: self.predict(b, position, all_bars=all_bars) for name, b in bars.items()}
