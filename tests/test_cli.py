@@ -127,6 +127,8 @@ def test_a_universe_of_files_trains_evaluates_and_predicts(tmp_path, capsys, how
     assert set(answer) == set(universe.symbols)
     if how == "portfolio":
         assert {a["target_weight"] for a in answer.values()} <= {-0.25, 0.0, 0.25}
+        with pytest.raises(ValueError, match="decides for all its symbols at once"):
+            Agent.load(run).predict(universe["S00"].frame)
     capsys.readouterr()
     assert predict_main([str(run), "--data", str(tmp_path / "universe"), "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
