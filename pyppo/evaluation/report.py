@@ -187,19 +187,7 @@ def write_report(
         f"- {agent.bars_per_year:,.0f} bars a year (the data's own, gaps included)",
         *_warnings(agent),
         "",
-        "## Backtest statistics",
-        "",
-        *markdown_table(
-            ["statistic", *policies],
-            [
-                [
-                    _label(key, len(times)),
-                    *(_fmt_statistic(key, summaries[p][key]) for p in policies),
-                ]
-                for key in stats.SUMMARY_KEYS
-            ],
-        ),
-        "",
+        *_statistics_section(summaries, len(times)),
         f"Conventions: {' '.join(stats.CONVENTIONS.split())} A policy that never trades has "
         "no Sharpe ratio (shown as 'no trades'; it counts as 0 where Sharpes are ranked). "
         "Every trade of the agent is in trades.csv, every bar's equity in equity.csv.",
@@ -260,6 +248,22 @@ def write_report(
     for name, j in judged.items():
         metrics[name].update(psr=j.psr, dsr=j.dsr, evidence=float(j.evidence))
     return metrics, run_dir / "report.md"
+
+
+def _statistics_section(summaries: dict[str, dict[str, float]], bars: int) -> list[str]:
+    """The backtest statistics table: one row per statistic, one column per policy."""
+    return [
+        "## Backtest statistics",
+        "",
+        *markdown_table(
+            ["statistic", *summaries],
+            [
+                [_label(key, bars), *(_fmt_statistic(key, row[key]) for row in summaries.values())]
+                for key in stats.SUMMARY_KEYS
+            ],
+        ),
+        "",
+    ]
 
 
 def write_universe_report(
@@ -326,19 +330,7 @@ def write_universe_report(
         f"{format_duration(universe.bar_interval)} bars); {len(times):,} traded",
         f"- {how}",
         "",
-        "## Backtest statistics",
-        "",
-        *markdown_table(
-            ["statistic", *aggregates],
-            [
-                [
-                    _label(key, len(times)),
-                    *(_fmt_statistic(key, summaries[p][key]) for p in aggregates),
-                ]
-                for key in stats.SUMMARY_KEYS
-            ],
-        ),
-        "",
+        *_statistics_section(summaries, len(times)),
         *section,
         *_significance_section(judged, config.selection.trials, len(times)),
         "## Figures",
